@@ -1,0 +1,2 @@
+//! Placeholder demo; replaced by the full walkthrough.
+fn main() {}

@@ -1,0 +1,95 @@
+//! The one narrow I/O seam between the engine and storage.
+//!
+//! Everything the engine reads or writes (the origin volume and every store) goes through
+//! [`BlockDevice`]: a length, positional reads and writes, flush, discard. Implementations:
+//!
+//! ```text
+//!                 BlockDevice (len / read_at / write_at / flush / discard / write_zeroes)
+//!                /                      |                         \
+//!   FileDevice (regular file or    MemDevice (sparse, in       FaultDevice (wraps another;
+//!   raw block device; pread/       memory; counts I/O for      fails on a countdown with
+//!   pwrite, optional O_DIRECT)     tests and benchmarks)       EIO or ENOSPC, for tests)
+//! ```
+
+mod fault;
+mod file;
+mod memory;
+
+pub use fault::{Fault, FaultDevice};
+pub use file::{FileDevice, OpenOptions};
+pub use memory::{IoCounters, MemDevice};
+
+use std::io;
+
+/// A byte-addressed device with positional I/O. Implementations must be safe to use from many
+/// threads at once; writes to disjoint ranges must not interfere.
+pub trait BlockDevice: Send + Sync {
+    /// The device's current length in bytes.
+    fn len(&self) -> u64;
+
+    /// Whether the device has no bytes at all.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fill `buf` from `offset`. Fails (never short-reads) if the range is not all there.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+
+    /// Write all of `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+
+    /// Make every completed write durable.
+    fn flush(&self) -> io::Result<()>;
+
+    /// Tell the device `len` bytes at `offset` are no longer needed; they read as zeroes after.
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()>;
+
+    /// Make `len` bytes at `offset` read as zeroes. The default writes zero buffers.
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        write_zero_buffers(self, offset, len)
+    }
+
+    /// A short description for messages: a path, or "memory".
+    fn describe(&self) -> String;
+}
+
+/// Zero a range by writing zero-filled buffers; the fallback for devices without a zeroing call.
+pub(crate) fn write_zero_buffers<D: BlockDevice + ?Sized>(
+    dev: &D,
+    mut offset: u64,
+    len: u64,
+) -> io::Result<()> {
+    const CHUNK: u64 = 1 << 20;
+    let zeroes = vec![0u8; usize::try_from(len.min(CHUNK)).unwrap_or(1 << 20)];
+    let end = offset + len;
+    while offset < end {
+        let n = (end - offset).min(zeroes.len() as u64);
+        dev.write_at(&zeroes[..n as usize], offset)?;
+        offset += n;
+    }
+    Ok(())
+}
+
+impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
+    fn len(&self) -> u64 {
+        (**self).len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).discard(offset, len)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
+        (**self).write_zeroes(offset, len)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+}

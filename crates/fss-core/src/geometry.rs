@@ -1,0 +1,166 @@
+//! Blocks, clusters, and the arithmetic between byte offsets and them.
+//!
+//! A block (4 KiB) is the unit of preservation; a cluster (a power of two from 4 KiB to
+//! 16 MiB) is the unit of allocation and mapping in a store. The cluster size belongs to the
+//! volume and is grown automatically so that no volume needs more than 2^24 clusters.
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// The unit of preservation, in bytes.
+pub const BLOCK_SIZE: u64 = 4096;
+/// log2 of [`BLOCK_SIZE`].
+pub const BLOCK_SHIFT: u32 = 12;
+/// The smallest cluster size.
+pub const MIN_CLUSTER_SIZE: u64 = 4096;
+/// The largest cluster size.
+pub const MAX_CLUSTER_SIZE: u64 = 16 << 20;
+/// The cluster size used when none is asked for.
+pub const DEFAULT_CLUSTER_SIZE: u64 = 64 << 10;
+/// The most clusters a volume may have; the cluster size grows past it (fss's FSS_CLUSTER_MAX).
+pub const MAX_CLUSTERS: u64 = 1 << 24;
+
+/// The shape of a volume as seen by its snapshots: its length and its cluster size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    volume_len: u64,
+    cluster_shift: u32,
+}
+
+impl Geometry {
+    /// The geometry for a volume of `volume_len` bytes with the `requested` cluster size (or
+    /// the default), grown until the volume has at most [`MAX_CLUSTERS`] clusters.
+    ///
+    /// # Errors
+    /// `InvalidArgument` if the requested size is not a power of two in range, or the volume is
+    /// too large even for the largest cluster size.
+    pub fn new(volume_len: u64, requested: Option<u64>) -> Result<Self> {
+        let size = requested.unwrap_or(DEFAULT_CLUSTER_SIZE);
+        if !size.is_power_of_two() || !(MIN_CLUSTER_SIZE..=MAX_CLUSTER_SIZE).contains(&size) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "choose cluster size",
+                format!("{size} bytes"),
+                "the cluster size must be a power of two from 4K to 16M (for example 64K)",
+            ));
+        }
+        let mut shift = size.trailing_zeros();
+        while volume_len.div_ceil(1 << shift) > MAX_CLUSTERS {
+            shift += 1;
+            if (1u64 << shift) > MAX_CLUSTER_SIZE {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "choose cluster size",
+                    format!("a volume of {volume_len} bytes"),
+                    "the volume is larger than 2^24 clusters of 16M (256 TiB); fss cannot snapshot it",
+                ));
+            }
+        }
+        Ok(Geometry { volume_len, cluster_shift: shift })
+    }
+
+    /// The volume's length in bytes.
+    #[must_use]
+    pub fn volume_len(&self) -> u64 {
+        self.volume_len
+    }
+
+    /// The cluster size in bytes.
+    #[must_use]
+    pub fn cluster_size(&self) -> u64 {
+        1 << self.cluster_shift
+    }
+
+    /// log2 of the cluster size.
+    #[must_use]
+    pub fn cluster_shift(&self) -> u32 {
+        self.cluster_shift
+    }
+
+    /// Blocks in one cluster (1 to 4096).
+    #[must_use]
+    pub fn blocks_per_cluster(&self) -> u32 {
+        1 << (self.cluster_shift - BLOCK_SHIFT)
+    }
+
+    /// Clusters in the volume, counting a last partial one.
+    #[must_use]
+    pub fn cluster_count(&self) -> u64 {
+        self.volume_len.div_ceil(self.cluster_size())
+    }
+
+    /// Blocks in the volume, counting a last partial one.
+    #[must_use]
+    pub fn block_count(&self) -> u64 {
+        self.volume_len.div_ceil(BLOCK_SIZE)
+    }
+
+    /// The cluster holding block `block`.
+    #[must_use]
+    pub fn cluster_of_block(&self, block: u64) -> u64 {
+        block >> (self.cluster_shift - BLOCK_SHIFT)
+    }
+
+    /// The first block of cluster `cluster`.
+    #[must_use]
+    pub fn first_block(&self, cluster: u64) -> u64 {
+        cluster << (self.cluster_shift - BLOCK_SHIFT)
+    }
+
+    /// The index of `block` inside its cluster.
+    #[must_use]
+    pub fn block_in_cluster(&self, block: u64) -> u32 {
+        (block & (u64::from(self.blocks_per_cluster()) - 1)) as u32
+    }
+}
+
+/// The blocks `[first, end)` touched by the byte range `[offset, offset + len)`.
+#[must_use]
+pub fn block_span(offset: u64, len: u64) -> (u64, u64) {
+    (offset >> BLOCK_SHIFT, (offset + len).div_ceil(BLOCK_SIZE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_and_explicit_sizes() {
+        let g = Geometry::new(1 << 30, None).unwrap();
+        assert_eq!(g.cluster_size(), 64 << 10);
+        assert_eq!(g.blocks_per_cluster(), 16);
+        assert_eq!(g.cluster_count(), 16384);
+        let g = Geometry::new(10_000, Some(4096)).unwrap();
+        assert_eq!((g.cluster_count(), g.block_count(), g.blocks_per_cluster()), (3, 3, 1));
+    }
+
+    #[test]
+    fn grows_past_two_to_the_24_clusters() {
+        // 2 TiB at 64K would be 2^25 clusters: grown to 128K.
+        let g = Geometry::new(2 << 40, None).unwrap();
+        assert_eq!(g.cluster_size(), 128 << 10);
+        assert_eq!(g.cluster_count(), 1 << 24);
+        let g = Geometry::new((1 << 40) + 1, Some(4096)).unwrap();
+        assert!(g.cluster_count() <= MAX_CLUSTERS);
+        assert_eq!(g.cluster_size(), 128 << 10);
+    }
+
+    #[test]
+    fn rejects_bad_sizes() {
+        for bad in [0, 1000, 2048, 3 << 12, 32 << 20] {
+            let e = Geometry::new(1 << 30, Some(bad)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        }
+        let e = Geometry::new(u64::MAX, None).unwrap_err();
+        assert!(e.to_string().contains("256 TiB"));
+    }
+
+    #[test]
+    fn block_arithmetic() {
+        let g = Geometry::new(1 << 20, Some(16384)).unwrap();
+        assert_eq!(g.cluster_of_block(9), 2);
+        assert_eq!(g.first_block(2), 8);
+        assert_eq!(g.block_in_cluster(9), 1);
+        assert_eq!(block_span(4095, 2), (0, 2));
+        assert_eq!(block_span(4096, 4096), (1, 2));
+    }
+}

@@ -1,0 +1,142 @@
+//! A transient store on any [`BlockDevice`]: slot `n` at byte `n * cluster_size`, records kept
+//! in memory only (fss(4)'s own semantics). Fast, and gone after a restart.
+
+use super::{Store, StoreParams};
+use crate::device::BlockDevice;
+use crate::error::{Error, ErrorKind, Result};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// A transient store on a device (memory, a file, a raw device).
+pub struct DeviceStore {
+    dev: Arc<dyn BlockDevice>,
+    cluster_size: u64,
+    slots: AtomicU32,
+    max: Mutex<Option<u64>>,
+    /// The medium's own limit: a fixed-size device cannot grow.
+    medium_max: Option<u64>,
+}
+
+impl std::fmt::Debug for DeviceStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceStore").field("dev", &self.dev.describe()).finish_non_exhaustive()
+    }
+}
+
+impl DeviceStore {
+    /// A store on `dev` for `params`. `fixed_size` says the device cannot grow (a raw device),
+    /// so its length bounds the store.
+    #[must_use]
+    pub fn new(dev: Arc<dyn BlockDevice>, params: &StoreParams, fixed_size: bool) -> Self {
+        let medium_max = fixed_size.then(|| dev.len());
+        DeviceStore {
+            dev,
+            cluster_size: params.cluster_size,
+            slots: AtomicU32::new(0),
+            max: Mutex::new(params.max_bytes),
+            medium_max,
+        }
+    }
+
+    /// A factory for [`Volume::create_snapshot`](crate::Volume::create_snapshot): each
+    /// snapshot gets a fresh growable memory device, limited by its `max_bytes`.
+    pub fn in_memory(params: &StoreParams) -> Result<Box<dyn Store>> {
+        let dev = Arc::new(crate::device::MemDevice::growable(u64::MAX));
+        Ok(Box::new(DeviceStore::new(dev, params, false)))
+    }
+
+    fn limit(&self) -> Option<u64> {
+        let max = *self.max.lock().unwrap_or_else(PoisonError::into_inner);
+        match (max, self.medium_max) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn slot_offset(&self, slot: u32, offset: u64) -> u64 {
+        u64::from(slot) * self.cluster_size + offset
+    }
+}
+
+impl Store for DeviceStore {
+    fn describe(&self) -> String {
+        format!("store on {}", self.dev.describe())
+    }
+
+    fn allocate_slot(&self, _cluster: u32) -> Result<u32> {
+        let limit = self.limit();
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                let end = (u64::from(n) + 1) * self.cluster_size;
+                match limit {
+                    Some(l) if end > l => None,
+                    _ => n.checked_add(1),
+                }
+            })
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::NoSpace,
+                    "allocate",
+                    self.describe(),
+                    format!(
+                        "the store is full ({} bytes used of at most {}); raise its maximum size or \
+                         give the snapshot a larger store",
+                        self.used_bytes(),
+                        limit.unwrap_or(0)
+                    ),
+                )
+            })
+    }
+
+    fn write_blocks(&self, _cluster: u32, slot: u32, first_block: u32, data: &[u8]) -> Result<()> {
+        let off = self.slot_offset(slot, u64::from(first_block) * crate::geometry::BLOCK_SIZE);
+        self.dev
+            .write_at(data, off)
+            .map_err(|e| Error::io("write pre-image to", self.describe(), e).at(off))
+    }
+
+    fn read(&self, slot: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let off = self.slot_offset(slot, offset);
+        self.dev
+            .read_at(buf, off)
+            .map_err(|e| Error::io("read pre-image from", self.describe(), e).at(off))
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn used_bytes(&self) -> u64 {
+        u64::from(self.slots.load(Ordering::Acquire)) * self.cluster_size
+    }
+
+    fn max_bytes(&self) -> Option<u64> {
+        self.limit()
+    }
+
+    fn set_max_bytes(&self, max: Option<u64>) -> Result<()> {
+        if let Some(m) = max {
+            if m < self.used_bytes() {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "set maximum size of",
+                    self.describe(),
+                    format!("{m} bytes is below the {} bytes already used", self.used_bytes()),
+                ));
+            }
+        }
+        *self.max.lock().unwrap_or_else(PoisonError::into_inner) = max;
+        Ok(())
+    }
+
+    fn is_persistent(&self) -> bool {
+        false
+    }
+
+    fn destroy(&self) -> Result<()> {
+        let len = self.dev.len();
+        self.dev
+            .discard(0, len)
+            .map_err(|e| Error::io("release", self.describe(), e))
+    }
+}

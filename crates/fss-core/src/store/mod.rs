@@ -1,0 +1,85 @@
+//! Backing stores: where pre-images go, and the records that find them.
+//!
+//! The engine owns each snapshot's [`ClusterMap`](crate::cluster_map::ClusterMap); a store only
+//! hands out cluster-sized slots, keeps the blocks written into them, and (when persistent)
+//! makes them and their records durable on [`Store::sync`]. The in-memory/transient
+//! [`DeviceStore`] lives here; durable formats implement the same trait.
+
+mod device_store;
+
+pub use device_store::DeviceStore;
+
+use crate::error::Result;
+
+/// What a store is being made for, handed to the factory at snapshot creation.
+#[derive(Debug, Clone)]
+pub struct StoreParams {
+    /// The snapshot's name.
+    pub snapshot: String,
+    /// The volume's name.
+    pub volume: String,
+    /// The volume's length in bytes.
+    pub volume_len: u64,
+    /// The cluster size (slot size) in bytes.
+    pub cluster_size: u64,
+    /// Whether the snapshot must survive a restart.
+    pub persistent: bool,
+    /// The most bytes the store may use, if limited.
+    pub max_bytes: Option<u64>,
+}
+
+/// A snapshot's backing store.
+///
+/// Slots are numbered 0, 1, 2... in allocation order. Implementations are shared by many
+/// writer threads: every method takes `&self`.
+pub trait Store: Send + Sync {
+    /// For messages: "store /var/lib/fss/stores/s1.fss", "memory store".
+    fn describe(&self) -> String;
+
+    /// Allocate the next slot for `cluster`.
+    ///
+    /// # Errors
+    /// `NoSpace` when the slot would pass the maximum size or the medium is full.
+    fn allocate_slot(&self, cluster: u32) -> Result<u32>;
+
+    /// Write whole blocks `data` into `slot` from block `first_block` of the cluster; they
+    /// belong to `cluster`. A persistent store also stages the record that finds them.
+    ///
+    /// # Errors
+    /// The write failed; the blocks are then not preserved.
+    fn write_blocks(&self, cluster: u32, slot: u32, first_block: u32, data: &[u8]) -> Result<()>;
+
+    /// Read `buf` from `slot` at byte `offset` inside it.
+    ///
+    /// # Errors
+    /// The read failed.
+    fn read(&self, slot: u32, offset: u64, buf: &mut [u8]) -> Result<()>;
+
+    /// Make every block written so far, and its record, durable. A transient store does
+    /// nothing. Concurrent callers may share one flush (group commit).
+    ///
+    /// # Errors
+    /// The flush failed; the blocks written since the last sync must then be treated as lost.
+    fn sync(&self) -> Result<()>;
+
+    /// Bytes the store takes on its medium, by allocated slots.
+    fn used_bytes(&self) -> u64;
+
+    /// The maximum, if any.
+    fn max_bytes(&self) -> Option<u64>;
+
+    /// Change the maximum while the snapshot is live (`None`: no limit but the medium's).
+    ///
+    /// # Errors
+    /// `InvalidArgument` if the new maximum is below what is already used or the medium's size.
+    fn set_max_bytes(&self, max: Option<u64>) -> Result<()>;
+
+    /// Whether the store keeps records durably (a persistent snapshot).
+    fn is_persistent(&self) -> bool;
+
+    /// Release the store's space: the snapshot is deleted.
+    ///
+    /// # Errors
+    /// The space could not be released (the snapshot is gone regardless).
+    fn destroy(&self) -> Result<()>;
+}

@@ -1,0 +1,920 @@
+//! The volume: the origin device and its live snapshots, and the copy-on-write write path.
+//!
+//! Snapshots form two chains (persistent and transient), each ordered by creation. A first
+//! overwrite of a block after the newest valid snapshot of a chain stores its pre-image once,
+//! in that snapshot's store (the chain rule, DESIGN decision 1), at 4 KiB granularity inside
+//! cluster-sized slots (decision 2). A snapshot read resolves each block through the maps of
+//! its chain from itself to the newest, then the volume, then checks again (decision 5).
+//!
+//! Locking: `chains` is a read-write lock held shared by every read and write for its whole
+//! duration, and exclusively by snapshot creation and deletion, which is what makes creation
+//! atomic with respect to writes. Blocks being preserved are claimed in [`BusyBlocks`], per
+//! block, in ascending order.
+
+use crate::busy::{BusyBlocks, Claims};
+use crate::cluster_map::{
+    mask_add, mask_is_empty, mask_keep, mask_range, mask_remove, mask_runs, mask_words,
+};
+use crate::device::BlockDevice;
+use crate::error::{Error, ErrorKind, Result};
+use crate::geometry::{block_span, Geometry, BLOCK_SIZE};
+use crate::snapshot::{
+    OnStoreError, SnapState, Snapshot, SnapshotInfo, SnapshotOptions, PERSISTENT, TRANSIENT,
+};
+use crate::store::{Store, StoreParams};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// Counters of one volume.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VolumeStats {
+    /// Read requests.
+    pub reads: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// Write, discard and write-zeroes requests.
+    pub writes: u64,
+    /// Bytes written, discarded or zeroed.
+    pub bytes_written: u64,
+    /// Requests that had to preserve at least one block.
+    pub cow_calls: u64,
+    /// Pre-image blocks written to stores (one per chain that needed it).
+    pub blocks_preserved: u64,
+    /// Times a writer waited for a block someone else was preserving.
+    pub busy_waits: u64,
+    /// Live snapshots.
+    pub snapshots: u64,
+}
+
+/// One bit per volume cluster: set when a chain's target already covers every block of the
+/// cluster, so rewrites skip every map lookup. Cleared when a chain gets a new target.
+struct FastBits(Vec<AtomicU64>);
+
+impl FastBits {
+    fn new(clusters: u64) -> Self {
+        FastBits((0..clusters.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+    }
+    fn get(&self, cluster: u64) -> bool {
+        self.0
+            .get((cluster / 64) as usize)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (cluster % 64)) != 0)
+    }
+    fn set(&self, cluster: u64) {
+        if let Some(w) = self.0.get((cluster / 64) as usize) {
+            w.fetch_or(1 << (cluster % 64), Ordering::Relaxed);
+        }
+    }
+}
+
+/// The snapshot chains and what depends on them; see the module doc for the locking.
+struct Chains {
+    geometry: Option<Geometry>,
+    chain: [Vec<Arc<SnapState>>; 2],
+    fast: [FastBits; 2],
+}
+
+impl Chains {
+    /// The index of the newest valid snapshot of chain `c`: where pre-images go.
+    fn target(&self, c: usize) -> Option<usize> {
+        self.chain[c].iter().rposition(|s| s.is_valid())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.chain.iter().all(Vec::is_empty)
+    }
+}
+
+/// The state shared by a [`Volume`] and its [`Snapshot`] handles.
+pub(crate) struct Shared {
+    name: String,
+    dev: Arc<dyn BlockDevice>,
+    pub(crate) len: u64,
+    chains: RwLock<Chains>,
+    busy: BusyBlocks,
+    next_id: AtomicU64,
+    reads: AtomicU64,
+    bytes_read: AtomicU64,
+    writes: AtomicU64,
+    bytes_written: AtomicU64,
+    cow_calls: AtomicU64,
+    blocks_preserved: AtomicU64,
+    busy_waits: AtomicU64,
+}
+
+/// An origin device served read-write, with its live snapshots.
+#[derive(Clone)]
+pub struct Volume {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Volume {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Volume").field("name", &self.shared.name).finish_non_exhaustive()
+    }
+}
+
+/// A change to the origin that needs pre-images first.
+#[derive(Clone, Copy)]
+enum Change<'a> {
+    Write(&'a [u8]),
+    Discard,
+    Zeroes,
+}
+
+/// What one request must preserve in one cluster, per chain.
+struct ClusterPlan {
+    cluster: u64,
+    need: [Vec<u16>; 2],
+}
+
+/// Pre-images read from the volume: runs of whole blocks, zero-padded past its end.
+struct PreImages(Vec<(u64, Vec<u8>)>);
+
+impl PreImages {
+    /// The bytes of blocks `[first, first + count)`, which lie inside one run.
+    fn blocks(&self, first: u64, count: u64) -> &[u8] {
+        let i = self.0.partition_point(|(f, _)| *f <= first).saturating_sub(1);
+        let (f, data) = &self.0[i];
+        let start = ((first - f) * BLOCK_SIZE) as usize;
+        &data[start..start + (count * BLOCK_SIZE) as usize]
+    }
+}
+
+/// A failure to preserve into chain `chain`, and the snapshots it would invalidate.
+struct Failure {
+    error: Error,
+    affected: Vec<Arc<SnapState>>,
+}
+
+impl Volume {
+    /// Serve `dev` as the volume `name`, with no snapshots.
+    pub fn new(name: impl Into<String>, dev: Arc<dyn BlockDevice>) -> Self {
+        let len = dev.len();
+        Volume {
+            shared: Arc::new(Shared {
+                name: name.into(),
+                dev,
+                len,
+                chains: RwLock::new(Chains {
+                    geometry: None,
+                    chain: [Vec::new(), Vec::new()],
+                    fast: [FastBits::new(0), FastBits::new(0)],
+                }),
+                busy: BusyBlocks::default(),
+                next_id: AtomicU64::new(1),
+                reads: AtomicU64::new(0),
+                bytes_read: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
+                bytes_written: AtomicU64::new(0),
+                cow_calls: AtomicU64::new(0),
+                blocks_preserved: AtomicU64::new(0),
+                busy_waits: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The volume's name.
+    #[must_use]
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The volume's length in bytes.
+    #[must_use]
+    pub fn len(&self) -> u64 {
+        self.shared.len
+    }
+
+    /// Whether the volume has no bytes.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.shared.len == 0
+    }
+
+    /// The cluster size fixed by the live snapshots, if there are any.
+    #[must_use]
+    pub fn cluster_size(&self) -> Option<u64> {
+        self.shared.chains().geometry.map(|g| g.cluster_size())
+    }
+
+    /// Read the volume's current contents.
+    ///
+    /// # Errors
+    /// `OutOfRange`, `Io`.
+    pub fn read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let s = &self.shared;
+        s.check_range("read", &s.object(), offset, buf.len() as u64)?;
+        s.reads.fetch_add(1, Ordering::Relaxed);
+        s.bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        s.dev.read_at(buf, offset).map_err(|e| Error::io("read", s.object(), e).at(offset))
+    }
+
+    /// Write `buf` at `offset`, preserving pre-images first. Returns once the pre-images that
+    /// protect the snapshots are stored (durably for persistent ones) and the write is done.
+    ///
+    /// # Errors
+    /// `OutOfRange`, `Io`/`NoSpace` from the volume, or the store error when a snapshot with
+    /// `fail-write` could not be protected (the volume is then unchanged).
+    pub fn write(&self, buf: &[u8], offset: u64) -> Result<()> {
+        self.shared.modify(offset, buf.len() as u64, Change::Write(buf))
+    }
+
+    /// Discard (TRIM) a range: it reads as zeroes afterwards on files and memory.
+    ///
+    /// # Errors
+    /// As [`Volume::write`].
+    pub fn discard(&self, offset: u64, len: u64) -> Result<()> {
+        self.shared.modify(offset, len, Change::Discard)
+    }
+
+    /// Make a range read as zeroes.
+    ///
+    /// # Errors
+    /// As [`Volume::write`].
+    pub fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.shared.modify(offset, len, Change::Zeroes)
+    }
+
+    /// Make every completed write durable.
+    ///
+    /// # Errors
+    /// `Io` from the volume.
+    pub fn flush(&self) -> Result<()> {
+        let s = &self.shared;
+        s.dev.flush().map_err(|e| Error::io("flush", s.object(), e))
+    }
+
+    /// Take a snapshot named `name`. `make_store` builds its store once the cluster size is
+    /// known; it runs before the short barrier in which the snapshot becomes live, so slow
+    /// store creation does not stall I/O.
+    ///
+    /// # Errors
+    /// `Exists`, `InvalidArgument` (cluster size), or the store factory's error.
+    pub fn create_snapshot(
+        &self,
+        name: &str,
+        opts: &SnapshotOptions,
+        make_store: impl FnOnce(&StoreParams) -> Result<Box<dyn Store>>,
+    ) -> Result<Snapshot> {
+        let s = &self.shared;
+        let geometry = s.geometry_for(name, opts.cluster_size)?;
+        let params = StoreParams {
+            snapshot: name.to_string(),
+            volume: s.name.clone(),
+            volume_len: s.len,
+            cluster_size: geometry.cluster_size(),
+            persistent: opts.persistent,
+            max_bytes: opts.max_store_bytes,
+        };
+        let store = make_store(&params)?;
+        if store.is_persistent() != opts.persistent {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "create snapshot",
+                format!("'{name}'"),
+                "the store's durability does not match the snapshot's (persistent or transient)",
+            ));
+        }
+        let mut chains = s.chains_mut();
+        // Checked again under the barrier: another creation may have raced us.
+        if chains.chain.iter().flatten().any(|x| x.name == name) {
+            return Err(exists(name));
+        }
+        match chains.geometry {
+            Some(g) if g != geometry => {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    "create snapshot",
+                    format!("'{name}'"),
+                    "another snapshot changed the volume's cluster size meanwhile; try again",
+                ))
+            }
+            _ => chains.geometry = Some(geometry),
+        }
+        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
+        let snap = Arc::new(SnapState::new(
+            id,
+            name.to_string(),
+            opts,
+            store,
+            geometry.blocks_per_cluster(),
+        ));
+        let c = snap.chain;
+        chains.chain[c].push(Arc::clone(&snap));
+        chains.fast[c] = FastBits::new(geometry.cluster_count());
+        drop(chains);
+        tracing::info!(volume = %s.name, snapshot = name, persistent = opts.persistent,
+            cluster_size = geometry.cluster_size(), "snapshot created");
+        Ok(Snapshot { vol: Arc::clone(s), snap })
+    }
+
+    /// The live snapshot named `name`.
+    #[must_use]
+    pub fn snapshot(&self, name: &str) -> Option<Snapshot> {
+        let chains = self.shared.chains();
+        let snap = chains.chain.iter().flatten().find(|x| x.name == name)?;
+        Some(Snapshot { vol: Arc::clone(&self.shared), snap: Arc::clone(snap) })
+    }
+
+    /// Every live snapshot, oldest first.
+    #[must_use]
+    pub fn snapshots(&self) -> Vec<Snapshot> {
+        let chains = self.shared.chains();
+        let mut v: Vec<Snapshot> = chains
+            .chain
+            .iter()
+            .flatten()
+            .map(|snap| Snapshot { vol: Arc::clone(&self.shared), snap: Arc::clone(snap) })
+            .collect();
+        v.sort_by_key(|x| x.snap.id);
+        v
+    }
+
+    /// Delete the snapshot `name`, keeping every other snapshot exact: the entries that the
+    /// next older snapshot of its chain lacks move into that one's store first.
+    ///
+    /// # Errors
+    /// `NotFound`. A failure to move entries invalidates the snapshots that needed them (the
+    /// failure policy) rather than failing the delete.
+    pub fn delete_snapshot(&self, name: &str) -> Result<()> {
+        self.shared.delete_snapshot(name)
+    }
+
+    /// Counters.
+    #[must_use]
+    pub fn stats(&self) -> VolumeStats {
+        let s = &self.shared;
+        let snapshots = s.chains().chain.iter().map(|c| c.len() as u64).sum();
+        VolumeStats {
+            reads: s.reads.load(Ordering::Relaxed),
+            bytes_read: s.bytes_read.load(Ordering::Relaxed),
+            writes: s.writes.load(Ordering::Relaxed),
+            bytes_written: s.bytes_written.load(Ordering::Relaxed),
+            cow_calls: s.cow_calls.load(Ordering::Relaxed),
+            blocks_preserved: s.blocks_preserved.load(Ordering::Relaxed),
+            busy_waits: s.busy_waits.load(Ordering::Relaxed),
+            snapshots,
+        }
+    }
+}
+
+fn exists(name: &str) -> Error {
+    Error::new(
+        ErrorKind::Exists,
+        "create snapshot",
+        format!("'{name}'"),
+        "a snapshot of that name already exists on this volume; choose another name",
+    )
+}
+
+impl Shared {
+    fn object(&self) -> String {
+        format!("volume '{}'", self.name)
+    }
+
+    fn chains(&self) -> RwLockReadGuard<'_, Chains> {
+        // Chains are changed only by whole assignments under the write lock.
+        self.chains.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn chains_mut(&self) -> RwLockWriteGuard<'_, Chains> {
+        self.chains.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn check_range(&self, op: &'static str, object: &str, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => Ok(()),
+            _ => Err(Error::new(
+                ErrorKind::OutOfRange,
+                op,
+                object,
+                format!("{len} bytes at offset {offset} end past the device's {} bytes", self.len),
+            )
+            .at(offset)),
+        }
+    }
+
+    /// The geometry a new snapshot `name` gets with the requested cluster size.
+    fn geometry_for(&self, name: &str, requested: Option<u64>) -> Result<Geometry> {
+        let chains = self.chains();
+        if chains.chain.iter().flatten().any(|x| x.name == name) {
+            return Err(exists(name));
+        }
+        match chains.geometry {
+            Some(g) => match requested {
+                Some(r) if r != g.cluster_size() => Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "create snapshot",
+                    format!("'{name}'"),
+                    format!(
+                        "volume '{}' has live snapshots with {} byte clusters; the cluster size \
+                         can only be chosen for its first snapshot (omit it or use {})",
+                        self.name,
+                        g.cluster_size(),
+                        g.cluster_size()
+                    ),
+                )),
+                _ => Ok(g),
+            },
+            None => Geometry::new(self.len, requested),
+        }
+    }
+
+    fn modify(&self, offset: u64, len: u64, change: Change<'_>) -> Result<()> {
+        let op = match change {
+            Change::Write(_) => "write",
+            Change::Discard => "discard",
+            Change::Zeroes => "write zeroes to",
+        };
+        self.check_range(op, &self.object(), offset, len)?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        if len == 0 {
+            return Ok(());
+        }
+        // Held until the origin write is done: a snapshot is either wholly before or after it.
+        let chains = self.chains();
+        if let Some(g) = chains.geometry {
+            self.preserve(&chains, g, offset, len)?;
+        }
+        let r = match change {
+            Change::Write(buf) => self.dev.write_at(buf, offset),
+            Change::Discard => self.dev.discard(offset, len),
+            Change::Zeroes => self.dev.write_zeroes(offset, len),
+        };
+        drop(chains);
+        r.map_err(|e| Error::io(op, self.object(), e).at(offset))?;
+        self.bytes_written.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The blocks of `cluster` not covered by the maps of `snaps` (a chain from its target to
+    /// its newest), limited to `within`.
+    fn uncovered(snaps: &[Arc<SnapState>], cluster: u64, within: &[u16]) -> Vec<u16> {
+        let mut m = within.to_vec();
+        let cl = cluster as u32;
+        for s in snaps {
+            if let Some((_, have)) = s.map().get(cl) {
+                mask_remove(&mut m, have);
+                if mask_is_empty(&m) {
+                    break;
+                }
+            }
+        }
+        m
+    }
+
+    /// The blocks of `cluster` inside the volume and inside blocks `[b0, b1)`, as masks:
+    /// (whole cluster, the part in range).
+    fn cluster_masks(g: &Geometry, cluster: u64, b0: u64, b1: u64) -> (Vec<u16>, Vec<u16>) {
+        let words = mask_words(g.blocks_per_cluster());
+        let first = g.first_block(cluster);
+        let end = (first + u64::from(g.blocks_per_cluster())).min(g.block_count());
+        let full = mask_range(words, 0, (end - first) as u32);
+        let from = b0.max(first) - first;
+        let to = b1.min(end) - first;
+        (full, mask_range(words, from as u32, to as u32))
+    }
+
+    /// Preserve, in each chain's target, every block of the range it does not cover yet.
+    fn preserve(&self, chains: &Chains, g: Geometry, offset: u64, len: u64) -> Result<()> {
+        let targets = [chains.target(PERSISTENT), chains.target(TRANSIENT)];
+        if targets.iter().all(Option::is_none) {
+            return Ok(());
+        }
+        let (b0, b1) = block_span(offset, len);
+        let mut plan = Vec::new();
+        for cluster in g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1) {
+            let mut need: [Vec<u16>; 2] = [Vec::new(), Vec::new()];
+            let mut any = false;
+            for c in 0..2 {
+                let Some(t) = targets[c] else { continue };
+                if chains.fast[c].get(cluster) {
+                    continue;
+                }
+                let (full, in_range) = Self::cluster_masks(&g, cluster, b0, b1);
+                let mut open = Self::uncovered(&chains.chain[c][t..], cluster, &full);
+                if mask_is_empty(&open) {
+                    chains.fast[c].set(cluster);
+                    continue;
+                }
+                mask_keep(&mut open, &in_range);
+                if !mask_is_empty(&open) {
+                    any = true;
+                    need[c] = open;
+                }
+            }
+            if any {
+                plan.push(ClusterPlan { cluster, need });
+            }
+        }
+        if plan.is_empty() {
+            return Ok(());
+        }
+
+        // Claim every candidate block in ascending order, then look again (always: someone may
+        // have preserved a block, and then overwritten it on the volume, between our look and
+        // our claim, even if we did not have to wait).
+        let mut claims = Claims::new(&self.busy);
+        let mut waits = 0u64;
+        for p in &mut plan {
+            let first = g.first_block(p.cluster);
+            for (s, n) in union_runs(&p.need) {
+                for i in s..s + n {
+                    if claims.claim(first + u64::from(i)) {
+                        waits += 1;
+                    }
+                }
+            }
+            for c in 0..2 {
+                if let (Some(t), false) = (targets[c], p.need[c].is_empty()) {
+                    p.need[c] = Self::uncovered(&chains.chain[c][t..], p.cluster, &p.need[c]);
+                }
+            }
+        }
+        if waits > 0 {
+            self.busy_waits.fetch_add(waits, Ordering::Relaxed);
+            for (c, t) in targets.iter().enumerate() {
+                if let Some(t) = t {
+                    chains.chain[c][*t].busy_waits.fetch_add(waits, Ordering::Relaxed);
+                }
+            }
+        }
+        plan.retain(|p| p.need.iter().any(|m| !mask_is_empty(m)));
+        if plan.is_empty() {
+            return Ok(());
+        }
+
+        let pre = self.read_pre_images(&g, &plan)?;
+        let mut failures = Vec::new();
+        for c in 0..2 {
+            let Some(t) = targets[c] else { continue };
+            if let Err(f) = self.preserve_chain(chains, c, t, &g, &plan, &pre) {
+                failures.push(f);
+            }
+        }
+        if failures.is_empty() {
+            self.cow_calls.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        // With fail-write on any snapshot that would lose a pre-image, the origin write is
+        // refused and nobody is invalidated; otherwise the affected snapshots are invalidated
+        // before the origin changes, and the write goes on.
+        if let Some(f) = failures
+            .iter()
+            .find(|f| f.affected.iter().any(|s| s.on_store_error == OnStoreError::FailWrite))
+        {
+            return Err(Error::new(
+                f.error.kind(),
+                "write",
+                self.object(),
+                format!(
+                    "a pre-image could not be preserved and a snapshot is set to fail writes \
+                     then ({}); the volume is unchanged",
+                    f.error
+                ),
+            )
+            .at(offset));
+        }
+        for f in failures {
+            for s in &f.affected {
+                s.invalidate(&f.error.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Read the pre-images of every block any chain needs, in maximal runs.
+    fn read_pre_images(&self, g: &Geometry, plan: &[ClusterPlan]) -> Result<PreImages> {
+        let mut runs: Vec<(u64, u64)> = Vec::new();
+        for p in plan {
+            let first = g.first_block(p.cluster);
+            for (s, n) in union_runs(&p.need) {
+                let b = first + u64::from(s);
+                match runs.last_mut() {
+                    Some((f, len)) if *f + *len == b => *len += u64::from(n),
+                    _ => runs.push((b, u64::from(n))),
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(runs.len());
+        for (f, n) in runs {
+            let mut data = vec![0u8; (n * BLOCK_SIZE) as usize];
+            let start = f * BLOCK_SIZE;
+            let end = ((f + n) * BLOCK_SIZE).min(self.len);
+            self.dev
+                .read_at(&mut data[..(end - start) as usize], start)
+                .map_err(|e| Error::io("read pre-image from", self.object(), e).at(start))?;
+            out.push((f, data));
+        }
+        Ok(PreImages(out))
+    }
+
+    /// Store the blocks chain `c` needs in its target `t`, make them durable, then map them.
+    fn preserve_chain(
+        &self,
+        chains: &Chains,
+        c: usize,
+        t: usize,
+        g: &Geometry,
+        plan: &[ClusterPlan],
+        pre: &PreImages,
+    ) -> std::result::Result<(), Failure> {
+        let snap = &chains.chain[c][t];
+        let mut written = Vec::new();
+        let result = (|| {
+            for p in plan.iter().filter(|p| !mask_is_empty(&p.need[c])) {
+                let cl = p.cluster as u32;
+                let slot = {
+                    let mut map = snap.map_mut();
+                    match map.slot(cl) {
+                        Some(s) => s,
+                        None => {
+                            let s = snap.store.allocate_slot(cl)?;
+                            map.insert_slot(cl, s);
+                            s
+                        }
+                    }
+                };
+                for (s, n) in mask_runs(&p.need[c]) {
+                    let data = pre.blocks(g.first_block(p.cluster) + u64::from(s), u64::from(n));
+                    snap.store.write_blocks(cl, slot, s, data)?;
+                }
+                written.push(p);
+            }
+            snap.store.sync()
+        })();
+        match result {
+            Ok(()) => {
+                let mut blocks = 0u64;
+                let mut map = snap.map_mut();
+                for p in &written {
+                    blocks += u64::from(map.add_blocks(p.cluster as u32, &p.need[c]));
+                }
+                drop(map);
+                snap.cow_calls.fetch_add(1, Ordering::Relaxed);
+                self.blocks_preserved.fetch_add(blocks, Ordering::Relaxed);
+                snap.check_low_space();
+                Ok(())
+            }
+            Err(error) => {
+                let mut affected: Vec<Arc<SnapState>> = vec![Arc::clone(snap)];
+                // Older snapshots whose chain would have resolved a lost block to the target.
+                for p in plan.iter().filter(|p| !mask_is_empty(&p.need[c])) {
+                    let mut lost = p.need[c].clone();
+                    for k in (0..t).rev() {
+                        let older = &chains.chain[c][k];
+                        if let Some((_, have)) = older.map().get(p.cluster as u32) {
+                            mask_remove(&mut lost, have);
+                        }
+                        if mask_is_empty(&lost) {
+                            break;
+                        }
+                        if !affected.iter().any(|a| Arc::ptr_eq(a, older)) {
+                            affected.push(Arc::clone(older));
+                        }
+                    }
+                }
+                Err(Failure { error, affected })
+            }
+        }
+    }
+
+    pub(crate) fn read_snapshot(
+        &self,
+        snap: &Arc<SnapState>,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<()> {
+        let object = format!("snapshot '{}'", snap.name);
+        self.check_range("read", &object, offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let chains = self.chains();
+        if snap.deleted.load(Ordering::Acquire) {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "read",
+                object,
+                "the snapshot was deleted",
+            ));
+        }
+        if !snap.is_valid() {
+            return Err(snap.invalid_error());
+        }
+        let (Some(g), Some(idx)) = (
+            chains.geometry,
+            chains.chain[snap.chain].iter().position(|s| Arc::ptr_eq(s, snap)),
+        ) else {
+            return Err(Error::new(ErrorKind::NotFound, "read", object, "the snapshot is gone"));
+        };
+        let later = &chains.chain[snap.chain][idx..];
+        let len = buf.len() as u64;
+        let (b0, b1) = block_span(offset, len);
+        // Blocks not found in any map, to read from the volume: runs of (first, count).
+        let mut from_volume: Vec<(u64, u64)> = Vec::new();
+        for cluster in g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1) {
+            let (_, in_range) = Self::cluster_masks(&g, cluster, b0, b1);
+            let open = self.read_from_stores(&g, later, cluster, in_range, buf, offset)?;
+            let first = g.first_block(cluster);
+            for (s, n) in mask_runs(&open) {
+                let b = first + u64::from(s);
+                match from_volume.last_mut() {
+                    Some((f, c)) if *f + *c == b => *c += u64::from(n),
+                    _ => from_volume.push((b, u64::from(n))),
+                }
+            }
+        }
+        for &(f, n) in &from_volume {
+            let (start, end) = clip(f, n, offset, len);
+            self.dev
+                .read_at(&mut buf[(start - offset) as usize..(end - offset) as usize], start)
+                .map_err(|e| Error::io("read", object.clone(), e).at(start))?;
+        }
+        // A block preserved while we read the volume may have been overwritten there after:
+        // look again, and take it from the store if it is now mapped.
+        for &(f, n) in &from_volume {
+            let (lo, hi) = (f, f + n);
+            for cluster in g.cluster_of_block(lo)..=g.cluster_of_block(hi - 1) {
+                let (_, in_range) = Self::cluster_masks(&g, cluster, lo, hi);
+                self.read_from_stores(&g, later, cluster, in_range, buf, offset)?;
+            }
+        }
+        if !snap.is_valid() {
+            return Err(snap.invalid_error());
+        }
+        Ok(())
+    }
+
+    /// Fill the parts of `buf` (which starts at byte `offset`) that the maps of `snaps` hold
+    /// for the blocks `open` of `cluster`; return the blocks found nowhere.
+    fn read_from_stores(
+        &self,
+        g: &Geometry,
+        snaps: &[Arc<SnapState>],
+        cluster: u64,
+        mut open: Vec<u16>,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<Vec<u16>> {
+        let len = buf.len() as u64;
+        let first = g.first_block(cluster);
+        for s in snaps {
+            let (slot, hit) = {
+                let map = s.map();
+                let Some((slot, have)) = map.get(cluster as u32) else { continue };
+                let mut hit = open.clone();
+                mask_keep(&mut hit, have);
+                (slot, hit)
+            };
+            if mask_is_empty(&hit) {
+                continue;
+            }
+            for (b, n) in mask_runs(&hit) {
+                let (start, end) = clip(first + u64::from(b), u64::from(n), offset, len);
+                let in_slot = start - first * BLOCK_SIZE;
+                s.store.read(slot, in_slot, &mut buf[(start - offset) as usize..(end - offset) as usize])?;
+            }
+            mask_remove(&mut open, &hit);
+            if mask_is_empty(&open) {
+                break;
+            }
+        }
+        Ok(open)
+    }
+
+    fn delete_snapshot(&self, name: &str) -> Result<()> {
+        let mut chains = self.chains_mut();
+        let found = (0..2).find_map(|c| {
+            chains.chain[c].iter().position(|s| s.name == name).map(|j| (c, j))
+        });
+        let Some((c, j)) = found else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "delete snapshot",
+                format!("'{name}'"),
+                format!("volume '{}' has no snapshot of that name", self.name),
+            ));
+        };
+        let snap = Arc::clone(&chains.chain[c][j]);
+        if chains.chain[c][..j].iter().any(|s| s.is_valid()) {
+            Self::move_entries(&chains.chain[c][..j], &snap);
+        }
+        chains.chain[c].remove(j);
+        snap.deleted.store(true, Ordering::Release);
+        let clusters = chains.geometry.map_or(0, |g| g.cluster_count());
+        chains.fast[c] = FastBits::new(if chains.chain[c].is_empty() { 0 } else { clusters });
+        if chains.is_empty() {
+            chains.geometry = None;
+        }
+        drop(chains);
+        if let Err(e) = snap.store.destroy() {
+            tracing::warn!(snapshot = name, error = %e, "could not release the store's space");
+        }
+        tracing::info!(volume = %self.name, snapshot = name, "snapshot deleted");
+        Ok(())
+    }
+
+    /// Move into the snapshot just older than `gone` the entries of `gone` it lacks, so that
+    /// `older` (all snapshots before `gone` in its chain) still resolve every block.
+    fn move_entries(older: &[Arc<SnapState>], gone: &SnapState) {
+        let Some(prev) = older.last() else { return };
+        let todo: Vec<(u32, u32, Vec<u16>)> = {
+            let theirs = gone.map();
+            let mine = prev.map();
+            theirs
+                .iter()
+                .filter_map(|(cl, slot, mask)| {
+                    let mut missing = mask.to_vec();
+                    if let Some((_, have)) = mine.get(cl) {
+                        mask_remove(&mut missing, have);
+                    }
+                    (!mask_is_empty(&missing)).then_some((cl, slot, missing))
+                })
+                .collect()
+        };
+        if todo.is_empty() {
+            return;
+        }
+        let result = (|| {
+            let mut buf = Vec::new();
+            for (cl, from_slot, missing) in &todo {
+                let slot = {
+                    let mut map = prev.map_mut();
+                    match map.slot(*cl) {
+                        Some(s) => s,
+                        None => {
+                            let s = prev.store.allocate_slot(*cl)?;
+                            map.insert_slot(*cl, s);
+                            s
+                        }
+                    }
+                };
+                for (s, n) in mask_runs(missing) {
+                    buf.resize((u64::from(n) * BLOCK_SIZE) as usize, 0);
+                    gone.store.read(*from_slot, u64::from(s) * BLOCK_SIZE, &mut buf)?;
+                    prev.store.write_blocks(*cl, slot, s, &buf)?;
+                }
+            }
+            prev.store.sync()
+        })();
+        match result {
+            Ok(()) => {
+                let mut map = prev.map_mut();
+                for (cl, _, missing) in &todo {
+                    map.add_blocks(*cl, missing);
+                }
+            }
+            Err(e) => {
+                // Which older snapshots needed the entries that could not move.
+                let reason = format!("moving entries from deleted snapshot '{}' failed: {e}", gone.name);
+                for (cl, _, missing) in &todo {
+                    let mut lost = missing.clone();
+                    for s in older.iter().rev() {
+                        if let Some((_, have)) = s.map().get(*cl) {
+                            mask_remove(&mut lost, have);
+                        }
+                        if mask_is_empty(&lost) {
+                            break;
+                        }
+                        s.invalidate(&reason);
+                    }
+                }
+            }
+        }
+    }
+
+    pub(crate) fn snapshot_info(&self, snap: &SnapState) -> SnapshotInfo {
+        let cluster_size = self.chains().geometry.map_or(0, |g| g.cluster_size());
+        SnapshotInfo {
+            name: snap.name.clone(),
+            volume: self.name.clone(),
+            id: snap.id,
+            created: snap.created,
+            persistent: snap.chain == PERSISTENT,
+            on_store_error: snap.on_store_error,
+            len: self.len,
+            cluster_size,
+            state: snap.state(),
+            stats: snap.stats(),
+            store: snap.store.describe(),
+        }
+    }
+}
+
+/// The union of both chains' needs in a cluster, as runs.
+fn union_runs(need: &[Vec<u16>; 2]) -> Vec<(u32, u32)> {
+    let words = need.iter().map(Vec::len).max().unwrap_or(0);
+    let mut u = vec![0u16; words];
+    for m in need {
+        mask_add(&mut u, m);
+    }
+    mask_runs(&u)
+}
+
+/// The bytes of blocks `[first, first + count)` that lie in `[offset, offset + len)`.
+fn clip(first: u64, count: u64, offset: u64, len: u64) -> (u64, u64) {
+    let start = (first * BLOCK_SIZE).max(offset);
+    let end = ((first + count) * BLOCK_SIZE).min(offset + len);
+    (start, end)
+}
