@@ -28,7 +28,10 @@ impl Default for BusyBlocks {
     fn default() -> Self {
         BusyBlocks {
             shards: (0..SHARDS)
-                .map(|_| Shard { busy: Mutex::new(FxHashSet::default()), freed: Condvar::new() })
+                .map(|_| Shard {
+                    busy: Mutex::new(FxHashSet::default()),
+                    freed: Condvar::new(),
+                })
                 .collect(),
         }
     }
@@ -74,7 +77,10 @@ pub struct Claims<'a> {
 impl<'a> Claims<'a> {
     /// No claims yet.
     pub fn new(busy: &'a BusyBlocks) -> Self {
-        Claims { busy, blocks: Vec::new() }
+        Claims {
+            busy,
+            blocks: Vec::new(),
+        }
     }
 
     /// Claim `block` (callers go in ascending order). Returns whether it had to wait.
@@ -113,7 +119,10 @@ mod tests {
         });
         std::thread::sleep(Duration::from_millis(50));
         drop(c);
-        assert!(t.join().unwrap(), "the second claim of block 7 must have waited");
+        assert!(
+            t.join().unwrap(),
+            "the second claim of block 7 must have waited"
+        );
         busy.release(7);
     }
 }

@@ -157,7 +157,9 @@ impl ClusterMap {
     /// Mark the blocks in `add` of `cluster` as preserved. The cluster must have a slot.
     /// Returns how many blocks were new.
     pub fn add_blocks(&mut self, cluster: u32, add: &Mask) -> u32 {
-        let Some(slot) = self.slot(cluster) else { return 0 };
+        let Some(slot) = self.slot(cluster) else {
+            return 0;
+        };
         let w = self.words;
         let m = &mut self.masks[slot as usize * w..(slot as usize + 1) * w];
         let mut new = 0;

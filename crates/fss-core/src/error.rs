@@ -188,14 +188,18 @@ fn classify_io(e: &io::Error) -> (ErrorKind, &'static str) {
             ErrorKind::NoSpace,
             "no space left on the underlying file system; free space or move the file",
         ),
-        Some(c) if c == rustix::io::Errno::DQUOT.raw_os_error() => {
-            (ErrorKind::NoSpace, "disk quota exceeded; raise the quota or free space")
-        }
+        Some(c) if c == rustix::io::Errno::DQUOT.raw_os_error() => (
+            ErrorKind::NoSpace,
+            "disk quota exceeded; raise the quota or free space",
+        ),
         _ if e.kind() == io::ErrorKind::UnexpectedEof => (
             ErrorKind::OutOfRange,
             "the device ended before the requested range; was it truncated?",
         ),
-        _ => (ErrorKind::Io, "the device reported an I/O error; check the kernel log and the medium"),
+        _ => (
+            ErrorKind::Io,
+            "the device reported an I/O error; check the kernel log and the medium",
+        ),
     }
 }
 
@@ -208,8 +212,13 @@ mod tests {
 
     #[test]
     fn display_names_op_object_offset_and_cause() {
-        let e = Error::new(ErrorKind::OutOfRange, "write", "volume 'vol0'", "ends past 1048576 bytes")
-            .at(4096);
+        let e = Error::new(
+            ErrorKind::OutOfRange,
+            "write",
+            "volume 'vol0'",
+            "ends past 1048576 bytes",
+        )
+        .at(4096);
         assert_eq!(
             e.to_string(),
             "write volume 'vol0' at offset 4096 failed: ends past 1048576 bytes"
@@ -229,7 +238,12 @@ mod tests {
 
     #[test]
     fn errno_by_kind() {
-        let ro = Error::new(ErrorKind::ReadOnly, "write", "snapshot 's'", "snapshots are read-only");
+        let ro = Error::new(
+            ErrorKind::ReadOnly,
+            "write",
+            "snapshot 's'",
+            "snapshots are read-only",
+        );
         assert_eq!(ro.errno(), 30);
         assert_eq!(ErrorKind::InvalidSnapshot.as_str(), "invalid-snapshot");
     }

@@ -55,7 +55,10 @@ impl Geometry {
                 ));
             }
         }
-        Ok(Geometry { volume_len, cluster_shift: shift })
+        Ok(Geometry {
+            volume_len,
+            cluster_shift: shift,
+        })
     }
 
     /// The volume's length in bytes.
@@ -130,7 +133,10 @@ mod tests {
         assert_eq!(g.blocks_per_cluster(), 16);
         assert_eq!(g.cluster_count(), 16384);
         let g = Geometry::new(10_000, Some(4096)).unwrap();
-        assert_eq!((g.cluster_count(), g.block_count(), g.blocks_per_cluster()), (3, 3, 1));
+        assert_eq!(
+            (g.cluster_count(), g.block_count(), g.blocks_per_cluster()),
+            (3, 3, 1)
+        );
     }
 
     #[test]

@@ -138,7 +138,11 @@ impl SnapState {
             id,
             name,
             created: SystemTime::now(),
-            chain: if opts.persistent { PERSISTENT } else { TRANSIENT },
+            chain: if opts.persistent {
+                PERSISTENT
+            } else {
+                TRANSIENT
+            },
             on_store_error: opts.on_store_error,
             store,
             map: RwLock::new(ClusterMap::new(blocks_per_cluster)),
@@ -167,7 +171,10 @@ impl SnapState {
 
     /// Mark invalid (once; the first reason is kept and logged).
     pub fn invalidate(&self, reason: &str) {
-        let mut r = self.invalid_reason.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut r = self
+            .invalid_reason
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if r.is_none() {
             tracing::error!(snapshot = %self.name, %reason, "snapshot invalidated");
             *r = Some(reason.to_string());
@@ -179,7 +186,10 @@ impl SnapState {
         if self.is_valid() {
             SnapshotState::Valid
         } else {
-            let r = self.invalid_reason.lock().unwrap_or_else(PoisonError::into_inner);
+            let r = self
+                .invalid_reason
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             SnapshotState::Invalid(r.clone().unwrap_or_default())
         }
     }
@@ -249,7 +259,9 @@ pub struct Snapshot {
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Snapshot").field("name", &self.snap.name).finish_non_exhaustive()
+        f.debug_struct("Snapshot")
+            .field("name", &self.snap.name)
+            .finish_non_exhaustive()
     }
 }
 

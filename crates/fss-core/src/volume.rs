@@ -52,7 +52,11 @@ struct FastBits(Vec<AtomicU64>);
 
 impl FastBits {
     fn new(clusters: u64) -> Self {
-        FastBits((0..clusters.div_ceil(64)).map(|_| AtomicU64::new(0)).collect())
+        FastBits(
+            (0..clusters.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        )
     }
     fn get(&self, cluster: u64) -> bool {
         self.0
@@ -109,7 +113,9 @@ pub struct Volume {
 
 impl std::fmt::Debug for Volume {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Volume").field("name", &self.shared.name).finish_non_exhaustive()
+        f.debug_struct("Volume")
+            .field("name", &self.shared.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -133,7 +139,10 @@ struct PreImages(Vec<(u64, Vec<u8>)>);
 impl PreImages {
     /// The bytes of blocks `[first, first + count)`, which lie inside one run.
     fn blocks(&self, first: u64, count: u64) -> &[u8] {
-        let i = self.0.partition_point(|(f, _)| *f <= first).saturating_sub(1);
+        let i = self
+            .0
+            .partition_point(|(f, _)| *f <= first)
+            .saturating_sub(1);
         let (f, data) = &self.0[i];
         let start = ((first - f) * BLOCK_SIZE) as usize;
         &data[start..start + (count * BLOCK_SIZE) as usize]
@@ -206,7 +215,9 @@ impl Volume {
         s.check_range("read", &s.object(), offset, buf.len() as u64)?;
         s.reads.fetch_add(1, Ordering::Relaxed);
         s.bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        s.dev.read_at(buf, offset).map_err(|e| Error::io("read", s.object(), e).at(offset))
+        s.dev
+            .read_at(buf, offset)
+            .map_err(|e| Error::io("read", s.object(), e).at(offset))
     }
 
     /// Write `buf` at `offset`, preserving pre-images first. Returns once the pre-images that
@@ -216,7 +227,8 @@ impl Volume {
     /// `OutOfRange`, `Io`/`NoSpace` from the volume, or the store error when a snapshot with
     /// `fail-write` could not be protected (the volume is then unchanged).
     pub fn write(&self, buf: &[u8], offset: u64) -> Result<()> {
-        self.shared.modify(offset, buf.len() as u64, Change::Write(buf))
+        self.shared
+            .modify(offset, buf.len() as u64, Change::Write(buf))
     }
 
     /// Discard (TRIM) a range: it reads as zeroes afterwards on files and memory.
@@ -305,7 +317,10 @@ impl Volume {
         drop(chains);
         tracing::info!(volume = %s.name, snapshot = name, persistent = opts.persistent,
             cluster_size = geometry.cluster_size(), "snapshot created");
-        Ok(Snapshot { vol: Arc::clone(s), snap })
+        Ok(Snapshot {
+            vol: Arc::clone(s),
+            snap,
+        })
     }
 
     /// The live snapshot named `name`.
@@ -313,7 +328,10 @@ impl Volume {
     pub fn snapshot(&self, name: &str) -> Option<Snapshot> {
         let chains = self.shared.chains();
         let snap = chains.chain.iter().flatten().find(|x| x.name == name)?;
-        Some(Snapshot { vol: Arc::clone(&self.shared), snap: Arc::clone(snap) })
+        Some(Snapshot {
+            vol: Arc::clone(&self.shared),
+            snap: Arc::clone(snap),
+        })
     }
 
     /// Every live snapshot, oldest first.
@@ -324,7 +342,10 @@ impl Volume {
             .chain
             .iter()
             .flatten()
-            .map(|snap| Snapshot { vol: Arc::clone(&self.shared), snap: Arc::clone(snap) })
+            .map(|snap| Snapshot {
+                vol: Arc::clone(&self.shared),
+                snap: Arc::clone(snap),
+            })
             .collect();
         v.sort_by_key(|x| x.snap.id);
         v
@@ -388,7 +409,10 @@ impl Shared {
                 ErrorKind::OutOfRange,
                 op,
                 object,
-                format!("{len} bytes at offset {offset} end past the device's {} bytes", self.len),
+                format!(
+                    "{len} bytes at offset {offset} end past the device's {} bytes",
+                    self.len
+                ),
             )
             .at(offset)),
         }
@@ -525,9 +549,9 @@ impl Shared {
                     }
                 }
             }
-            for c in 0..2 {
-                if let (Some(t), false) = (targets[c], p.need[c].is_empty()) {
-                    p.need[c] = Self::uncovered(&chains.chain[c][t..], p.cluster, &p.need[c]);
+            for (c, t) in targets.iter().enumerate() {
+                if let (Some(t), false) = (t, p.need[c].is_empty()) {
+                    p.need[c] = Self::uncovered(&chains.chain[c][*t..], p.cluster, &p.need[c]);
                 }
             }
         }
@@ -535,7 +559,9 @@ impl Shared {
             self.busy_waits.fetch_add(waits, Ordering::Relaxed);
             for (c, t) in targets.iter().enumerate() {
                 if let Some(t) = t {
-                    chains.chain[c][*t].busy_waits.fetch_add(waits, Ordering::Relaxed);
+                    chains.chain[c][*t]
+                        .busy_waits
+                        .fetch_add(waits, Ordering::Relaxed);
                 }
             }
         }
@@ -546,8 +572,8 @@ impl Shared {
 
         let pre = self.read_pre_images(&g, &plan)?;
         let mut failures = Vec::new();
-        for c in 0..2 {
-            let Some(t) = targets[c] else { continue };
+        for (c, t) in targets.iter().enumerate() {
+            let Some(t) = *t else { continue };
             if let Err(f) = self.preserve_chain(chains, c, t, &g, &plan, &pre) {
                 failures.push(f);
             }
@@ -559,10 +585,11 @@ impl Shared {
         // With fail-write on any snapshot that would lose a pre-image, the origin write is
         // refused and nobody is invalidated; otherwise the affected snapshots are invalidated
         // before the origin changes, and the write goes on.
-        if let Some(f) = failures
-            .iter()
-            .find(|f| f.affected.iter().any(|s| s.on_store_error == OnStoreError::FailWrite))
-        {
+        if let Some(f) = failures.iter().find(|f| {
+            f.affected
+                .iter()
+                .any(|s| s.on_store_error == OnStoreError::FailWrite)
+        }) {
             return Err(Error::new(
                 f.error.kind(),
                 "write",
@@ -704,9 +731,16 @@ impl Shared {
         }
         let (Some(g), Some(idx)) = (
             chains.geometry,
-            chains.chain[snap.chain].iter().position(|s| Arc::ptr_eq(s, snap)),
+            chains.chain[snap.chain]
+                .iter()
+                .position(|s| Arc::ptr_eq(s, snap)),
         ) else {
-            return Err(Error::new(ErrorKind::NotFound, "read", object, "the snapshot is gone"));
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "read",
+                object,
+                "the snapshot is gone",
+            ));
         };
         let later = &chains.chain[snap.chain][idx..];
         let len = buf.len() as u64;
@@ -728,7 +762,10 @@ impl Shared {
         for &(f, n) in &from_volume {
             let (start, end) = clip(f, n, offset, len);
             self.dev
-                .read_at(&mut buf[(start - offset) as usize..(end - offset) as usize], start)
+                .read_at(
+                    &mut buf[(start - offset) as usize..(end - offset) as usize],
+                    start,
+                )
                 .map_err(|e| Error::io("read", object.clone(), e).at(start))?;
         }
         // A block preserved while we read the volume may have been overwritten there after:
@@ -762,7 +799,9 @@ impl Shared {
         for s in snaps {
             let (slot, hit) = {
                 let map = s.map();
-                let Some((slot, have)) = map.get(cluster as u32) else { continue };
+                let Some((slot, have)) = map.get(cluster as u32) else {
+                    continue;
+                };
                 let mut hit = open.clone();
                 mask_keep(&mut hit, have);
                 (slot, hit)
@@ -773,7 +812,11 @@ impl Shared {
             for (b, n) in mask_runs(&hit) {
                 let (start, end) = clip(first + u64::from(b), u64::from(n), offset, len);
                 let in_slot = start - first * BLOCK_SIZE;
-                s.store.read(slot, in_slot, &mut buf[(start - offset) as usize..(end - offset) as usize])?;
+                s.store.read(
+                    slot,
+                    in_slot,
+                    &mut buf[(start - offset) as usize..(end - offset) as usize],
+                )?;
             }
             mask_remove(&mut open, &hit);
             if mask_is_empty(&open) {
@@ -786,7 +829,10 @@ impl Shared {
     fn delete_snapshot(&self, name: &str) -> Result<()> {
         let mut chains = self.chains_mut();
         let found = (0..2).find_map(|c| {
-            chains.chain[c].iter().position(|s| s.name == name).map(|j| (c, j))
+            chains.chain[c]
+                .iter()
+                .position(|s| s.name == name)
+                .map(|j| (c, j))
         });
         let Some((c, j)) = found else {
             return Err(Error::new(
@@ -803,7 +849,11 @@ impl Shared {
         chains.chain[c].remove(j);
         snap.deleted.store(true, Ordering::Release);
         let clusters = chains.geometry.map_or(0, |g| g.cluster_count());
-        chains.fast[c] = FastBits::new(if chains.chain[c].is_empty() { 0 } else { clusters });
+        chains.fast[c] = FastBits::new(if chains.chain[c].is_empty() {
+            0
+        } else {
+            clusters
+        });
         if chains.is_empty() {
             chains.geometry = None;
         }
@@ -852,7 +902,8 @@ impl Shared {
                 };
                 for (s, n) in mask_runs(missing) {
                     buf.resize((u64::from(n) * BLOCK_SIZE) as usize, 0);
-                    gone.store.read(*from_slot, u64::from(s) * BLOCK_SIZE, &mut buf)?;
+                    gone.store
+                        .read(*from_slot, u64::from(s) * BLOCK_SIZE, &mut buf)?;
                     prev.store.write_blocks(*cl, slot, s, &buf)?;
                 }
             }
@@ -867,7 +918,10 @@ impl Shared {
             }
             Err(e) => {
                 // Which older snapshots needed the entries that could not move.
-                let reason = format!("moving entries from deleted snapshot '{}' failed: {e}", gone.name);
+                let reason = format!(
+                    "moving entries from deleted snapshot '{}' failed: {e}",
+                    gone.name
+                );
                 for (cl, _, missing) in &todo {
                     let mut lost = missing.clone();
                     for s in older.iter().rev() {

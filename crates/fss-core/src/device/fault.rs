@@ -26,12 +26,19 @@ pub struct FaultDevice<D> {
 impl<D: BlockDevice> FaultDevice<D> {
     /// Wrap `inner` with no fault armed.
     pub fn new(inner: D) -> Self {
-        FaultDevice { inner, countdown: AtomicI64::new(i64::MAX), fault: Mutex::new(Fault::Io) }
+        FaultDevice {
+            inner,
+            countdown: AtomicI64::new(i64::MAX),
+            fault: Mutex::new(Fault::Io),
+        }
     }
 
     /// After `after` more successful writes or flushes, fail with `fault`.
     pub fn arm(&self, after: u32, fault: Fault) {
-        *self.fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = fault;
+        *self
+            .fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = fault;
         self.countdown.store(i64::from(after), Ordering::SeqCst);
     }
 
@@ -50,7 +57,11 @@ impl<D: BlockDevice> FaultDevice<D> {
             return Ok(());
         }
         self.countdown.store(0, Ordering::SeqCst);
-        let errno = match *self.fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner) {
+        let errno = match *self
+            .fault
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        {
             Fault::Io => rustix::io::Errno::IO,
             Fault::NoSpace => rustix::io::Errno::NOSPC,
         };

@@ -79,7 +79,11 @@ impl FileDevice {
             }
         }
         let direct = if opts.direct {
-            Some(base().custom_flags(flag_bits(OFlags::CLOEXEC | OFlags::DIRECT)).open(path)?)
+            Some(
+                base()
+                    .custom_flags(flag_bits(OFlags::CLOEXEC | OFlags::DIRECT))
+                    .open(path)?,
+            )
         } else {
             None
         };
@@ -198,7 +202,8 @@ impl BlockDevice for FileDevice {
             None => self.file.write_all_at(buf, offset)?,
         }
         if !self.is_block {
-            self.len.fetch_max(offset + buf.len() as u64, Ordering::AcqRel);
+            self.len
+                .fetch_max(offset + buf.len() as u64, Ordering::AcqRel);
         }
         Ok(())
     }
@@ -249,14 +254,19 @@ mod tests {
     use super::*;
 
     fn pattern(len: usize, seed: u8) -> Vec<u8> {
-        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+            .collect()
     }
 
     #[test]
     fn create_sparse_read_write_punch() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("v.img");
-        let opts = OpenOptions { create_len: Some(1 << 20), ..Default::default() };
+        let opts = OpenOptions {
+            create_len: Some(1 << 20),
+            ..Default::default()
+        };
         let d = FileDevice::open(&p, &opts).unwrap();
         assert_eq!(d.len(), 1 << 20);
         let data = pattern(10_000, 3);
@@ -268,8 +278,13 @@ mod tests {
         d.write_zeroes(20_000, 100).unwrap();
         d.read_at(&mut back, 12_345).unwrap();
         assert!(back[..(16_384 - 12_345)].iter().all(|&b| b == 0));
-        assert_eq!(back[(16_384 - 12_345)..(20_000 - 12_345)], data[(16_384 - 12_345)..(20_000 - 12_345)]);
-        assert!(back[(20_000 - 12_345)..(20_100 - 12_345)].iter().all(|&b| b == 0));
+        assert_eq!(
+            back[(16_384 - 12_345)..(20_000 - 12_345)],
+            data[(16_384 - 12_345)..(20_000 - 12_345)]
+        );
+        assert!(back[(20_000 - 12_345)..(20_100 - 12_345)]
+            .iter()
+            .all(|&b| b == 0));
         d.flush().unwrap();
     }
 
@@ -277,9 +292,15 @@ mod tests {
     fn direct_io_aligned_and_unaligned_agree() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.img");
-        let opts = OpenOptions { create_len: Some(1 << 20), direct: true, ..Default::default() };
+        let opts = OpenOptions {
+            create_len: Some(1 << 20),
+            direct: true,
+            ..Default::default()
+        };
         // tmpfs refuses O_DIRECT; then there is nothing to test here.
-        let Ok(d) = FileDevice::open(&p, &opts) else { return };
+        let Ok(d) = FileDevice::open(&p, &opts) else {
+            return;
+        };
         let data = pattern(3 * 4096, 7);
         d.write_at(&data, 4096).unwrap();
         d.write_at(&[0xAB; 3], 4097).unwrap();
@@ -297,7 +318,11 @@ mod tests {
     fn exclusive_open_is_refused_twice() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("x.img");
-        let opts = OpenOptions { create_len: Some(4096), exclusive: true, ..Default::default() };
+        let opts = OpenOptions {
+            create_len: Some(4096),
+            exclusive: true,
+            ..Default::default()
+        };
         let _a = FileDevice::open(&p, &opts).unwrap();
         let e = FileDevice::open(&p, &opts).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
@@ -308,8 +333,14 @@ mod tests {
     fn short_file_read_fails_not_short_reads() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.img");
-        let d = FileDevice::open(&p, &OpenOptions { create_len: Some(100), ..Default::default() })
-            .unwrap();
+        let d = FileDevice::open(
+            &p,
+            &OpenOptions {
+                create_len: Some(100),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         let mut buf = [0u8; 50];
         assert!(d.read_at(&mut buf, 80).is_err());
     }

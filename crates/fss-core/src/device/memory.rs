@@ -144,7 +144,8 @@ impl BlockDevice for MemDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.check_range(offset, buf.len() as u64)?;
         self.reads.fetch_add(1, Ordering::Relaxed);
-        self.bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.bytes_read
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         Self::pieces(offset, buf.len() as u64, |page, in_page, n, at| {
             let dst = &mut buf[at..at + n];
             match lock(self.shard(page)).get(&page) {
@@ -162,7 +163,8 @@ impl BlockDevice for MemDevice {
             .ok_or_else(|| io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()))?;
         self.len.fetch_max(end, Ordering::AcqRel);
         self.writes.fetch_add(1, Ordering::Relaxed);
-        self.bytes_written.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.bytes_written
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
         Self::pieces(offset, buf.len() as u64, |page, in_page, n, at| {
             let mut shard = lock(self.shard(page));
             let p = shard
@@ -237,7 +239,9 @@ mod tests {
         d.read_at(&mut all, 0).unwrap();
         assert!(all[..10].iter().all(|&b| b == 9));
         assert!(all[10..(2 * PAGE + 10) as usize].iter().all(|&b| b == 0));
-        assert!(all[(2 * PAGE + 20) as usize..(2 * PAGE + 50) as usize].iter().all(|&b| b == 0));
+        assert!(all[(2 * PAGE + 20) as usize..(2 * PAGE + 50) as usize]
+            .iter()
+            .all(|&b| b == 0));
         assert_eq!(all[(2 * PAGE + 50) as usize], 9);
     }
 }

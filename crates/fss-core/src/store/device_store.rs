@@ -19,7 +19,9 @@ pub struct DeviceStore {
 
 impl std::fmt::Debug for DeviceStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceStore").field("dev", &self.dev.describe()).finish_non_exhaustive()
+        f.debug_struct("DeviceStore")
+            .field("dev", &self.dev.describe())
+            .finish_non_exhaustive()
     }
 }
 
@@ -121,7 +123,10 @@ impl Store for DeviceStore {
                     ErrorKind::InvalidArgument,
                     "set maximum size of",
                     self.describe(),
-                    format!("{m} bytes is below the {} bytes already used", self.used_bytes()),
+                    format!(
+                        "{m} bytes is below the {} bytes already used",
+                        self.used_bytes()
+                    ),
                 ));
             }
         }

@@ -1,0 +1,291 @@
+//! Property test: random sequences of volume writes, discards and write-zeroes (unaligned,
+//! spanning clusters, up to several MiB), snapshot creates (persistent and transient chains,
+//! limited stores, fail-write), deletes in any order, limit raises, and reads, every byte
+//! compared with a naive model that keeps a full copy of the volume per snapshot.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+mod common;
+
+use common::{pattern, StoreFactory};
+use fss_core::device::MemDevice;
+use fss_core::{ErrorKind, OnStoreError, SnapshotOptions, Volume};
+use proptest::prelude::*;
+use std::sync::Arc;
+
+const VOL_LEN: u64 = (6 << 20) + 1234;
+
+#[derive(Debug, Clone)]
+enum Op {
+    Write {
+        off: u64,
+        len: u64,
+        seed: u64,
+    },
+    Discard {
+        off: u64,
+        len: u64,
+    },
+    Zeroes {
+        off: u64,
+        len: u64,
+    },
+    Create {
+        persistent: bool,
+        cluster_shift: u32,
+        limit_clusters: Option<u64>,
+        fail_write: bool,
+    },
+    Delete {
+        pick: usize,
+    },
+    RaiseLimit {
+        pick: usize,
+    },
+    ReadVolume {
+        off: u64,
+        len: u64,
+    },
+    ReadSnapshot {
+        pick: usize,
+        off: u64,
+        len: u64,
+    },
+}
+
+fn range() -> impl Strategy<Value = (u64, u64)> {
+    prop_oneof![
+        // Small, unaligned.
+        4 => (0..VOL_LEN, 1..20_000u64),
+        // Block-aligned.
+        3 => (0..VOL_LEN / 4096, 1..40u64).prop_map(|(b, n)| (b * 4096, n * 4096)),
+        // Large, up to several MiB.
+        1 => (0..VOL_LEN, 1..(5u64 << 20)),
+        // The tail, with its partial block.
+        1 => (VOL_LEN - 20_000..VOL_LEN, 1..20_000u64),
+    ]
+    .prop_map(|(off, len)| (off, len.min(VOL_LEN - off)))
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        8 => (range(), any::<u64>()).prop_map(|((off, len), seed)| Op::Write { off, len, seed }),
+        1 => range().prop_map(|(off, len)| Op::Discard { off, len }),
+        1 => range().prop_map(|(off, len)| Op::Zeroes { off, len }),
+        3 => (any::<bool>(), 12..17u32, prop::option::weighted(0.25, 1..24u64), prop::bool::weighted(0.3))
+            .prop_map(|(persistent, cluster_shift, limit_clusters, fail_write)| Op::Create {
+                persistent, cluster_shift, limit_clusters, fail_write
+            }),
+        2 => any::<usize>().prop_map(|pick| Op::Delete { pick }),
+        1 => any::<usize>().prop_map(|pick| Op::RaiseLimit { pick }),
+        2 => range().prop_map(|(off, len)| Op::ReadVolume { off, len }),
+        4 => (any::<usize>(), range()).prop_map(|(pick, (off, len))| Op::ReadSnapshot { pick, off, len }),
+    ]
+}
+
+struct ModelSnap {
+    name: String,
+    id: u64,
+    persistent: bool,
+    bytes: Vec<u8>,
+}
+
+struct Harness {
+    vol: Volume,
+    stores: StoreFactory,
+    model: Vec<u8>,
+    snaps: Vec<ModelSnap>,
+    /// (chain, id) of every snapshot ever created with a limited store.
+    limited: Vec<(bool, u64)>,
+    /// Whether any fail-write snapshot was ever created.
+    fail_write_any: bool,
+    next: u64,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Harness {
+            vol: Volume::new("vol", Arc::new(MemDevice::new(VOL_LEN))),
+            stores: StoreFactory::default(),
+            model: vec![0; VOL_LEN as usize],
+            snaps: Vec::new(),
+            limited: Vec::new(),
+            fail_write_any: false,
+            next: 0,
+        }
+    }
+
+    /// Apply a change to the model if the engine accepted it; check errors are the allowed kind.
+    fn change(&mut self, r: fss_core::Result<()>, off: u64, new: &[u8]) {
+        match r {
+            Ok(()) => self.model[off as usize..off as usize + new.len()].copy_from_slice(new),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::NoSpace, "unexpected write error: {e}");
+                assert!(
+                    self.fail_write_any && !self.limited.is_empty(),
+                    "write refused without a fail-write snapshot: {e}"
+                );
+            }
+        }
+    }
+
+    /// A snapshot read must equal the model, or fail because a limited store in its chain
+    /// (at or after it) filled up.
+    fn check_snapshot(&self, i: usize, off: u64, len: u64) {
+        let m = &self.snaps[i];
+        let snap = self.vol.snapshot(&m.name).expect("live snapshot");
+        let mut buf = vec![0u8; len as usize];
+        match snap.read(&mut buf, off) {
+            Ok(()) => {
+                if buf != m.bytes[off as usize..(off + len) as usize] {
+                    let at = buf
+                        .iter()
+                        .zip(&m.bytes[off as usize..])
+                        .position(|(a, b)| a != b)
+                        .unwrap_or(0);
+                    panic!(
+                        "snapshot {} (id {}) differs from the model at byte {}",
+                        m.name,
+                        m.id,
+                        off + at as u64
+                    );
+                }
+            }
+            Err(e) => {
+                assert_eq!(
+                    e.kind(),
+                    ErrorKind::InvalidSnapshot,
+                    "unexpected read error: {e}"
+                );
+                assert!(
+                    self.limited
+                        .iter()
+                        .any(|&(p, id)| p == m.persistent && id >= m.id),
+                    "snapshot {} invalid without a limited store after it: {e}",
+                    m.name
+                );
+                assert!(e.to_string().contains("full"), "the cause is named: {e}");
+                assert!(!snap.is_valid());
+            }
+        }
+    }
+
+    fn run(&mut self, op: &Op) {
+        match *op {
+            Op::Write { off, len, seed } => {
+                let data = pattern(seed, off, len as usize);
+                let r = self.vol.write(&data, off);
+                self.change(r, off, &data);
+            }
+            Op::Discard { off, len } => {
+                let r = self.vol.discard(off, len);
+                self.change(r, off, &vec![0; len as usize]);
+            }
+            Op::Zeroes { off, len } => {
+                let r = self.vol.write_zeroes(off, len);
+                self.change(r, off, &vec![0; len as usize]);
+            }
+            Op::Create {
+                persistent,
+                cluster_shift,
+                limit_clusters,
+                fail_write,
+            } => {
+                self.next += 1;
+                let name = format!("s{}", self.next);
+                let cluster = self.vol.cluster_size().unwrap_or(1 << cluster_shift);
+                let opts = SnapshotOptions {
+                    cluster_size: Some(cluster),
+                    persistent,
+                    on_store_error: if fail_write {
+                        OnStoreError::FailWrite
+                    } else {
+                        OnStoreError::Invalidate
+                    },
+                    max_store_bytes: limit_clusters.map(|n| n * cluster),
+                    ..Default::default()
+                };
+                let f = self.stores.clone();
+                let snap = self
+                    .vol
+                    .create_snapshot(&name, &opts, |p| f.make(p))
+                    .unwrap();
+                let id = snap.info().id;
+                if limit_clusters.is_some() {
+                    self.limited.push((persistent, id));
+                }
+                self.fail_write_any |= fail_write;
+                self.snaps.push(ModelSnap {
+                    name,
+                    id,
+                    persistent,
+                    bytes: self.model.clone(),
+                });
+            }
+            Op::Delete { pick } => {
+                if !self.snaps.is_empty() {
+                    let m = self.snaps.remove(pick % self.snaps.len());
+                    self.vol.delete_snapshot(&m.name).unwrap();
+                    assert!(self.vol.snapshot(&m.name).is_none());
+                }
+            }
+            Op::RaiseLimit { pick } => {
+                if !self.snaps.is_empty() {
+                    let m = &self.snaps[pick % self.snaps.len()];
+                    self.vol
+                        .snapshot(&m.name)
+                        .unwrap()
+                        .set_max_store_bytes(None)
+                        .unwrap();
+                }
+            }
+            Op::ReadVolume { off, len } => {
+                let mut buf = vec![0u8; len as usize];
+                self.vol.read(&mut buf, off).unwrap();
+                assert!(
+                    buf == self.model[off as usize..(off + len) as usize],
+                    "volume differs"
+                );
+            }
+            Op::ReadSnapshot { pick, off, len } => {
+                if !self.snaps.is_empty() {
+                    self.check_snapshot(pick % self.snaps.len(), off, len);
+                }
+            }
+        }
+    }
+
+    fn check_all(&self) {
+        let mut buf = vec![0u8; VOL_LEN as usize];
+        self.vol.read(&mut buf, 0).unwrap();
+        assert!(buf == self.model, "volume differs from the model");
+        for i in 0..self.snaps.len() {
+            self.check_snapshot(i, 0, VOL_LEN);
+        }
+        assert_eq!(self.vol.snapshots().len(), self.snaps.len());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: if cfg!(debug_assertions) { 24 } else { 300 },
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn engine_matches_full_copy_model(ops in prop::collection::vec(op(), 1..60)) {
+        let mut h = Harness::new();
+        for op in &ops {
+            h.run(op);
+        }
+        h.check_all();
+        // Delete what is left in a random-ish order, checking the rest each time.
+        while !h.snaps.is_empty() {
+            let i = (h.next as usize * 7) % h.snaps.len();
+            h.run(&Op::Delete { pick: i });
+            h.check_all();
+        }
+        prop_assert_eq!(h.vol.cluster_size(), None);
+    }
+}
