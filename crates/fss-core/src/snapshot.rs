@@ -130,14 +130,33 @@ impl SnapState {
     pub fn new(
         id: u64,
         name: String,
+        created: SystemTime,
         opts: &SnapshotOptions,
         store: Box<dyn Store>,
         blocks_per_cluster: u32,
     ) -> Self {
+        Self::with_map(
+            id,
+            name,
+            created,
+            opts,
+            store,
+            ClusterMap::new(blocks_per_cluster),
+        )
+    }
+
+    pub fn with_map(
+        id: u64,
+        name: String,
+        created: SystemTime,
+        opts: &SnapshotOptions,
+        store: Box<dyn Store>,
+        map: ClusterMap,
+    ) -> Self {
         SnapState {
             id,
             name,
-            created: SystemTime::now(),
+            created,
             chain: if opts.persistent {
                 PERSISTENT
             } else {
@@ -145,7 +164,7 @@ impl SnapState {
             },
             on_store_error: opts.on_store_error,
             store,
-            map: RwLock::new(ClusterMap::new(blocks_per_cluster)),
+            map: RwLock::new(map),
             valid: AtomicBool::new(true),
             invalid_reason: Mutex::new(None),
             deleted: AtomicBool::new(false),
@@ -169,17 +188,30 @@ impl SnapState {
         self.valid.load(Ordering::Acquire)
     }
 
-    /// Mark invalid (once; the first reason is kept and logged).
+    /// Mark invalid (once; the first reason is kept, logged, and recorded in the store so that
+    /// a restart does not bring the snapshot back as valid).
     pub fn invalidate(&self, reason: &str) {
+        if self.mark_invalid(reason) {
+            tracing::error!(snapshot = %self.name, %reason, "snapshot invalidated");
+            if let Err(e) = self.store.record_invalid(reason) {
+                tracing::error!(snapshot = %self.name, error = %e,
+                    "could not record the invalidation in the store");
+            }
+        }
+    }
+
+    /// Mark invalid without recording it; returns whether it was valid until now.
+    pub fn mark_invalid(&self, reason: &str) -> bool {
         let mut r = self
             .invalid_reason
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if r.is_none() {
-            tracing::error!(snapshot = %self.name, %reason, "snapshot invalidated");
+        let first = r.is_none();
+        if first {
             *r = Some(reason.to_string());
         }
         self.valid.store(false, Ordering::Release);
+        first
     }
 
     pub fn state(&self) -> SnapshotState {
@@ -306,6 +338,14 @@ impl Snapshot {
         self.snap.store.set_max_bytes(max)?;
         self.snap.rearm_low_space();
         Ok(())
+    }
+
+    /// Reread the store and check every preserved block against its checksum.
+    ///
+    /// # Errors
+    /// The store could not be read or is corrupt.
+    pub fn verify(&self) -> Result<crate::store::VerifyReport> {
+        self.snap.store.verify()
     }
 
     /// Whether it is valid now.

@@ -12,6 +12,7 @@
 //! block, in ascending order.
 
 use crate::busy::{BusyBlocks, Claims};
+use crate::cluster_map::ClusterMap;
 use crate::cluster_map::{
     mask_add, mask_is_empty, mask_keep, mask_range, mask_remove, mask_runs, mask_words,
 };
@@ -21,9 +22,10 @@ use crate::geometry::{block_span, Geometry, BLOCK_SIZE};
 use crate::snapshot::{
     OnStoreError, SnapState, Snapshot, SnapshotInfo, SnapshotOptions, PERSISTENT, TRANSIENT,
 };
-use crate::store::{Store, StoreParams};
+use crate::store::{Recovered, Store, StoreParams};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::SystemTime;
 
 /// Counters of one volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -91,6 +93,7 @@ impl Chains {
 /// The state shared by a [`Volume`] and its [`Snapshot`] handles.
 pub(crate) struct Shared {
     name: String,
+    id: [u8; 16],
     dev: Arc<dyn BlockDevice>,
     pub(crate) len: u64,
     chains: RwLock<Chains>,
@@ -156,12 +159,19 @@ struct Failure {
 }
 
 impl Volume {
-    /// Serve `dev` as the volume `name`, with no snapshots.
+    /// Serve `dev` as the volume `name`, with no snapshots and a zero identity.
     pub fn new(name: impl Into<String>, dev: Arc<dyn BlockDevice>) -> Self {
+        Self::with_identity(name, dev, [0; 16])
+    }
+
+    /// Serve `dev` as the volume `name` with identity `id`, which durable stores record and
+    /// check when they are reopened.
+    pub fn with_identity(name: impl Into<String>, dev: Arc<dyn BlockDevice>, id: [u8; 16]) -> Self {
         let len = dev.len();
         Volume {
             shared: Arc::new(Shared {
                 name: name.into(),
+                id,
                 dev,
                 len,
                 chains: RwLock::new(Chains {
@@ -270,6 +280,7 @@ impl Volume {
     ) -> Result<Snapshot> {
         let s = &self.shared;
         let geometry = s.geometry_for(name, opts.cluster_size)?;
+        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
         let params = StoreParams {
             snapshot: name.to_string(),
             volume: s.name.clone(),
@@ -277,6 +288,9 @@ impl Volume {
             cluster_size: geometry.cluster_size(),
             persistent: opts.persistent,
             max_bytes: opts.max_store_bytes,
+            volume_id: s.id,
+            snapshot_id: id,
+            created: SystemTime::now(),
         };
         let store = make_store(&params)?;
         if store.is_persistent() != opts.persistent {
@@ -303,10 +317,10 @@ impl Volume {
             }
             _ => chains.geometry = Some(geometry),
         }
-        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
         let snap = Arc::new(SnapState::new(
             id,
             name.to_string(),
+            params.created,
             opts,
             store,
             geometry.blocks_per_cluster(),
@@ -317,6 +331,107 @@ impl Volume {
         drop(chains);
         tracing::info!(volume = %s.name, snapshot = name, persistent = opts.persistent,
             cluster_size = geometry.cluster_size(), "snapshot created");
+        Ok(Snapshot {
+            vol: Arc::clone(s),
+            snap,
+        })
+    }
+
+    /// The volume's identity.
+    #[must_use]
+    pub fn identity(&self) -> [u8; 16] {
+        self.shared.id
+    }
+
+    /// Bring back a persistent snapshot from its reopened store (after a restart). Snapshots of
+    /// a chain must be attached oldest first, before the volume serves I/O.
+    ///
+    /// # Errors
+    /// `Exists`, `InvalidArgument` (cluster size differs from the other snapshots', or not in
+    /// creation order), `CorruptStore` (an entry outside the volume).
+    pub fn attach_snapshot(
+        &self,
+        opts: &SnapshotOptions,
+        store: Box<dyn Store>,
+        recovered: Recovered,
+    ) -> Result<Snapshot> {
+        let s = &self.shared;
+        let name = recovered.name.clone();
+        let object = format!("snapshot '{name}'");
+        let geometry = Geometry::new(s.len, Some(recovered.cluster_size))?;
+        if geometry.cluster_size() != recovered.cluster_size {
+            return Err(Error::new(
+                ErrorKind::CorruptStore,
+                "attach",
+                object,
+                "the store's cluster size is too small for this volume",
+            ));
+        }
+        let bpc = geometry.blocks_per_cluster();
+        let words = mask_words(bpc);
+        let mut map = ClusterMap::new(bpc);
+        for e in &recovered.entries {
+            if u64::from(e.cluster) >= geometry.cluster_count() || e.mask.len() != words {
+                return Err(Error::new(
+                    ErrorKind::CorruptStore,
+                    "attach",
+                    object,
+                    format!("the store maps cluster {} outside the volume", e.cluster),
+                ));
+            }
+            map.insert_slot(e.cluster, e.slot);
+            map.add_blocks(e.cluster, &e.mask);
+        }
+        let mut chains = s.chains_mut();
+        if chains.chain.iter().flatten().any(|x| x.name == name) {
+            return Err(exists(&name));
+        }
+        if let Some(g) = chains.geometry {
+            if g != geometry {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "attach",
+                    object,
+                    format!(
+                        "its cluster size {} differs from the volume's other snapshots' {}",
+                        geometry.cluster_size(),
+                        g.cluster_size()
+                    ),
+                ));
+            }
+        }
+        let c = if opts.persistent {
+            PERSISTENT
+        } else {
+            TRANSIENT
+        };
+        if chains.chain[c]
+            .last()
+            .is_some_and(|x| x.id >= recovered.snapshot_id)
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "attach",
+                object,
+                "snapshots must be attached oldest first",
+            ));
+        }
+        chains.geometry = Some(geometry);
+        let snap = Arc::new(SnapState::with_map(
+            recovered.snapshot_id,
+            name,
+            recovered.created,
+            opts,
+            store,
+            map,
+        ));
+        if let Some(reason) = &recovered.invalid {
+            snap.mark_invalid(reason);
+        }
+        s.next_id
+            .fetch_max(recovered.snapshot_id + 1, Ordering::Relaxed);
+        chains.chain[c].push(Arc::clone(&snap));
+        chains.fast[c] = FastBits::new(geometry.cluster_count());
         Ok(Snapshot {
             vol: Arc::clone(s),
             snap,

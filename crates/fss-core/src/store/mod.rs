@@ -6,10 +6,13 @@
 //! [`DeviceStore`] lives here; durable formats implement the same trait.
 
 mod device_store;
+mod file_store;
 
 pub use device_store::DeviceStore;
+pub use file_store::{FileStore, StoreIdentity};
 
 use crate::error::Result;
+use std::time::SystemTime;
 
 /// What a store is being made for, handed to the factory at snapshot creation.
 #[derive(Debug, Clone)]
@@ -26,6 +29,51 @@ pub struct StoreParams {
     pub persistent: bool,
     /// The most bytes the store may use, if limited.
     pub max_bytes: Option<u64>,
+    /// The volume's identity (assigned by whoever manages volumes; zero if none).
+    pub volume_id: [u8; 16],
+    /// The snapshot's creation order within the volume (its position in the chain).
+    pub snapshot_id: u64,
+    /// When the snapshot is taken.
+    pub created: SystemTime,
+}
+
+/// One cluster of a snapshot's map, as a store recovers it when reopened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MapEntry {
+    /// Cluster index in the volume.
+    pub cluster: u32,
+    /// Slot in the store.
+    pub slot: u32,
+    /// Preserved blocks (16-bit words, as in [`crate::cluster_map`]).
+    pub mask: Vec<u16>,
+}
+
+/// What reopening a durable store recovered.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    /// The snapshot's name.
+    pub name: String,
+    /// Its creation order within the volume.
+    pub snapshot_id: u64,
+    /// When it was taken.
+    pub created: SystemTime,
+    /// The cluster size.
+    pub cluster_size: u64,
+    /// The map.
+    pub entries: Vec<MapEntry>,
+    /// Set if the snapshot was invalidated before the restart, with the reason.
+    pub invalid: Option<String>,
+}
+
+/// The outcome of rereading a store and checking every preserved block's checksum.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Whether the store keeps checksums at all (transient stores do not).
+    pub checksummed: bool,
+    /// Blocks checked.
+    pub blocks_checked: u64,
+    /// Volume byte offsets of the blocks whose pre-image is damaged.
+    pub damaged: Vec<u64>,
 }
 
 /// A snapshot's backing store.
@@ -76,6 +124,22 @@ pub trait Store: Send + Sync {
 
     /// Whether the store keeps records durably (a persistent snapshot).
     fn is_persistent(&self) -> bool;
+
+    /// Record durably that the snapshot is invalid (persistent stores; others do nothing).
+    ///
+    /// # Errors
+    /// The record could not be written.
+    fn record_invalid(&self, _reason: &str) -> Result<()> {
+        Ok(())
+    }
+
+    /// Reread every preserved block and check it against its checksum.
+    ///
+    /// # Errors
+    /// The store could not be read.
+    fn verify(&self) -> Result<VerifyReport> {
+        Ok(VerifyReport::default())
+    }
 
     /// Release the store's space: the snapshot is deleted.
     ///

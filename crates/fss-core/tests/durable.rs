@@ -1,0 +1,152 @@
+//! Durable stores: reopen after dropping everything, verify, and refusals of foreign stores.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+mod common;
+
+use common::pattern;
+use fss_core::device::{BlockDevice, MemDevice};
+use fss_core::store::{FileStore, Store, StoreIdentity};
+use fss_core::{ErrorKind, SnapshotOptions, Volume};
+use std::sync::{Arc, Mutex};
+
+const MIB: u64 = 1 << 20;
+const VOL_ID: [u8; 16] = [0x42; 16];
+
+type Devices = Arc<Mutex<Vec<(u64, Arc<MemDevice>)>>>;
+
+fn persistent() -> SnapshotOptions {
+    SnapshotOptions {
+        persistent: true,
+        ..Default::default()
+    }
+}
+
+fn make(
+    devs: &Devices,
+) -> impl Fn(&fss_core::store::StoreParams) -> fss_core::Result<Box<dyn Store>> + '_ {
+    move |p| {
+        let d = Arc::new(MemDevice::growable(u64::MAX));
+        devs.lock().unwrap().push((p.snapshot_id, Arc::clone(&d)));
+        Ok(Box::new(FileStore::create(d, p, false, None)?) as Box<dyn Store>)
+    }
+}
+
+fn reopen(vol_dev: &Arc<MemDevice>, devs: &Devices) -> Volume {
+    let d: Arc<dyn BlockDevice> = vol_dev.clone();
+    let vol = Volume::with_identity("vol", d, VOL_ID);
+    for (id, dev) in devs.lock().unwrap().iter() {
+        let expect = StoreIdentity {
+            volume_id: VOL_ID,
+            volume_len: vol.len(),
+            snapshot_id: *id,
+        };
+        let (store, rec) = FileStore::open(dev.clone(), &expect, false, None, None).unwrap();
+        vol.attach_snapshot(&persistent(), Box::new(store), rec)
+            .unwrap();
+    }
+    vol
+}
+
+#[test]
+fn persistent_snapshots_read_the_same_after_reopen() {
+    let vol_dev = Arc::new(MemDevice::new(8 * MIB));
+    let d: Arc<dyn BlockDevice> = vol_dev.clone();
+    let vol = Volume::with_identity("vol", d, VOL_ID);
+    let devs: Devices = Arc::default();
+    let v0 = pattern(1, 0, (8 * MIB) as usize);
+    vol.write(&v0, 0).unwrap();
+    vol.create_snapshot("a", &persistent(), make(&devs))
+        .unwrap();
+    vol.write(&pattern(2, 100, MIB as usize), 100).unwrap();
+    let mut v1 = vec![0u8; (8 * MIB) as usize];
+    vol.read(&mut v1, 0).unwrap();
+    vol.create_snapshot("b", &persistent(), make(&devs))
+        .unwrap();
+    vol.write(&pattern(3, 3 * MIB, 2 * MIB as usize), 3 * MIB)
+        .unwrap();
+    vol.write_zeroes(7 * MIB, 4096).unwrap();
+    vol.write(&[1; 4096], 0).unwrap();
+    drop(vol);
+
+    let vol = reopen(&vol_dev, &devs);
+    let mut buf = vec![0u8; (8 * MIB) as usize];
+    vol.snapshot("a").unwrap().read(&mut buf, 0).unwrap();
+    assert!(buf == v0, "a");
+    vol.snapshot("b").unwrap().read(&mut buf, 0).unwrap();
+    assert!(buf == v1, "b");
+    // And it keeps working: more writes after the reopen append to the log.
+    vol.write(&[9; 8192], 5 * MIB).unwrap();
+    drop(vol);
+    let vol = reopen(&vol_dev, &devs);
+    vol.snapshot("b").unwrap().read(&mut buf, 0).unwrap();
+    assert!(buf == v1, "b after second reopen");
+    let report = vol.snapshot("b").unwrap().verify().unwrap();
+    assert!(report.checksummed && report.blocks_checked > 0 && report.damaged.is_empty());
+    assert_eq!(vol.snapshots()[1].info().id, 2);
+}
+
+#[test]
+fn verify_finds_a_damaged_block_by_offset() {
+    let vol_dev = Arc::new(MemDevice::new(4 * MIB));
+    let d: Arc<dyn BlockDevice> = vol_dev.clone();
+    let vol = Volume::with_identity("vol", d, VOL_ID);
+    let devs: Devices = Arc::default();
+    vol.write(&pattern(1, 0, (4 * MIB) as usize), 0).unwrap();
+    let snap = vol
+        .create_snapshot("a", &persistent(), make(&devs))
+        .unwrap();
+    vol.write(&[0; 4096], 3 * 65536 + 2 * 4096).unwrap();
+    let store_dev = Arc::clone(&devs.lock().unwrap()[0].1);
+    // The only data block is the first data slot's block 2; flip a byte in it.
+    let layout = fss_core::format::layout::Layout::new(65536);
+    let at = layout.slot_offset(0) + 2 * 4096 + 77;
+    let mut b = [0u8; 1];
+    store_dev.read_at(&mut b, at).unwrap();
+    store_dev.write_at(&[b[0] ^ 0x10], at).unwrap();
+    let r = snap.verify().unwrap();
+    assert_eq!(r.damaged, vec![3 * 65536 + 2 * 4096]);
+}
+
+#[test]
+fn foreign_and_misplaced_stores_are_refused() {
+    let vol_dev = Arc::new(MemDevice::new(4 * MIB));
+    let d: Arc<dyn BlockDevice> = vol_dev.clone();
+    let vol = Volume::with_identity("vol", d, VOL_ID);
+    let devs: Devices = Arc::default();
+    vol.create_snapshot("a", &persistent(), make(&devs))
+        .unwrap();
+    let dev = Arc::clone(&devs.lock().unwrap()[0].1);
+    let open = |vid, len, sid| {
+        let e = StoreIdentity {
+            volume_id: vid,
+            volume_len: len,
+            snapshot_id: sid,
+        };
+        FileStore::open(dev.clone(), &e, false, None, None)
+            .map(|_| ())
+            .unwrap_err()
+    };
+    let e = open([1; 16], 4 * MIB, 1);
+    assert_eq!(e.kind(), ErrorKind::ForeignStore);
+    assert!(e.to_string().contains("another volume"), "{e}");
+    assert_eq!(open(VOL_ID, 4 * MIB + 1, 1).kind(), ErrorKind::ForeignStore);
+    let e = open(VOL_ID, 4 * MIB, 2);
+    assert!(e.to_string().contains("snapshot #1"), "{e}");
+    // Not a store at all.
+    let blank = Arc::new(MemDevice::new(MIB));
+    let e = FileStore::open(
+        blank,
+        &StoreIdentity {
+            volume_id: VOL_ID,
+            volume_len: 4 * MIB,
+            snapshot_id: 1,
+        },
+        false,
+        None,
+        None,
+    )
+    .map(|_| ())
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ForeignStore);
+    assert!(e.to_string().contains("not an fss store"), "{e}");
+}
