@@ -366,13 +366,16 @@ impl Replay {
         }
     }
 
-    /// After the end: whether `block` holds a valid record with a sequence number past the
-    /// end, which means the log was damaged in the middle rather than torn at its tail.
+    /// After the end: whether `block` holds a valid record that proves the log was damaged in
+    /// the middle rather than torn at its tail: one written after a flush that made records
+    /// past the end durable (its durable horizon is past the last valid sequence number).
+    /// Records of the one batch whose flush may not have completed have a horizon at or below
+    /// the end, whatever subset of them survived, and are ignored.
     #[must_use]
     pub fn finds_later_record(&self, block: &[u8]) -> bool {
         let last = self.last_seq();
         (0..=BLOCK - HEADER).step_by(4).any(|pos| {
-            matches!(decode(&self.nonce, &block[pos..]), Decoded::Record(ref r, _) if r.seq > last + 1)
+            matches!(decode(&self.nonce, &block[pos..]), Decoded::Record(ref r, _) if r.horizon > last)
         })
     }
 
@@ -478,14 +481,7 @@ mod tests {
     #[test]
     fn writer_and_replay_agree_across_block_boundaries() {
         let bodies: Vec<Body> = (0..300)
-            .map(|i| {
-                pres(
-                    i,
-                    i,
-                    (i % 12) as u16,
-                    1 + (i as usize % 5),
-                )
-            })
+            .map(|i| pres(i, i, (i % 12) as u16, 1 + (i as usize % 5)))
             .collect();
         let blocks = write_log(bodies.clone());
         assert!(blocks.len() > 3);
