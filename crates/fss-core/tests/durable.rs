@@ -150,3 +150,29 @@ fn foreign_and_misplaced_stores_are_refused() {
     assert_eq!(e.kind(), ErrorKind::ForeignStore);
     assert!(e.to_string().contains("not an fss store"), "{e}");
 }
+
+#[test]
+fn an_invalidated_persistent_snapshot_stays_invalid_after_reopen() {
+    let vol_dev = Arc::new(MemDevice::new(4 * MIB));
+    let d: Arc<dyn BlockDevice> = vol_dev.clone();
+    let vol = Volume::with_identity("vol", d, VOL_ID);
+    let devs: Devices = Arc::default();
+    let layout = fss_core::format::layout::Layout::new(65536);
+    let opts = SnapshotOptions {
+        max_store_bytes: Some(layout.bytes_for_slots(2)),
+        ..persistent()
+    };
+    let snap = vol.create_snapshot("a", &opts, make(&devs)).unwrap();
+    vol.write(&[1; 3 * 65536], 0).unwrap();
+    assert!(!snap.is_valid());
+    drop((snap, vol));
+    let vol = reopen(&vol_dev, &devs);
+    let snap = vol.snapshot("a").unwrap();
+    assert!(
+        !snap.is_valid(),
+        "the invalidation was recorded in the store"
+    );
+    let e = snap.read(&mut [0u8; 1], 0).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidSnapshot);
+    assert!(e.to_string().contains("full"), "{e}");
+}

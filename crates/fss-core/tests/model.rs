@@ -1,17 +1,22 @@
 //! Property test: random sequences of volume writes, discards and write-zeroes (unaligned,
 //! spanning clusters, up to several MiB), snapshot creates (persistent and transient chains,
 //! limited stores, fail-write), deletes in any order, limit raises, and reads, every byte
-//! compared with a naive model that keeps a full copy of the volume per snapshot.
+//! compared with a naive model that keeps a full copy of the volume per snapshot. Persistent
+//! snapshots live on durable `FileStore`s; a restart drops everything and reopens from the
+//! devices: persistent snapshots come back exact, transient ones are gone.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
 
 mod common;
 
-use common::{pattern, StoreFactory};
-use fss_core::device::MemDevice;
+use common::pattern;
+use fss_core::device::{BlockDevice, MemDevice};
+use fss_core::store::{DeviceStore, FileStore, Store, StoreIdentity, StoreParams};
 use fss_core::{ErrorKind, OnStoreError, SnapshotOptions, Volume};
 use proptest::prelude::*;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+const VOL_ID: [u8; 16] = *b"model-volume-id!";
 
 const VOL_LEN: u64 = (6 << 20) + 1234;
 
@@ -51,6 +56,7 @@ enum Op {
         off: u64,
         len: u64,
     },
+    Restart,
 }
 
 fn range() -> impl Strategy<Value = (u64, u64)> {
@@ -80,6 +86,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<usize>().prop_map(|pick| Op::RaiseLimit { pick }),
         2 => range().prop_map(|(off, len)| Op::ReadVolume { off, len }),
         4 => (any::<usize>(), range()).prop_map(|(pick, (off, len))| Op::ReadSnapshot { pick, off, len }),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -87,12 +94,30 @@ struct ModelSnap {
     name: String,
     id: u64,
     persistent: bool,
+    fail_write: bool,
     bytes: Vec<u8>,
+}
+
+/// Store devices of persistent snapshots by id, to reopen after a restart.
+type Durable = Arc<Mutex<Vec<(u64, Arc<MemDevice>)>>>;
+
+fn make_store(durable: &Durable, p: &StoreParams) -> fss_core::Result<Box<dyn Store>> {
+    let dev = Arc::new(MemDevice::growable(u64::MAX));
+    if p.persistent {
+        durable
+            .lock()
+            .unwrap()
+            .push((p.snapshot_id, Arc::clone(&dev)));
+        Ok(Box::new(FileStore::create(dev, p, false, None)?))
+    } else {
+        Ok(Box::new(DeviceStore::new(dev, p, false)))
+    }
 }
 
 struct Harness {
     vol: Volume,
-    stores: StoreFactory,
+    vol_dev: Arc<MemDevice>,
+    durable: Durable,
     model: Vec<u8>,
     snaps: Vec<ModelSnap>,
     /// (chain, id) of every snapshot ever created with a limited store.
@@ -104,9 +129,12 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        let vol_dev = Arc::new(MemDevice::new(VOL_LEN));
+        let d: Arc<dyn BlockDevice> = vol_dev.clone();
         Harness {
-            vol: Volume::new("vol", Arc::new(MemDevice::new(VOL_LEN))),
-            stores: StoreFactory::default(),
+            vol: Volume::with_identity("vol", d, VOL_ID),
+            vol_dev,
+            durable: Arc::default(),
             model: vec![0; VOL_LEN as usize],
             snaps: Vec::new(),
             limited: Vec::new(),
@@ -205,10 +233,10 @@ impl Harness {
                     max_store_bytes: limit_clusters.map(|n| n * cluster),
                     ..Default::default()
                 };
-                let f = self.stores.clone();
+                let d = Arc::clone(&self.durable);
                 let snap = self
                     .vol
-                    .create_snapshot(&name, &opts, |p| f.make(p))
+                    .create_snapshot(&name, &opts, |p| make_store(&d, p))
                     .unwrap();
                 let id = snap.info().id;
                 if limit_clusters.is_some() {
@@ -219,6 +247,7 @@ impl Harness {
                     name,
                     id,
                     persistent,
+                    fail_write,
                     bytes: self.model.clone(),
                 });
             }
@@ -226,6 +255,7 @@ impl Harness {
                 if !self.snaps.is_empty() {
                     let m = self.snaps.remove(pick % self.snaps.len());
                     self.vol.delete_snapshot(&m.name).unwrap();
+                    self.durable.lock().unwrap().retain(|(id, _)| *id != m.id);
                     assert!(self.vol.snapshot(&m.name).is_none());
                 }
             }
@@ -239,6 +269,7 @@ impl Harness {
                         .unwrap();
                 }
             }
+            Op::Restart => self.restart(),
             Op::ReadVolume { off, len } => {
                 let mut buf = vec![0u8; len as usize];
                 self.vol.read(&mut buf, off).unwrap();
@@ -253,6 +284,58 @@ impl Harness {
                 }
             }
         }
+    }
+
+    /// Drop the volume and every handle, reopen from the devices: persistent snapshots come
+    /// back (with the same contents and validity), transient ones are gone.
+    fn restart(&mut self) {
+        let was_invalid: Vec<(String, bool)> = self
+            .vol
+            .snapshots()
+            .iter()
+            .map(|s| (s.name().to_string(), !s.is_valid()))
+            .collect();
+        let d: Arc<dyn BlockDevice> = self.vol_dev.clone();
+        self.vol = Volume::with_identity("vol", d, VOL_ID);
+        self.snaps.retain(|m| m.persistent);
+        for m in &self.snaps {
+            let dev = {
+                let durable = self.durable.lock().unwrap();
+                Arc::clone(&durable.iter().find(|(id, _)| *id == m.id).unwrap().1)
+            };
+            let expect = StoreIdentity {
+                volume_id: VOL_ID,
+                volume_len: VOL_LEN,
+                snapshot_id: m.id,
+            };
+            let (store, rec) = FileStore::open(dev, &expect, false, None, None).unwrap();
+            assert_eq!(rec.name, m.name);
+            let opts = SnapshotOptions {
+                persistent: true,
+                on_store_error: if m.fail_write {
+                    OnStoreError::FailWrite
+                } else {
+                    OnStoreError::Invalidate
+                },
+                ..Default::default()
+            };
+            let snap = self
+                .vol
+                .attach_snapshot(&opts, Box::new(store), rec)
+                .unwrap();
+            let before = was_invalid.iter().find(|(n, _)| *n == m.name).map(|x| x.1);
+            assert_eq!(
+                Some(!snap.is_valid()),
+                before,
+                "validity of {} survives a restart",
+                m.name
+            );
+        }
+        assert_eq!(
+            self.vol.snapshots().len(),
+            self.snaps.len(),
+            "transient snapshots are gone"
+        );
     }
 
     fn check_all(&self) {
