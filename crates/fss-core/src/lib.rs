@@ -25,6 +25,7 @@ pub mod busy;
 pub mod cluster_map;
 pub mod device;
 pub mod error;
+pub mod export;
 pub mod format;
 pub mod geometry;
 pub mod snapshot;

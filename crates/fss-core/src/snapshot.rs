@@ -340,6 +340,15 @@ impl Snapshot {
         Ok(())
     }
 
+    /// Which parts of `[offset, offset + len)` changed on the volume since this snapshot was
+    /// taken, exact to 4 KiB (`data: true` marks changed extents).
+    ///
+    /// # Errors
+    /// `OutOfRange`, `NotFound` (deleted), `InvalidSnapshot`.
+    pub fn changed(&self, offset: u64, len: u64) -> Result<Vec<crate::device::Extent>> {
+        self.vol.changed_since(&self.snap, offset, len)
+    }
+
     /// Reread the store and check every preserved block against its checksum.
     ///
     /// # Errors

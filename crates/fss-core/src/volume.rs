@@ -16,7 +16,7 @@ use crate::cluster_map::ClusterMap;
 use crate::cluster_map::{
     mask_add, mask_is_empty, mask_keep, mask_range, mask_remove, mask_runs, mask_words,
 };
-use crate::device::BlockDevice;
+use crate::device::{push_extent, BlockDevice, Extent};
 use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::{block_span, Geometry, BLOCK_SIZE};
 use crate::snapshot::{
@@ -335,6 +335,18 @@ impl Volume {
             vol: Arc::clone(s),
             snap,
         })
+    }
+
+    /// Which parts of a range hold data on the volume's device (holes read as zeroes).
+    ///
+    /// # Errors
+    /// `OutOfRange`, `Io`.
+    pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let s = &self.shared;
+        s.check_range("map", &s.object(), offset, len)?;
+        s.dev
+            .allocation(offset, len)
+            .map_err(|e| Error::io("map", s.object(), e).at(offset))
     }
 
     /// The volume's identity.
@@ -1051,6 +1063,74 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// The blocks of `[offset, offset + len)` changed on the volume since snapshot `snap` was
+    /// taken (exact to 4 KiB): those some map of its chain, from it to the newest, holds.
+    pub(crate) fn changed_since(
+        &self,
+        snap: &Arc<SnapState>,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<Extent>> {
+        let object = format!("snapshot '{}'", snap.name);
+        self.check_range("map changes of", &object, offset, len)?;
+        let chains = self.chains();
+        let (Some(g), Some(idx)) = (
+            chains.geometry,
+            chains.chain[snap.chain]
+                .iter()
+                .position(|s| Arc::ptr_eq(s, snap)),
+        ) else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "map changes of",
+                object,
+                "the snapshot was deleted",
+            ));
+        };
+        if !snap.is_valid() {
+            return Err(snap.invalid_error());
+        }
+        let mut out = Vec::new();
+        if len == 0 {
+            return Ok(out);
+        }
+        let later = &chains.chain[snap.chain][idx..];
+        let (b0, b1) = block_span(offset, len);
+        for cluster in g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1) {
+            let (_, in_range) = Self::cluster_masks(&g, cluster, b0, b1);
+            let mut changed = vec![0u16; in_range.len()];
+            for s in later {
+                s.map().or_mask_into(cluster as u32, &mut changed);
+            }
+            mask_keep(&mut changed, &in_range);
+            let mut unchanged = in_range.clone();
+            mask_remove(&mut unchanged, &changed);
+            let mut runs: Vec<(u32, u32, bool)> = mask_runs(&changed)
+                .into_iter()
+                .map(|(a, n)| (a, n, true))
+                .chain(
+                    mask_runs(&unchanged)
+                        .into_iter()
+                        .map(|(a, n)| (a, n, false)),
+                )
+                .collect();
+            runs.sort_unstable();
+            let first = g.first_block(cluster);
+            for (a, n, data) in runs {
+                let (start, end) = clip(first + u64::from(a), u64::from(n), offset, len);
+                push_extent(
+                    &mut out,
+                    Extent {
+                        offset: start,
+                        len: end - start,
+                        data,
+                    },
+                );
+            }
+        }
+        Ok(out)
     }
 
     pub(crate) fn snapshot_info(&self, snap: &SnapState) -> SnapshotInfo {

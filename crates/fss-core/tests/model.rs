@@ -96,6 +96,8 @@ struct ModelSnap {
     persistent: bool,
     fail_write: bool,
     bytes: Vec<u8>,
+    /// Blocks written (or attempted) since the snapshot.
+    written: Vec<bool>,
 }
 
 /// Store devices of persistent snapshots by id, to reopen after a restart.
@@ -145,6 +147,15 @@ impl Harness {
 
     /// Apply a change to the model if the engine accepted it; check errors are the allowed kind.
     fn change(&mut self, r: fss_core::Result<()>, off: u64, new: &[u8]) {
+        // Blocks a write touched (or tried to: a refused write may have preserved blocks for
+        // the other chain) count as written since every live snapshot.
+        if !new.is_empty() {
+            for m in &mut self.snaps {
+                for b in off / 4096..=(off + new.len() as u64 - 1) / 4096 {
+                    m.written[b as usize] = true;
+                }
+            }
+        }
         match r {
             Ok(()) => self.model[off as usize..off as usize + new.len()].copy_from_slice(new),
             Err(e) => {
@@ -159,7 +170,44 @@ impl Harness {
 
     /// A snapshot read must equal the model, or fail because a limited store in its chain
     /// (at or after it) filled up.
+    /// The change map of a snapshot holds every block whose bytes differ from the volume now,
+    /// and no block that was not written since the snapshot.
+    fn check_changes(&self, i: usize, off: u64, len: u64) {
+        let m = &self.snaps[i];
+        let snap = self.vol.snapshot(&m.name).expect("live snapshot");
+        let Ok(extents) = snap.changed(off, len) else {
+            assert!(!snap.is_valid(), "changes of a valid snapshot are known");
+            return;
+        };
+        assert_eq!(extents.first().map(|e| e.offset), (len > 0).then_some(off));
+        assert_eq!(extents.iter().map(|e| e.len).sum::<u64>(), len);
+        for e in extents {
+            for b in e.offset / 4096..(e.offset + e.len).div_ceil(4096) {
+                let (lo, hi) = (
+                    (b * 4096).max(e.offset),
+                    ((b + 1) * 4096).min(e.offset + e.len),
+                );
+                let differs =
+                    m.bytes[lo as usize..hi as usize] != self.model[lo as usize..hi as usize];
+                if e.data {
+                    assert!(
+                        m.written[b as usize],
+                        "block {b} reported changed but never written since {}",
+                        m.name
+                    );
+                } else {
+                    assert!(
+                        !differs,
+                        "block {b} differs from {} but is not reported changed",
+                        m.name
+                    );
+                }
+            }
+        }
+    }
+
     fn check_snapshot(&self, i: usize, off: u64, len: u64) {
+        self.check_changes(i, off, len);
         let m = &self.snaps[i];
         let snap = self.vol.snapshot(&m.name).expect("live snapshot");
         let mut buf = vec![0u8; len as usize];
@@ -249,6 +297,7 @@ impl Harness {
                     persistent,
                     fail_write,
                     bytes: self.model.clone(),
+                    written: vec![false; VOL_LEN.div_ceil(4096) as usize],
                 });
             }
             Op::Delete { pick } => {

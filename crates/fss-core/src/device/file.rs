@@ -247,6 +247,64 @@ impl BlockDevice for FileDevice {
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
+
+    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<super::Extent>> {
+        use super::{push_extent, Extent};
+        let end = offset + len;
+        if self.is_block {
+            return Ok(vec![Extent {
+                offset,
+                len,
+                data: true,
+            }]);
+        }
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            // SEEK_DATA from a hole gives the next data; from data it gives pos itself.
+            let data = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(pos)) {
+                Ok(d) => d.min(end),
+                Err(e) if e == rustix::io::Errno::NXIO => end,
+                Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::OPNOTSUPP => {
+                    push_extent(
+                        &mut out,
+                        Extent {
+                            offset: pos,
+                            len: end - pos,
+                            data: true,
+                        },
+                    );
+                    return Ok(out);
+                }
+                Err(e) => return Err(e.into()),
+            };
+            push_extent(
+                &mut out,
+                Extent {
+                    offset: pos,
+                    len: data - pos,
+                    data: false,
+                },
+            );
+            if data >= end {
+                break;
+            }
+            let hole = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(data)) {
+                Ok(h) => h.min(end),
+                Err(_) => end,
+            };
+            push_extent(
+                &mut out,
+                Extent {
+                    offset: data,
+                    len: hole - data,
+                    data: true,
+                },
+            );
+            pos = hole;
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -312,6 +370,31 @@ mod tests {
         let mut odd = vec![0u8; 5];
         d.read_at(&mut odd, 4096 + 2).unwrap();
         assert_eq!(odd, want[2..7]);
+    }
+
+    #[test]
+    fn allocation_reports_holes_of_a_sparse_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("sparse.img");
+        let d = FileDevice::open(
+            &p,
+            &OpenOptions {
+                create_len: Some(16 << 20),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        d.write_at(&[1; 4096], 8 << 20).unwrap();
+        let ext = d.allocation(0, 16 << 20).unwrap();
+        let data: Vec<_> = ext.iter().filter(|e| e.data).collect();
+        assert_eq!(ext.iter().map(|e| e.len).sum::<u64>(), 16 << 20);
+        assert!(data
+            .iter()
+            .any(|e| e.offset <= 8 << 20 && e.offset + e.len >= (8 << 20) + 4096));
+        assert!(
+            data.iter().map(|e| e.len).sum::<u64>() < 16 << 20,
+            "{ext:?}"
+        );
     }
 
     #[test]

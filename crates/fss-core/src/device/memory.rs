@@ -197,6 +197,24 @@ impl BlockDevice for MemDevice {
     fn describe(&self) -> String {
         "memory device".to_string()
     }
+
+    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<super::Extent>> {
+        self.check_range(offset, len)?;
+        let mut out = Vec::new();
+        Self::pieces(offset, len, |page, in_page, n, at| {
+            let data = lock(self.shard(page)).contains_key(&page);
+            let _ = in_page;
+            super::push_extent(
+                &mut out,
+                super::Extent {
+                    offset: offset + at as u64,
+                    len: n as u64,
+                    data,
+                },
+            );
+        });
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

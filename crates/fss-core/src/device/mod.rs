@@ -51,6 +51,43 @@ pub trait BlockDevice: Send + Sync {
 
     /// A short description for messages: a path, or "memory".
     fn describe(&self) -> String;
+
+    /// Which parts of `[offset, offset + len)` hold data (true) or are holes that read as zeroes
+    /// (false), as consecutive extents covering the range. The default: all data.
+    ///
+    /// # Errors
+    /// The device could not be asked.
+    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        Ok(vec![Extent {
+            offset,
+            len,
+            data: true,
+        }])
+    }
+}
+
+/// A run of bytes with one allocation state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Start, in bytes.
+    pub offset: u64,
+    /// Length, in bytes.
+    pub len: u64,
+    /// Whether it holds data (or, for change maps, whether it changed).
+    pub data: bool,
+}
+
+/// Append an extent, merging it with the last one if they touch and agree.
+pub fn push_extent(v: &mut Vec<Extent>, e: Extent) {
+    if e.len == 0 {
+        return;
+    }
+    match v.last_mut() {
+        Some(last) if last.data == e.data && last.offset + last.len == e.offset => {
+            last.len += e.len;
+        }
+        _ => v.push(e),
+    }
 }
 
 /// Zero a range by writing zero-filled buffers; the fallback for devices without a zeroing call.
@@ -91,5 +128,8 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
+        (**self).allocation(offset, len)
     }
 }
