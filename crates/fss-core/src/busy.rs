@@ -8,8 +8,16 @@ use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 const SHARDS: usize = 64;
 
+/// The claimed blocks of one shard, and how many threads wait for one of them (so that a
+/// release without waiters costs no wake-up system call).
+#[derive(Default)]
+struct Claimed {
+    blocks: FxHashSet<u64>,
+    waiters: u32,
+}
+
 struct Shard {
-    busy: Mutex<FxHashSet<u64>>,
+    busy: Mutex<Claimed>,
     freed: Condvar,
 }
 
@@ -29,7 +37,7 @@ impl Default for BusyBlocks {
         BusyBlocks {
             shards: (0..SHARDS)
                 .map(|_| Shard {
-                    busy: Mutex::new(FxHashSet::default()),
+                    busy: Mutex::new(Claimed::default()),
                     freed: Condvar::new(),
                 })
                 .collect(),
@@ -37,7 +45,7 @@ impl Default for BusyBlocks {
     }
 }
 
-fn lock(m: &Mutex<FxHashSet<u64>>) -> MutexGuard<'_, FxHashSet<u64>> {
+fn lock(m: &Mutex<Claimed>) -> MutexGuard<'_, Claimed> {
     // The set is only inserted into and removed from; a poisoned lock still holds a valid set.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -50,21 +58,28 @@ impl BusyBlocks {
     /// Claim `block`, waiting while someone else holds it. Returns whether it had to wait.
     pub fn claim(&self, block: u64) -> bool {
         let s = self.shard(block);
-        let mut set = lock(&s.busy);
+        let mut c = lock(&s.busy);
         let mut waited = false;
-        while set.contains(&block) {
+        while c.blocks.contains(&block) {
             waited = true;
-            set = s.freed.wait(set).unwrap_or_else(PoisonError::into_inner);
+            c.waiters += 1;
+            c = s.freed.wait(c).unwrap_or_else(PoisonError::into_inner);
+            c.waiters -= 1;
         }
-        set.insert(block);
+        c.blocks.insert(block);
         waited
     }
 
     /// Release a claimed block and wake whoever waits for it.
     pub fn release(&self, block: u64) {
         let s = self.shard(block);
-        lock(&s.busy).remove(&block);
-        s.freed.notify_all();
+        let mut c = lock(&s.busy);
+        c.blocks.remove(&block);
+        let waiters = c.waiters;
+        drop(c);
+        if waiters > 0 {
+            s.freed.notify_all();
+        }
     }
 }
 

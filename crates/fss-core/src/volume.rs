@@ -872,37 +872,30 @@ impl Shared {
         let later = &chains.chain[snap.chain][idx..];
         let len = buf.len() as u64;
         let (b0, b1) = block_span(offset, len);
-        // Blocks not found in any map, to read from the volume: runs of (first, count).
-        let mut from_volume: Vec<(u64, u64)> = Vec::new();
-        for cluster in g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1) {
-            let (_, in_range) = Self::cluster_masks(&g, cluster, b0, b1);
-            let open = self.read_from_stores(&g, later, cluster, in_range, buf, offset)?;
-            let first = g.first_block(cluster);
-            for (s, n) in mask_runs(&open) {
-                let b = first + u64::from(s);
-                match from_volume.last_mut() {
-                    Some((f, c)) if *f + *c == b => *c += u64::from(n),
-                    _ => from_volume.push((b, u64::from(n))),
+        let clusters = g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1);
+        // If every block is in a map, the volume is not needed at all.
+        let all_mapped = clusters.clone().all(|cluster| {
+            let (_, mut open) = Self::cluster_masks(&g, cluster, b0, b1);
+            for s in later {
+                if let Some((_, have)) = s.map().get(cluster as u32) {
+                    mask_remove(&mut open, have);
                 }
             }
-        }
-        for &(f, n) in &from_volume {
-            let (start, end) = clip(f, n, offset, len);
+            mask_is_empty(&open)
+        });
+        if !all_mapped {
+            // Read the whole range from the volume first, in one I/O, and only then consult
+            // the maps: a block not mapped at that later moment had not been preserved, so it
+            // had not been overwritten either (a volume write waits for its pre-image), and
+            // the volume read saw the snapshot's bytes. Mapped blocks are overlaid from stores.
             self.dev
-                .read_at(
-                    &mut buf[(start - offset) as usize..(end - offset) as usize],
-                    start,
-                )
-                .map_err(|e| Error::io("read", object.clone(), e).at(start))?;
+                .read_at(buf, offset)
+                .map_err(|e| Error::io("read", object.clone(), e).at(offset))?;
         }
-        // A block preserved while we read the volume may have been overwritten there after:
-        // look again, and take it from the store if it is now mapped.
-        for &(f, n) in &from_volume {
-            let (lo, hi) = (f, f + n);
-            for cluster in g.cluster_of_block(lo)..=g.cluster_of_block(hi - 1) {
-                let (_, in_range) = Self::cluster_masks(&g, cluster, lo, hi);
-                self.read_from_stores(&g, later, cluster, in_range, buf, offset)?;
-            }
+        let mut scratch = Vec::new();
+        for cluster in clusters {
+            let (_, in_range) = Self::cluster_masks(&g, cluster, b0, b1);
+            self.read_from_stores(&g, later, cluster, in_range, buf, offset, &mut scratch)?;
         }
         if !snap.is_valid() {
             return Err(snap.invalid_error());
@@ -911,7 +904,10 @@ impl Shared {
     }
 
     /// Fill the parts of `buf` (which starts at byte `offset`) that the maps of `snaps` hold
-    /// for the blocks `open` of `cluster`; return the blocks found nowhere.
+    /// for the blocks `open` of `cluster`, with one store read per snapshot: the span from the
+    /// first to the last block it holds, through `scratch` when the span has gaps. Returns the
+    /// blocks found nowhere.
+    #[allow(clippy::too_many_arguments)]
     fn read_from_stores(
         &self,
         g: &Geometry,
@@ -920,6 +916,7 @@ impl Shared {
         mut open: Vec<u16>,
         buf: &mut [u8],
         offset: u64,
+        scratch: &mut Vec<u8>,
     ) -> Result<Vec<u16>> {
         let len = buf.len() as u64;
         let first = g.first_block(cluster);
@@ -933,17 +930,26 @@ impl Shared {
                 mask_keep(&mut hit, have);
                 (slot, hit)
             };
-            if mask_is_empty(&hit) {
+            let runs = mask_runs(&hit);
+            let (Some(&(lo, _)), Some(&(hl, hn))) = (runs.first(), runs.last()) else {
                 continue;
-            }
-            for (b, n) in mask_runs(&hit) {
-                let (start, end) = clip(first + u64::from(b), u64::from(n), offset, len);
-                let in_slot = start - first * BLOCK_SIZE;
+            };
+            let (start, end) = clip(first + u64::from(lo), u64::from(hl + hn - lo), offset, len);
+            let in_slot = start - first * BLOCK_SIZE;
+            if runs.len() == 1 {
                 s.store.read(
                     slot,
                     in_slot,
                     &mut buf[(start - offset) as usize..(end - offset) as usize],
                 )?;
+            } else {
+                scratch.resize((end - start) as usize, 0);
+                s.store.read(slot, in_slot, scratch)?;
+                for (b, n) in runs {
+                    let (rs, re) = clip(first + u64::from(b), u64::from(n), offset, len);
+                    buf[(rs - offset) as usize..(re - offset) as usize]
+                        .copy_from_slice(&scratch[(rs - start) as usize..(re - start) as usize]);
+                }
             }
             mask_remove(&mut open, &hit);
             if mask_is_empty(&open) {

@@ -15,6 +15,8 @@ pub struct DeviceStore {
     max: Mutex<Option<u64>>,
     /// The medium's own limit: a fixed-size device cannot grow.
     medium_max: Option<u64>,
+    /// A file made for this store, removed when the snapshot is deleted.
+    owned_path: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for DeviceStore {
@@ -37,7 +39,15 @@ impl DeviceStore {
             slots: AtomicU32::new(0),
             max: Mutex::new(params.max_bytes),
             medium_max,
+            owned_path: None,
         }
+    }
+
+    /// The same store, whose file at `path` is removed when the snapshot is deleted.
+    #[must_use]
+    pub fn with_owned_path(mut self, path: std::path::PathBuf) -> Self {
+        self.owned_path = Some(path);
+        self
     }
 
     /// A factory for [`Volume::create_snapshot`](crate::Volume::create_snapshot): each
@@ -139,6 +149,13 @@ impl Store for DeviceStore {
     }
 
     fn destroy(&self) -> Result<()> {
+        if let Some(p) = &self.owned_path {
+            match std::fs::remove_file(p) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(Error::io("remove", self.describe(), e)),
+            }
+        }
         let len = self.dev.len();
         self.dev
             .discard(0, len)

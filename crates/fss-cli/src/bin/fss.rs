@@ -1,0 +1,2 @@
+//! fss (in progress).
+fn main() {}

@@ -1,0 +1,2 @@
+//! fssconfig (in progress).
+fn main() {}

@@ -1,0 +1,2 @@
+//! The fss daemon (in progress).
+pub mod names;
