@@ -1,2 +1,438 @@
-//! fss (in progress).
-fn main() {}
+//! `fss`: serve volumes and take, list and delete their snapshots.
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use fss_cli::{call, connect, decode, output, size_arg, state_dir, EXIT_FAILED};
+use fssd::protocol::{Request, SnapshotInfo, SnapshotSpec, StatusInfo, VerifyInfo, VolumeInfo};
+use std::path::{Path, PathBuf};
+
+/// Copy-on-write, point-in-time, read-only snapshots of live block devices.
+///
+/// `fss serve` runs the daemon; the other commands talk to it over
+/// <state-dir>/control.sock. Volumes are served read-write, snapshots read-only, as NBD
+/// exports and as files in the FUSE directory (attach them with losetup).
+#[derive(Parser)]
+#[command(name = "fss", version, propagate_version = true)]
+struct Cli {
+    /// State directory (default: FSS_STATE_DIR, else /var/lib/fss for root, else
+    /// $XDG_STATE_HOME/fss).
+    #[arg(long, global = true, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon in the foreground (stop it with SIGTERM or Ctrl-C).
+    ///
+    /// With no volume configured it creates a 1 GiB sparse volume `default`. It prints
+    /// `ready` when `fss status` can answer.
+    Serve(ServeArgs),
+    /// Create, add, list and remove volumes.
+    #[command(subcommand)]
+    Volume(VolumeCmd),
+    /// Take, list, inspect, verify and delete snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// What the daemon serves, and where.
+    Status {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// SHA-256 of a volume's or snapshot's whole contents (for checks).
+    Checksum {
+        /// Volume or snapshot name.
+        name: String,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Directory of the FUSE files (default <state-dir>/dev).
+    #[arg(long, value_name = "DIR")]
+    fuse_dir: Option<PathBuf>,
+    /// Unix socket for NBD (default <state-dir>/nbd.sock).
+    #[arg(long, value_name = "PATH")]
+    nbd_socket: Option<PathBuf>,
+    /// Also serve NBD over TCP at this address (for example 127.0.0.1:10809).
+    #[arg(long, value_name = "ADDR:PORT")]
+    nbd_listen: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum VolumeCmd {
+    /// Create a sparse image and serve it as a new volume.
+    Create {
+        /// Volume name (letters, digits, _ . -).
+        name: String,
+        /// Size, with an optional K, M, G or T suffix (powers of 1024).
+        #[arg(long, value_parser = size_arg)]
+        size: u64,
+        /// Where the image goes (default <state-dir>/volumes/NAME.img).
+        #[arg(long, value_name = "PATH")]
+        image: Option<PathBuf>,
+    },
+    /// Serve an existing image file or block device as a volume.
+    Add {
+        /// Volume name.
+        name: String,
+        /// The image or block device; fss holds it exclusively while it serves it.
+        #[arg(long, value_name = "PATH")]
+        device: PathBuf,
+    },
+    /// List volumes.
+    List {
+        /// Print one JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop serving a volume; its image is kept. Refused while it has snapshots or is open.
+    Remove {
+        /// Volume name.
+        name: String,
+    },
+}
+
+#[derive(Args, Clone)]
+struct SnapOpts {
+    /// Store: a directory (a fresh file is made inside), a file, or a raw device
+    /// (default <state-dir>/stores/).
+    #[arg(long, value_name = "PATH")]
+    store: Option<PathBuf>,
+    /// Cluster size (first snapshot of the volume only): 4K to 16M, default 64K.
+    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
+    cluster_size: Option<u64>,
+    /// The store's maximum size.
+    #[arg(long, value_parser = size_arg, value_name = "SIZE")]
+    max_store_size: Option<u64>,
+    /// Keep the snapshot in memory only: faster, gone after a restart.
+    #[arg(long)]
+    transient: bool,
+    /// When a pre-image cannot be preserved: invalidate the snapshot (default) or fail the
+    /// volume write.
+    #[arg(long, value_name = "POLICY", value_parser = ["invalidate", "fail-write"])]
+    on_store_error: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum SnapshotCmd {
+    /// Take a snapshot of a volume, or of the file system mounted at a directory (frozen for
+    /// an instant so the snapshot is consistent).
+    Create {
+        /// Volume name, or mount point of a file system on an fss volume.
+        volume: String,
+        /// Snapshot name.
+        name: String,
+        #[command(flatten)]
+        opts: SnapOpts,
+        /// Print the new snapshot as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take several snapshots at one instant: VOLUME:NAME (volume name or mount point).
+    CreateGroup {
+        /// VOLUME:NAME pairs.
+        #[arg(required = true, value_name = "VOLUME:NAME")]
+        members: Vec<String>,
+        #[command(flatten)]
+        opts: SnapOpts,
+        /// Print the new snapshots as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot (any order; the others stay exact).
+    Delete {
+        /// Snapshot name.
+        name: String,
+    },
+    /// List snapshots.
+    List {
+        /// Print one JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Describe a snapshot.
+    Info {
+        /// Snapshot name.
+        name: String,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reread a snapshot's store and check every preserved block's checksum.
+    Verify {
+        /// Snapshot name.
+        name: String,
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn spec(volume: String, name: String, o: &SnapOpts) -> SnapshotSpec {
+    SnapshotSpec {
+        volume,
+        name,
+        store: o.store.clone(),
+        cluster_size: o.cluster_size,
+        max_store_size: o.max_store_size,
+        transient: o.transient,
+        on_store_error: o.on_store_error.clone(),
+        unlink_store: false,
+        mount_point: None,
+    }
+}
+
+/// Resolve each spec's volume: a mount point becomes its volume (and is frozen later).
+fn resolve(
+    client: &mut fssd::client::Client,
+    specs: &mut [SnapshotSpec],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut mounts = Vec::new();
+    let mut status: Option<StatusInfo> = None;
+    for s in specs.iter_mut() {
+        if !s.volume.contains('/') {
+            continue;
+        }
+        let st = match &status {
+            Some(st) => st.clone(),
+            None => {
+                let st: StatusInfo = decode(call(client, Request::Status)?)?;
+                status = Some(st.clone());
+                st
+            }
+        };
+        let fuse = st.fuse_dir.clone().context(
+            "the daemon has no FUSE directory, so no file system can be on one of its volumes",
+        )?;
+        let mp = PathBuf::from(&s.volume);
+        let volume = fss_cli::mounts::volume_of_mount(&mp, &fuse)?;
+        if let Some(store) = &s.store {
+            fss_cli::mounts::check_store_not_on(store, &mp)?;
+        }
+        s.mount_point = Some(mp.display().to_string());
+        s.volume = volume;
+        mounts.push(mp);
+    }
+    Ok(mounts)
+}
+
+fn create(
+    state: &Path,
+    mut specs: Vec<SnapshotSpec>,
+    json: bool,
+    group: bool,
+) -> anyhow::Result<()> {
+    let mut client = connect(state)?;
+    let mounts = resolve(&mut client, &mut specs)?;
+    let result = if mounts.is_empty() {
+        let req = if group {
+            Request::SnapshotCreateGroup { members: specs }
+        } else {
+            Request::SnapshotCreate(specs.remove(0))
+        };
+        call(&mut client, req)?
+    } else {
+        let refs: Vec<&Path> = mounts.iter().map(PathBuf::as_path).collect();
+        fss_cli::consistent::create_frozen(&mut client, specs, &refs)?
+    };
+    if json {
+        return print_json(&result);
+    }
+    let list: Vec<SnapshotInfo> = if result.is_array() {
+        decode(result)?
+    } else {
+        vec![decode(result)?]
+    };
+    for s in list {
+        println!(
+            "created {} snapshot '{}' of volume '{}'{}",
+            s.kind,
+            s.name,
+            s.volume,
+            s.mount_point
+                .map(|m| format!(" (file system at {m}, frozen and thawed)"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let state = state_dir(cli.state_dir.clone());
+    match cli.command {
+        Command::Serve(a) => serve(&state, a),
+        Command::Status { json } => {
+            let v = call(&mut connect(&state)?, Request::Status)?;
+            if json {
+                return print_json(&v);
+            }
+            let s: StatusInfo = decode(v)?;
+            println!(
+                "fss {} (pid {}), state directory {}",
+                s.version,
+                s.pid,
+                s.state_dir.display()
+            );
+            println!("volumes: {}, snapshots: {}", s.volumes, s.snapshots);
+            if let Some(d) = s.fuse_dir {
+                println!("FUSE directory: {}", d.display());
+            }
+            if let Some(d) = s.nbd_socket {
+                println!("NBD socket: {}", d.display());
+            }
+            if let Some(d) = s.nbd_listen {
+                println!("NBD TCP: {d}");
+            }
+            if s.recovered_from_crash {
+                println!("note: the previous run did not stop cleanly; persistent snapshots were recovered");
+            }
+            Ok(())
+        }
+        Command::Checksum { name } => {
+            let v = call(&mut connect(&state)?, Request::Checksum { name })?;
+            println!("{}", v.as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Volume(cmd) => {
+            let mut c = connect(&state)?;
+            match cmd {
+                VolumeCmd::Create { name, size, image } => {
+                    let v: VolumeInfo =
+                        decode(call(&mut c, Request::VolumeCreate { name, size, image })?)?;
+                    println!(
+                        "created volume '{}' ({}) at {}",
+                        v.name,
+                        fssd::names::human_size(v.size),
+                        v.path.display()
+                    );
+                }
+                VolumeCmd::Add { name, device } => {
+                    let v: VolumeInfo = decode(call(&mut c, Request::VolumeAdd { name, device })?)?;
+                    println!(
+                        "added volume '{}' ({}) from {}",
+                        v.name,
+                        fssd::names::human_size(v.size),
+                        v.path.display()
+                    );
+                }
+                VolumeCmd::List { json } => {
+                    let v = call(&mut c, Request::VolumeList)?;
+                    if json {
+                        return print_json(&v);
+                    }
+                    print!("{}", output::volumes(&decode::<Vec<VolumeInfo>>(v)?));
+                }
+                VolumeCmd::Remove { name } => {
+                    call(&mut c, Request::VolumeRemove { name: name.clone() })?;
+                    println!("removed volume '{name}' (its image is kept)");
+                }
+            }
+            Ok(())
+        }
+        Command::Snapshot(cmd) => match cmd {
+            SnapshotCmd::Create {
+                volume,
+                name,
+                opts,
+                json,
+            } => create(&state, vec![spec(volume, name, &opts)], json, false),
+            SnapshotCmd::CreateGroup {
+                members,
+                opts,
+                json,
+            } => {
+                let mut specs = Vec::new();
+                for m in members {
+                    let Some((vol, name)) = m.rsplit_once(':') else {
+                        anyhow::bail!("'{m}' is not VOLUME:NAME (for example vol0:backup1)");
+                    };
+                    specs.push(spec(vol.to_string(), name.to_string(), &opts));
+                }
+                create(&state, specs, json, true)
+            }
+            SnapshotCmd::Delete { name } => {
+                call(
+                    &mut connect(&state)?,
+                    Request::SnapshotDelete { name: name.clone() },
+                )?;
+                println!("deleted snapshot '{name}'");
+                Ok(())
+            }
+            SnapshotCmd::List { json } => {
+                let v = call(&mut connect(&state)?, Request::SnapshotList)?;
+                if json {
+                    return print_json(&v);
+                }
+                print!("{}", output::snapshots(&decode::<Vec<SnapshotInfo>>(v)?));
+                Ok(())
+            }
+            SnapshotCmd::Info { name, json } => {
+                let v = call(&mut connect(&state)?, Request::SnapshotInfo { name })?;
+                if json {
+                    return print_json(&v);
+                }
+                print!("{}", output::snapshot_detail(&decode(v)?));
+                Ok(())
+            }
+            SnapshotCmd::Verify { name, json } => {
+                let v = call(&mut connect(&state)?, Request::SnapshotVerify { name })?;
+                if json {
+                    return print_json(&v);
+                }
+                let r: VerifyInfo = decode(v)?;
+                if !r.checksummed {
+                    println!("snapshot '{}' is transient: its store keeps no checksums, nothing to verify", r.name);
+                } else if r.damaged.is_empty() {
+                    println!(
+                        "snapshot '{}': {} preserved blocks checked, all intact",
+                        r.name, r.blocks_checked
+                    );
+                } else {
+                    for off in &r.damaged {
+                        println!("damaged: block at volume offset {off}");
+                    }
+                    anyhow::bail!(
+                        "snapshot '{}': {} of {} preserved blocks are damaged",
+                        r.name,
+                        r.damaged.len(),
+                        r.blocks_checked
+                    );
+                }
+                Ok(())
+            }
+        },
+    }
+}
+
+fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FSS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+    let opts = fssd::daemon::ServeOptions {
+        paths: fssd::paths::Paths::new(state.to_path_buf(), a.fuse_dir, a.nbd_socket),
+        nbd_listen: a.nbd_listen,
+    };
+    fssd::daemon::run(&opts, Box::new(fss_cli::frontends::start))
+        .map_err(|e| anyhow::anyhow!(e.message))
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        eprintln!("fss: {e:#}");
+        std::process::exit(EXIT_FAILED);
+    }
+}

@@ -1,0 +1,105 @@
+//! A snapshot of a mounted file system: open a freeze lease with the daemon, freeze, ask for the
+//! snapshot, thaw on every path (errors and Ctrl-C included), close the lease. If this process
+//! dies while the file system is frozen, the daemon thaws it (lease dropped or expired).
+
+use anyhow::Context;
+use fssd::freeze;
+use fssd::protocol::{Request, SnapshotSpec};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// Take the snapshots in `specs` of the file systems at `mounts` (same order), all frozen at
+/// once. One spec and one mount point for a single snapshot; several for a group.
+///
+/// # Errors
+/// Freezing failed (nothing was taken), or the daemon refused the snapshot (everything was
+/// thawed first).
+pub fn create_frozen(
+    client: &mut fssd::client::Client,
+    specs: Vec<SnapshotSpec>,
+    mounts: &[&Path],
+) -> anyhow::Result<serde_json::Value> {
+    // Ctrl-C or SIGTERM while frozen must not kill us before we thaw: note it, act after.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let mut handlers = Vec::new();
+    for sig in [signal_hook_consts::SIGINT, signal_hook_consts::SIGTERM] {
+        if let Ok(id) = signal_hook_registry_flag(sig, &interrupted) {
+            handlers.push(id);
+        }
+    }
+    let mut leases = Vec::new();
+    let mut frozen = Vec::new();
+    let result = (|| {
+        for m in mounts {
+            let v = crate::call(
+                client,
+                Request::LeaseOpen {
+                    mount_point: m.display().to_string(),
+                },
+            )?;
+            leases.push(
+                v.get("lease")
+                    .and_then(serde_json::Value::as_u64)
+                    .unwrap_or(0),
+            );
+            let dir =
+                freeze::open_mount(m).with_context(|| format!("cannot open {}", m.display()))?;
+            freeze::freeze(&dir).map_err(|e| {
+                let hint = match e.raw_os_error() {
+                    Some(1) => " (freezing needs root)",
+                    Some(16) => " (it is already frozen)",
+                    Some(95) => " (this file system cannot be frozen)",
+                    _ => "",
+                };
+                anyhow::anyhow!("cannot freeze {}: {e}{hint}", m.display())
+            })?;
+            frozen.push((m.to_path_buf(), dir));
+        }
+        let req = if specs.len() == 1 {
+            Request::SnapshotCreate(specs[0].clone())
+        } else {
+            Request::SnapshotCreateGroup {
+                members: specs.clone(),
+            }
+        };
+        crate::call(client, req)
+    })();
+    let mut thaw_error = None;
+    for (m, dir) in frozen.iter().rev() {
+        if let Err(e) = freeze::thaw(dir) {
+            thaw_error.get_or_insert(anyhow::anyhow!(
+                "cannot thaw {}: {e}; run `fsfreeze -u {}` now",
+                m.display(),
+                m.display()
+            ));
+        }
+    }
+    for id in leases {
+        let _ = crate::call(client, Request::LeaseClose { lease: id });
+    }
+    for h in handlers {
+        signal_hook_unregister(h);
+    }
+    if interrupted.load(std::sync::atomic::Ordering::Acquire) {
+        eprintln!("interrupted: the file systems were thawed");
+        std::process::exit(130);
+    }
+    if let Some(e) = thaw_error {
+        return Err(e);
+    }
+    result
+}
+
+use signal_hook::consts as signal_hook_consts;
+
+fn signal_hook_registry_flag(
+    sig: i32,
+    flag: &Arc<AtomicBool>,
+) -> std::io::Result<signal_hook::SigId> {
+    signal_hook::flag::register(sig, Arc::clone(flag))
+}
+
+fn signal_hook_unregister(id: signal_hook::SigId) {
+    signal_hook::low_level::unregister(id);
+}

@@ -1,0 +1,172 @@
+//! A real daemon on a temporary state directory, driven through the `fss` and `fssconfig`
+//! binaries.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const FSS: &str = env!("CARGO_BIN_EXE_fss");
+pub const FSSCONFIG: &str = env!("CARGO_BIN_EXE_fssconfig");
+
+/// A running daemon; killed (SIGKILL) on drop if still running.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+    pub log: Arc<Mutex<String>>,
+    pub extra: Vec<String>,
+}
+
+/// The outcome of a command.
+pub struct Run {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Self {
+        Run {
+            status: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Daemon {
+    /// Start `fss serve` on `dir` and wait for `ready`.
+    pub fn start(dir: &Path) -> Daemon {
+        Self::start_with(dir, &[])
+    }
+
+    pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
+        let mut d = Daemon {
+            dir: dir.to_path_buf(),
+            child: None,
+            log: Arc::default(),
+            extra: extra.iter().map(ToString::to_string).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(FSS)
+            .arg("serve")
+            .args(&self.extra)
+            .env("FSS_STATE_DIR", &self.dir)
+            .env("FSS_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start fss serve");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::clone(&self.log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(l)) = lines.next() {
+                let _ = tx.send(l);
+            }
+            for _ in lines {}
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) if l == "ready" => {}
+            other => {
+                let _ = child.kill();
+                panic!(
+                    "daemon did not get ready ({other:?}); log:\n{}",
+                    self.log.lock().unwrap()
+                );
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// Run `fss ARGS` against this daemon.
+    pub fn fss(&self, args: &[&str]) -> Run {
+        Command::new(FSS)
+            .args(args)
+            .env("FSS_STATE_DIR", &self.dir)
+            .output()
+            .expect("run fss")
+            .into()
+    }
+
+    /// Run `fss ARGS`, expecting success; its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.fss(args);
+        assert_eq!(r.status, 0, "fss {args:?} failed: {}{}", r.stdout, r.stderr);
+        r.stdout
+    }
+
+    /// Run `fssconfig ARGS`.
+    pub fn fssconfig(&self, args: &[&str]) -> Run {
+        Command::new(FSSCONFIG)
+            .args(args)
+            .env("FSS_STATE_DIR", &self.dir)
+            .output()
+            .expect("run fssconfig")
+            .into()
+    }
+
+    /// Run `fss ARGS --json` and parse it.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).expect("valid JSON")
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; the exit status.
+    pub fn stop(&mut self) -> i32 {
+        let Some(mut c) = self.child.take() else {
+            return -1;
+        };
+        let pid = rustix::process::Pid::from_child(&c);
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let t = Instant::now();
+        loop {
+            if let Some(s) = c.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            if t.elapsed() > Duration::from_secs(40) {
+                let _ = c.kill();
+                panic!("daemon did not stop on SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

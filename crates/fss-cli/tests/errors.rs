@@ -1,0 +1,307 @@
+//! One test per user error: the message and the exit status (1 failed, 2 usage).
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
+
+mod common;
+
+use common::Daemon;
+use std::process::Command;
+
+fn daemon() -> (tempfile::TempDir, Daemon) {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("s"));
+    (tmp, d)
+}
+
+fn fails(d: &Daemon, args: &[&str], status: i32, text: &str) {
+    let r = d.fss(args);
+    assert_eq!(r.status, status, "fss {args:?}: {}{}", r.stdout, r.stderr);
+    assert!(
+        r.stderr.contains(text),
+        "fss {args:?}: expected '{text}' in: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn unknown_names() {
+    let (_t, d) = daemon();
+    fails(
+        &d,
+        &["snapshot", "create", "nosuch", "s"],
+        1,
+        "no volume named 'nosuch'",
+    );
+    fails(
+        &d,
+        &["snapshot", "delete", "nosuch"],
+        1,
+        "no snapshot named 'nosuch'",
+    );
+    fails(
+        &d,
+        &["snapshot", "info", "nosuch"],
+        1,
+        "no snapshot named 'nosuch'",
+    );
+    fails(
+        &d,
+        &["volume", "remove", "nosuch"],
+        1,
+        "no volume named 'nosuch'",
+    );
+    fails(
+        &d,
+        &["checksum", "nosuch"],
+        1,
+        "no volume or snapshot named 'nosuch'",
+    );
+}
+
+#[test]
+fn names_taken_and_invalid() {
+    let (_t, d) = daemon();
+    d.ok(&["snapshot", "create", "default", "s1"]);
+    fails(
+        &d,
+        &["snapshot", "create", "default", "s1"],
+        1,
+        "the name 's1' is taken",
+    );
+    fails(
+        &d,
+        &["volume", "create", "s1", "--size", "1M"],
+        1,
+        "the name 's1' is taken",
+    );
+    fails(
+        &d,
+        &["volume", "create", "default", "--size", "1M"],
+        1,
+        "the name 'default' is taken",
+    );
+    fails(&d, &["volume", "create", "-bad", "--size", "1M"], 2, "");
+    fails(
+        &d,
+        &["volume", "create", "a/b", "--size", "1M"],
+        1,
+        "invalid name 'a/b'",
+    );
+    fails(
+        &d,
+        &["snapshot", "create", "default", ".x"],
+        1,
+        "invalid name '.x'",
+    );
+}
+
+#[test]
+fn sizes() {
+    let (_t, d) = daemon();
+    fails(&d, &["volume", "create", "v"], 2, "--size");
+    fails(
+        &d,
+        &["volume", "create", "v", "--size", "12Q"],
+        2,
+        "invalid size '12Q'",
+    );
+    fails(
+        &d,
+        &["volume", "create", "v", "--size", "0"],
+        1,
+        "size above 0",
+    );
+    fails(
+        &d,
+        &[
+            "snapshot",
+            "create",
+            "default",
+            "s",
+            "--cluster-size",
+            "3000",
+        ],
+        1,
+        "power of two",
+    );
+}
+
+#[test]
+fn stores_that_cannot_be() {
+    let (t, d) = daemon();
+    let missing = t.path().join("nope/deeper/s.fss");
+    fails(
+        &d,
+        &[
+            "snapshot",
+            "create",
+            "default",
+            "s",
+            "--store",
+            missing.to_str().unwrap(),
+        ],
+        1,
+        "does not exist",
+    );
+    let full = t.path().join("full");
+    std::fs::write(&full, b"something").unwrap();
+    fails(
+        &d,
+        &[
+            "snapshot",
+            "create",
+            "default",
+            "s",
+            "--store",
+            full.to_str().unwrap(),
+        ],
+        1,
+        "not empty",
+    );
+}
+
+#[test]
+fn store_on_a_full_file_system() {
+    let (t, d) = daemon();
+    let mnt = t.path().join("tiny");
+    std::fs::create_dir(&mnt).unwrap();
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "mount tmpfs (tests run as root)");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(mnt.clone());
+    // Fill it.
+    let _ = std::fs::write(mnt.join("fill"), vec![1u8; 64 << 10]);
+    let r = d.fss(&[
+        "snapshot",
+        "create",
+        "default",
+        "s",
+        "--store",
+        mnt.to_str().unwrap(),
+    ]);
+    assert_eq!(r.status, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("No space left") || r.stderr.contains("no space"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !d.ok(&["snapshot", "list"]).contains("s "),
+        "nothing half-made"
+    );
+    assert_eq!(
+        std::fs::read_dir(&mnt).unwrap().count(),
+        1,
+        "the failed store file was removed"
+    );
+}
+
+#[test]
+fn volume_with_snapshots_cannot_be_removed() {
+    let (_t, d) = daemon();
+    d.ok(&["snapshot", "create", "default", "s1"]);
+    fails(
+        &d,
+        &["volume", "remove", "default"],
+        1,
+        "has snapshots (s1)",
+    );
+}
+
+#[test]
+fn cluster_size_that_disagrees() {
+    let (_t, d) = daemon();
+    d.ok(&[
+        "snapshot",
+        "create",
+        "default",
+        "s1",
+        "--cluster-size",
+        "16K",
+    ]);
+    fails(
+        &d,
+        &[
+            "snapshot",
+            "create",
+            "default",
+            "s2",
+            "--cluster-size",
+            "64K",
+        ],
+        1,
+        "16384 byte clusters",
+    );
+}
+
+#[test]
+fn second_daemon_on_the_same_state_dir() {
+    let (_t, d) = daemon();
+    let r = Command::new(common::FSS)
+        .args(["serve"])
+        .env("FSS_STATE_DIR", &d.dir)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("another fss daemon"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+#[test]
+fn socket_path_too_long() {
+    let t = tempfile::tempdir().unwrap();
+    let long = t.path().join("x".repeat(120));
+    let r = Command::new(common::FSS)
+        .args(["serve"])
+        .env("FSS_STATE_DIR", &long)
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("more than the 107 a unix socket allows"),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+}
+
+#[test]
+fn no_daemon_is_said_plainly() {
+    let t = tempfile::tempdir().unwrap();
+    let r = Command::new(common::FSS)
+        .args(["snapshot", "list"])
+        .env("FSS_STATE_DIR", t.path())
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("cannot reach the fss daemon"));
+}
+
+#[test]
+fn fssconfig_usage_and_errors_exit_1() {
+    let (_t, d) = daemon();
+    let r = d.fssconfig(&["-c", "fss0"]);
+    assert_eq!(r.status, 1);
+    assert!(r.stderr.contains("usage: fssconfig"), "{}", r.stderr);
+    let r = d.fssconfig(&["-u", "fss9"]);
+    assert_eq!(r.status, 1);
+    assert!(
+        r.stderr
+            .contains("fssconfig: fss9: no snapshot named 'fss9'"),
+        "{}",
+        r.stderr
+    );
+    let r = d.fssconfig(&["-c", "fss0", "/", "/tmp"]);
+    assert_eq!(r.status, 1);
+    assert!(r.stderr.contains("not on an fss volume"), "{}", r.stderr);
+}

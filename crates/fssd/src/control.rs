@@ -1,0 +1,242 @@
+//! The control socket: one thread per connection, one JSON request per line, one response per
+//! line. Freeze leases live with the connection that opened them: if it drops, or a lease is
+//! not closed within [`LEASE_TIMEOUT`], the daemon thaws the file system.
+
+use crate::error::DaemonError;
+use crate::freeze;
+use crate::protocol::{Envelope, Request, Response, PROTOCOL_VERSION};
+use crate::registry::Registry;
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long a freeze lease may stay open before the daemon thaws.
+pub const LEASE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest request line accepted.
+const MAX_LINE: usize = 1 << 20;
+
+struct Lease {
+    mount_point: String,
+    dir: File,
+    deadline: Instant,
+}
+
+/// Open freeze leases, watched by a thread that thaws expired ones.
+#[derive(Default)]
+pub struct Leases {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Lease>>,
+}
+
+impl Leases {
+    fn open(&self, mount_point: &str) -> Result<u64, DaemonError> {
+        let dir = freeze::open_mount(std::path::Path::new(mount_point))
+            .map_err(|e| DaemonError::io(&format!("cannot open mount point {mount_point}"), &e))?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let lease = Lease {
+            mount_point: mount_point.to_string(),
+            dir,
+            deadline: Instant::now() + LEASE_TIMEOUT,
+        };
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, lease);
+        Ok(id)
+    }
+
+    fn close(&self, id: u64) -> bool {
+        self.open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
+            .is_some()
+    }
+
+    /// Thaw (and forget) a lease whose holder went away.
+    fn abandon(&self, id: u64, why: &str) {
+        let lease = self
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+        if let Some(l) = lease {
+            thaw(&l, why);
+        }
+    }
+
+    /// Thaw every lease past its deadline.
+    pub fn expire(&self) {
+        let now = Instant::now();
+        let expired: Vec<Lease> = {
+            let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+            let ids: Vec<u64> = open
+                .iter()
+                .filter(|(_, l)| l.deadline <= now)
+                .map(|(&k, _)| k)
+                .collect();
+            ids.into_iter().filter_map(|k| open.remove(&k)).collect()
+        };
+        for l in expired {
+            thaw(&l, "the freeze lease was not closed within 10 s");
+        }
+    }
+}
+
+fn thaw(l: &Lease, why: &str) {
+    match freeze::thaw(&l.dir) {
+        Ok(()) => tracing::warn!(mount_point = %l.mount_point, "thawed the file system: {why}"),
+        // EINVAL: not frozen (the client thawed already).
+        Err(e) if e.raw_os_error() == Some(22) => {}
+        Err(e) => {
+            tracing::error!(mount_point = %l.mount_point, error = %e, "could not thaw ({why})");
+        }
+    }
+}
+
+/// Serve the control socket until `stop` is set.
+pub fn serve(
+    listener: &UnixListener,
+    registry: &Arc<Registry>,
+    leases: &Arc<Leases>,
+    stop: &Arc<AtomicBool>,
+) {
+    if let Err(e) = listener.set_nonblocking(true) {
+        tracing::error!(error = %e, "control socket cannot be polled");
+        return;
+    }
+    while !stop.load(Ordering::Acquire) {
+        leases.expire();
+        match listener.accept() {
+            Ok((stream, _)) => {
+                let (reg, leases) = (Arc::clone(registry), Arc::clone(leases));
+                let spawned = std::thread::Builder::new()
+                    .name("fss-control".into())
+                    .spawn(move || connection(stream, &reg, &leases));
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "cannot start a control connection thread");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "control socket accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn connection(stream: UnixStream, registry: &Registry, leases: &Leases) {
+    let _ = stream.set_nonblocking(false);
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut out = write_half;
+    let mut reader = BufReader::new(stream);
+    let mut mine: Vec<u64> = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = match (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let response = if n > MAX_LINE {
+            failure(
+                0,
+                &DaemonError::new("invalid-request", "request line longer than 1 MiB"),
+            )
+        } else {
+            answer(&line, registry, leases, &mut mine)
+        };
+        let Ok(mut text) = serde_json::to_vec(&response) else {
+            break;
+        };
+        text.push(b'\n');
+        if out.write_all(&text).is_err() {
+            break;
+        }
+        if n > MAX_LINE {
+            break;
+        }
+    }
+    for id in mine {
+        leases.abandon(id, "the client holding the freeze lease went away");
+    }
+}
+
+fn failure(id: u64, e: &DaemonError) -> Response {
+    Response {
+        v: PROTOCOL_VERSION,
+        id,
+        ok: false,
+        result: None,
+        error: Some(e.body()),
+    }
+}
+
+fn answer(line: &[u8], registry: &Registry, leases: &Leases, mine: &mut Vec<u64>) -> Response {
+    let env: Envelope = match serde_json::from_slice(line) {
+        Ok(e) => e,
+        Err(e) => {
+            let v: Option<serde_json::Value> = serde_json::from_slice(line).ok();
+            let id = v
+                .as_ref()
+                .and_then(|v| v.get("id"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            return failure(
+                id,
+                &DaemonError::new(
+                    "invalid-request",
+                    format!("malformed request: {e}; see docs/CONTROL.md"),
+                ),
+            );
+        }
+    };
+    if env.v != PROTOCOL_VERSION {
+        return failure(
+            env.id,
+            &DaemonError::new(
+                "invalid-request",
+                format!("protocol version {} is not supported (this daemon speaks {PROTOCOL_VERSION}); use the fss CLI of the same release", env.v),
+            ),
+        );
+    }
+    let result = match &env.request {
+        Request::LeaseOpen { mount_point } => leases.open(mount_point).map(|id| {
+            mine.push(id);
+            serde_json::json!({ "lease": id, "timeout_seconds": LEASE_TIMEOUT.as_secs() })
+        }),
+        Request::LeaseClose { lease } => {
+            mine.retain(|x| x != lease);
+            if leases.close(*lease) {
+                Ok(serde_json::Value::Null)
+            } else {
+                Err(DaemonError::not_found(format!(
+                    "freeze lease {lease} is not open (it expired after 10 s and the daemon thawed the file system)"
+                )))
+            }
+        }
+        other => registry.handle(other),
+    };
+    match result {
+        Ok(v) => Response {
+            v: PROTOCOL_VERSION,
+            id: env.id,
+            ok: true,
+            result: Some(v),
+            error: None,
+        },
+        Err(e) => failure(env.id, &e),
+    }
+}

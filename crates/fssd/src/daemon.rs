@@ -1,0 +1,173 @@
+//! `fss serve`: take the state directory's lock, bring everything back, start the front-ends,
+//! open the control socket last, say `ready`, and stop cleanly on SIGTERM or SIGINT.
+
+use crate::control::{self, Leases};
+use crate::error::{DaemonError, Result};
+use crate::paths::{check_socket_path, Paths};
+use crate::registry::Registry;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a stop waits for open devices before giving up on them.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A front-end the daemon runs (NBD, FUSE): started with the registry, stopped at the end.
+pub trait FrontEnd: Send {
+    /// Stop serving; return when no request is in flight.
+    fn stop(&mut self);
+}
+
+/// What `fss serve` was asked.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Directories and sockets.
+    pub paths: Paths,
+    /// TCP address for NBD, if any.
+    pub nbd_listen: Option<String>,
+}
+
+/// Starts the front-ends once the registry is open.
+pub type StartFrontEnds<'a> =
+    Box<dyn FnOnce(&Arc<Registry>, &ServeOptions) -> Result<Vec<Box<dyn FrontEnd>>> + 'a>;
+
+/// The held lock of a state directory; released when dropped (and when the process dies).
+pub struct StateLock {
+    _file: File,
+}
+
+/// Take the state directory's lock, creating the directory.
+///
+/// # Errors
+/// `already-running` if another daemon holds it, `io` otherwise.
+pub fn lock_state_dir(paths: &Paths) -> Result<StateLock> {
+    let dir = &paths.state_dir;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        DaemonError::io(
+            &format!("cannot create state directory {}", dir.display()),
+            &e,
+        )
+    })?;
+    let lock_path = paths.lock_file();
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .map_err(|e| DaemonError::io(&format!("cannot open {}", lock_path.display()), &e))?;
+    if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        let pid = std::fs::read_to_string(&lock_path).unwrap_or_default();
+        return Err(DaemonError::new(
+            "already-running",
+            format!(
+                "another fss daemon (pid {}) already serves state directory {}; stop it first or use another --state-dir",
+                pid.trim(),
+                dir.display()
+            ),
+        ));
+    }
+    let _ = file.set_len(0);
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(StateLock { _file: file })
+}
+
+fn bind_private(path: &Path) -> Result<UnixListener> {
+    check_socket_path(path).map_err(DaemonError::invalid)?;
+    // A socket left by a crashed run: nobody listens on it any more (we hold the lock).
+    let _ = std::fs::remove_file(path);
+    let l = UnixListener::bind(path)
+        .map_err(|e| DaemonError::io(&format!("cannot listen on {}", path.display()), &e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| DaemonError::io(&format!("cannot restrict {}", path.display()), &e))?;
+    Ok(l)
+}
+
+/// Bind a unix socket with mode 0600, replacing a stale one; for front-ends.
+///
+/// # Errors
+/// The path is too long or cannot be bound.
+pub fn bind_socket(path: &Path) -> Result<UnixListener> {
+    bind_private(path)
+}
+
+fn notify_systemd() {
+    if let Some(sock) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Ok(d) = UnixDatagram::unbound() {
+            let _ = d.send_to(b"READY=1", sock);
+        }
+    }
+}
+
+/// Run the daemon until SIGTERM or SIGINT (a second one forces the stop).
+///
+/// # Errors
+/// Another daemon holds the state directory, the state is damaged, or a socket cannot be made.
+pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<()> {
+    let paths = &opts.paths;
+    let control_path = paths.control_socket();
+    check_socket_path(&control_path).map_err(DaemonError::invalid)?;
+    let _lock = lock_state_dir(paths)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let force = Arc::new(AtomicBool::new(false));
+    install_signals(&stop, &force)?;
+    let registry = Arc::new(Registry::open(paths.clone())?);
+    let mut frontends = start(&registry, opts)?;
+    let listener = bind_private(&control_path)?;
+    let leases = Arc::new(Leases::default());
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    notify_systemd();
+    tracing::info!(state_dir = %paths.state_dir.display(), "fss daemon ready");
+    control::serve(&listener, &registry, &leases, &stop);
+    drop(listener);
+    let _ = std::fs::remove_file(&control_path);
+    tracing::info!("stopping: waiting for open devices to close (a second signal forces)");
+    let started = Instant::now();
+    let mut last_report = Instant::now() - Duration::from_secs(10);
+    loop {
+        let open = registry.open_devices();
+        if open.is_empty() || force.load(Ordering::Acquire) || started.elapsed() > STOP_TIMEOUT {
+            if !open.is_empty() {
+                tracing::warn!(?open, "stopping with devices still open");
+            }
+            break;
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            let list: Vec<String> = open.iter().map(|(n, c)| format!("{n} ({c})")).collect();
+            tracing::info!("still open: {}", list.join(", "));
+            last_report = Instant::now();
+        }
+        leases.expire();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for f in &mut frontends {
+        f.stop();
+    }
+    registry.shutdown();
+    tracing::info!("fss daemon stopped cleanly");
+    Ok(())
+}
+
+fn install_signals(stop: &Arc<AtomicBool>, force: &Arc<AtomicBool>) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| DaemonError::io("cannot install signal handlers", &e))?;
+    let (stop, force) = (Arc::clone(stop), Arc::clone(force));
+    std::thread::Builder::new()
+        .name("fss-signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if stop.swap(true, Ordering::AcqRel) {
+                    force.store(true, Ordering::Release);
+                }
+            }
+        })
+        .map_err(|e| DaemonError::io("cannot start the signal thread", &e))?;
+    Ok(())
+}

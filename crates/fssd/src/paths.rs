@@ -1,0 +1,93 @@
+//! Where the daemon keeps things, as DESIGN fixes: the state directory and what is inside it.
+
+use std::path::{Path, PathBuf};
+
+/// The most bytes of a unix socket path (sun_path minus its terminating NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// The daemon's paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// The state directory.
+    pub state_dir: PathBuf,
+    /// The FUSE directory.
+    pub fuse_dir: PathBuf,
+    /// The NBD unix socket.
+    pub nbd_socket: PathBuf,
+}
+
+impl Paths {
+    /// Paths for `state_dir` with the default FUSE dir and NBD socket unless given.
+    #[must_use]
+    pub fn new(state_dir: PathBuf, fuse_dir: Option<PathBuf>, nbd_socket: Option<PathBuf>) -> Self {
+        Paths {
+            fuse_dir: fuse_dir.unwrap_or_else(|| state_dir.join("dev")),
+            nbd_socket: nbd_socket.unwrap_or_else(|| state_dir.join("nbd.sock")),
+            state_dir,
+        }
+    }
+
+    /// `<state-dir>/control.sock`.
+    #[must_use]
+    pub fn control_socket(&self) -> PathBuf {
+        self.state_dir.join("control.sock")
+    }
+
+    /// `<state-dir>/state.json`.
+    #[must_use]
+    pub fn state_file(&self) -> PathBuf {
+        self.state_dir.join("state.json")
+    }
+
+    /// `<state-dir>/lock`.
+    #[must_use]
+    pub fn lock_file(&self) -> PathBuf {
+        self.state_dir.join("lock")
+    }
+
+    /// `<state-dir>/volumes`.
+    #[must_use]
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.state_dir.join("volumes")
+    }
+
+    /// `<state-dir>/stores`.
+    #[must_use]
+    pub fn stores_dir(&self) -> PathBuf {
+        self.state_dir.join("stores")
+    }
+}
+
+/// The state directory: `FSS_STATE_DIR`, else `/var/lib/fss` for root, else
+/// `$XDG_STATE_HOME/fss` (default `~/.local/state/fss`).
+#[must_use]
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("FSS_STATE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d);
+    }
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/var/lib/fss");
+    }
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Path::new(&x).join("fss");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    Path::new(&home).join(".local/state/fss")
+}
+
+/// Check a unix socket path fits.
+///
+/// # Errors
+/// A sentence saying the path is too long and what to do.
+pub fn check_socket_path(p: &Path) -> Result<(), String> {
+    let n = p.as_os_str().len();
+    if n > MAX_SOCKET_PATH {
+        Err(format!(
+            "socket path {} is {n} bytes long, more than the {MAX_SOCKET_PATH} a unix socket allows; \
+             use a shorter state directory (--state-dir or FSS_STATE_DIR)",
+            p.display()
+        ))
+    } else {
+        Ok(())
+    }
+}

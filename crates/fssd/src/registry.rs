@@ -1,0 +1,950 @@
+//! The daemon's live objects: volumes and snapshots by name, their persistent state, and the
+//! operations of the control API. Front-ends see it as a [`Catalog`].
+
+use crate::error::{DaemonError, Result};
+use crate::names::{check_name, human_size};
+use crate::paths::Paths;
+use crate::protocol::{Request, SnapshotInfo, SnapshotSpec, StatusInfo, VerifyInfo, VolumeInfo};
+use crate::state::{Fingerprint, SnapshotState, State, VolumeKind, VolumeState};
+use crate::stores::{self, StorePlace};
+use fss_core::device::{BlockDevice, FileDevice, OpenOptions};
+use fss_core::export::{Catalog, Export, ExportInfo};
+use fss_core::store::StoreIdentity;
+use fss_core::{OnStoreError, Snapshot, SnapshotOptions, SnapshotState as CoreState, Volume};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::UNIX_EPOCH;
+
+/// The size of the volume made on a fresh state directory.
+pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
+
+struct Inner {
+    state: State,
+    volumes: HashMap<String, Volume>,
+    /// Volumes in the state that could not be opened, and why.
+    offline: HashMap<String, String>,
+    snapshots: HashMap<String, Snapshot>,
+    /// Snapshots in the state that could not be brought back, and why.
+    unavailable: HashMap<String, String>,
+    /// Volumes that changed while fss was not running: their snapshots are unverified.
+    unverified: HashMap<String, String>,
+    recovered_from_crash: bool,
+}
+
+/// Everything the daemon serves.
+pub struct Registry {
+    paths: Paths,
+    inner: Mutex<Inner>,
+    exports: RwLock<BTreeMap<String, Export>>,
+    opens: Mutex<HashMap<String, u64>>,
+    /// Front-end addresses, for `status`.
+    pub(crate) endpoints: Mutex<(Option<PathBuf>, Option<PathBuf>, Option<String>)>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = s
+            .get(2 * i..2 * i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .unwrap_or(0);
+    }
+    out
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn fingerprint(path: &Path, clean: bool) -> Fingerprint {
+    match std::fs::metadata(path) {
+        Ok(m) if m.file_type().is_block_device() => Fingerprint {
+            size: 0,
+            dev: m.rdev(),
+            ino: 0,
+            mtime_ns: None,
+        },
+        Ok(m) => Fingerprint {
+            size: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime_ns: clean
+                .then(|| i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())),
+        },
+        Err(_) => Fingerprint::default(),
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<Value> {
+    serde_json::to_value(v)
+        .map_err(|e| DaemonError::new("internal", format!("cannot encode a reply: {e}")))
+}
+
+fn policy(s: &str) -> Result<OnStoreError> {
+    match s {
+        "invalidate" => Ok(OnStoreError::Invalidate),
+        "fail-write" => Ok(OnStoreError::FailWrite),
+        other => Err(DaemonError::invalid(format!(
+            "unknown --on-store-error '{other}': use invalidate or fail-write"
+        ))),
+    }
+}
+
+fn open_volume_device(path: &Path) -> Result<Arc<FileDevice>> {
+    let opts = OpenOptions {
+        exclusive: true,
+        ..OpenOptions::default()
+    };
+    FileDevice::open(path, &opts).map(Arc::new).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(16) {
+            DaemonError::busy(format!(
+                "{} is in use by another process (fss holds volumes exclusively); stop it first",
+                path.display()
+            ))
+        } else {
+            DaemonError::io(&format!("cannot open {}", path.display()), &e)
+        }
+    })
+}
+
+impl Registry {
+    /// Load the state (or start one with a 1 GiB volume `default`), open every volume, bring
+    /// back persistent snapshots, drop transient ones, finish interrupted deletes.
+    ///
+    /// # Errors
+    /// The state file is unreadable or damaged, or the default volume cannot be made.
+    pub fn open(paths: Paths) -> Result<Registry> {
+        let state_file = paths.state_file();
+        let loaded = State::load(&state_file)?;
+        let fresh = loaded.is_none();
+        let state = loaded.unwrap_or_default();
+        let recovered_from_crash = !state.clean_shutdown;
+        if recovered_from_crash {
+            let reboot = !state.boot_id.is_empty() && state.boot_id != boot_id();
+            tracing::warn!(
+                "the previous run did not stop cleanly ({}); persistent snapshots are recovered from their stores",
+                if reboot { "the machine rebooted or lost power" } else { "the daemon crashed or was killed" }
+            );
+        }
+        let reg = Registry {
+            paths,
+            inner: Mutex::new(Inner {
+                state,
+                volumes: HashMap::new(),
+                offline: HashMap::new(),
+                snapshots: HashMap::new(),
+                unavailable: HashMap::new(),
+                unverified: HashMap::new(),
+                recovered_from_crash,
+            }),
+            exports: RwLock::new(BTreeMap::new()),
+            opens: Mutex::new(HashMap::new()),
+            endpoints: Mutex::new((None, None, None)),
+        };
+        {
+            let mut inner = reg.lock();
+            reg.bring_back(&mut inner);
+            if fresh && inner.state.volumes.is_empty() {
+                let image = reg.paths.volumes_dir().join("default.img");
+                if let Err(e) = reg.volume_create(
+                    &mut inner,
+                    "default",
+                    DEFAULT_VOLUME_SIZE,
+                    Some(image.clone()),
+                ) {
+                    // A default image left by a run whose state was lost: serve it again.
+                    if image.exists() {
+                        reg.volume_add(&mut inner, "default", &image)?;
+                    } else {
+                        return Err(e);
+                    }
+                }
+                tracing::info!(image = %image.display(), "no volume configured: serving a new 1 GiB sparse volume 'default'");
+            }
+            inner.state.clean_shutdown = false;
+            inner.state.boot_id = boot_id();
+            reg.save(&inner)?;
+        }
+        Ok(reg)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Operations update the maps and the state together before any fallible step that
+        // could panic; a poisoned lock still holds consistent data.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn save(&self, inner: &Inner) -> Result<()> {
+        inner
+            .state
+            .save(&self.paths.state_file())
+            .map_err(Into::into)
+    }
+
+    fn publish(&self, name: &str, export: Export) {
+        self.exports
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), export);
+    }
+
+    fn unpublish(&self, name: &str) {
+        self.exports
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+    }
+
+    /// Open count of `name` by front-ends.
+    fn opens_of(&self, name: &str) -> u64 {
+        self.opens
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Names open by front-ends, with counts.
+    #[must_use]
+    pub fn open_devices(&self) -> Vec<(String, u64)> {
+        let o = self.opens.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<_> = o
+            .iter()
+            .filter(|(_, &n)| n > 0)
+            .map(|(k, &n)| (k.clone(), n))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn name_taken(inner: &Inner, name: &str) -> bool {
+        inner.state.volumes.iter().any(|v| v.name == name)
+            || inner.state.snapshots.iter().any(|s| s.name == name)
+    }
+
+    fn bring_back(&self, inner: &mut Inner) {
+        let volumes = inner.state.volumes.clone();
+        let clean = inner.state.clean_shutdown;
+        for v in &volumes {
+            let dev = match open_volume_device(&v.path) {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::error!(volume = %v.name, error = %e, "volume is offline");
+                    inner.offline.insert(v.name.clone(), e.message);
+                    continue;
+                }
+            };
+            let now = fingerprint(&v.path, true);
+            let old = &v.fingerprint;
+            let changed = if dev.len() != v.size {
+                Some(format!(
+                    "its size changed from {} to {} bytes",
+                    v.size,
+                    dev.len()
+                ))
+            } else if old.ino != 0 && (old.ino != now.ino || old.dev != now.dev) {
+                Some("its image file was replaced".to_string())
+            } else if clean && old.mtime_ns.is_some() && old.mtime_ns != now.mtime_ns {
+                Some("its image was modified while fss was not running".to_string())
+            } else {
+                None
+            };
+            if let Some(why) = &changed {
+                tracing::error!(volume = %v.name, "volume changed while fss was not running ({why}): its snapshots are UNVERIFIED");
+                inner.unverified.insert(v.name.clone(), why.clone());
+            }
+            let dyn_dev: Arc<dyn BlockDevice> = dev;
+            let vol = Volume::with_identity(v.name.clone(), dyn_dev, unhex(&v.id));
+            self.publish(&v.name, Export::Volume(vol.clone()));
+            inner.volumes.insert(v.name.clone(), vol);
+        }
+        let snaps = inner.state.snapshots.clone();
+        let mut keep = Vec::new();
+        for s in snaps {
+            if !s.persistent {
+                tracing::warn!(snapshot = %s.name, volume = %s.volume,
+                    "dropped transient snapshot {} (transient snapshots do not survive a restart)", s.name);
+                if s.store_owned {
+                    let _ = std::fs::remove_file(&s.store);
+                }
+                continue;
+            }
+            let Some(vol) = inner.volumes.get(&s.volume).cloned() else {
+                inner.unavailable.insert(
+                    s.name.clone(),
+                    format!("its volume '{}' is offline", s.volume),
+                );
+                keep.push(s);
+                continue;
+            };
+            let place = StorePlace {
+                path: s.store.clone(),
+                owned: s.store_owned,
+                is_device: s.store_is_device,
+            };
+            let expect = StoreIdentity {
+                volume_id: vol.identity(),
+                volume_len: vol.len(),
+                snapshot_id: s.id,
+            };
+            let attached =
+                stores::reopen(&place, &expect, s.max_store_bytes).and_then(|(store, rec)| {
+                    let opts = SnapshotOptions {
+                        persistent: true,
+                        on_store_error: policy(&s.on_store_error)?,
+                        ..SnapshotOptions::default()
+                    };
+                    vol.attach_snapshot(&opts, store, rec)
+                        .map_err(DaemonError::from)
+                });
+            match attached {
+                Ok(snap) if s.deleting => {
+                    drop(snap);
+                    match vol.delete_snapshot(&s.name) {
+                        Ok(()) => {
+                            tracing::info!(snapshot = %s.name, "finished deleting snapshot interrupted by a stop");
+                        }
+                        Err(e) => {
+                            tracing::error!(snapshot = %s.name, error = %e, "could not finish deleting snapshot");
+                        }
+                    }
+                }
+                Ok(snap) => {
+                    tracing::info!(snapshot = %s.name, volume = %s.volume, "persistent snapshot recovered");
+                    self.publish(&s.name, Export::Snapshot(snap.clone()));
+                    inner.snapshots.insert(s.name.clone(), snap);
+                    keep.push(s);
+                }
+                // The store of an interrupted delete may already be gone: the delete is done.
+                Err(_) if s.deleting => {
+                    tracing::info!(snapshot = %s.name, "finished deleting snapshot");
+                }
+                Err(e) => {
+                    tracing::error!(snapshot = %s.name, error = %e, "snapshot could not be brought back");
+                    inner.unavailable.insert(s.name.clone(), e.message);
+                    keep.push(s);
+                }
+            }
+        }
+        inner.state.snapshots = keep;
+    }
+
+    /// Handle one control request.
+    ///
+    /// # Errors
+    /// The operation failed; the error says why and what to do.
+    pub fn handle(&self, req: &Request) -> Result<Value> {
+        let mut inner = self.lock();
+        match req {
+            Request::Status => to_json(&self.status(&inner)),
+            Request::VolumeCreate { name, size, image } => {
+                self.volume_create(&mut inner, name, *size, image.clone())?;
+                to_json(&self.volume_info(&inner, name))
+            }
+            Request::VolumeAdd { name, device } => {
+                self.volume_add(&mut inner, name, device)?;
+                to_json(&self.volume_info(&inner, name))
+            }
+            Request::VolumeList => {
+                let list: Vec<VolumeInfo> = inner
+                    .state
+                    .volumes
+                    .iter()
+                    .map(|v| self.volume_info(&inner, &v.name))
+                    .collect();
+                to_json(&list)
+            }
+            Request::VolumeRemove { name } => {
+                self.volume_remove(&mut inner, name)?;
+                Ok(Value::Null)
+            }
+            Request::SnapshotCreate(spec) => {
+                self.snapshot_create(&mut inner, spec)?;
+                to_json(&self.snapshot_info(&inner, &spec.name)?)
+            }
+            Request::SnapshotCreateGroup { members } => {
+                self.snapshot_create_group(&mut inner, members)?;
+                let infos: Result<Vec<SnapshotInfo>> = members
+                    .iter()
+                    .map(|m| self.snapshot_info(&inner, &m.name))
+                    .collect();
+                to_json(&infos?)
+            }
+            Request::SnapshotDelete { name } => {
+                self.snapshot_delete(&mut inner, name)?;
+                Ok(Value::Null)
+            }
+            Request::SnapshotList => {
+                let list: Result<Vec<SnapshotInfo>> = inner
+                    .state
+                    .snapshots
+                    .iter()
+                    .map(|s| self.snapshot_info(&inner, &s.name))
+                    .collect();
+                to_json(&list?)
+            }
+            Request::SnapshotInfo { name } => to_json(&self.snapshot_info(&inner, name)?),
+            Request::SnapshotVerify { name } => {
+                let snap = Self::snapshot(&inner, name)?;
+                drop(inner);
+                let r = snap.verify()?;
+                to_json(&VerifyInfo {
+                    name: name.clone(),
+                    checksummed: r.checksummed,
+                    blocks_checked: r.blocks_checked,
+                    damaged: r.damaged,
+                })
+            }
+            Request::Checksum { name } => {
+                let export = self.lookup(name).ok_or_else(|| {
+                    DaemonError::not_found(format!("no volume or snapshot named '{name}'; see `fss volume list` and `fss snapshot list`"))
+                })?;
+                drop(inner);
+                Ok(Value::String(checksum(&export)?))
+            }
+            Request::LeaseOpen { .. } | Request::LeaseClose { .. } => Err(DaemonError::new(
+                "invalid-request",
+                "leases are handled by the control connection, not the registry",
+            )),
+        }
+    }
+
+    fn status(&self, inner: &Inner) -> StatusInfo {
+        let ep = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        StatusInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            state_dir: self.paths.state_dir.clone(),
+            fuse_dir: ep.0,
+            nbd_socket: ep.1,
+            nbd_listen: ep.2,
+            volumes: inner.state.volumes.len() as u64,
+            snapshots: inner.state.snapshots.len() as u64,
+            recovered_from_crash: inner.recovered_from_crash,
+        }
+    }
+
+    fn volume_info(&self, inner: &Inner, name: &str) -> VolumeInfo {
+        let v = inner.state.volumes.iter().find(|v| v.name == name);
+        let live = inner.volumes.get(name);
+        VolumeInfo {
+            name: name.to_string(),
+            size: v.map_or(0, |v| v.size),
+            path: v.map(|v| v.path.clone()).unwrap_or_default(),
+            kind: match v.map(|v| v.kind) {
+                Some(VolumeKind::CreatedImage) => "created-image",
+                Some(VolumeKind::Image) => "image",
+                Some(VolumeKind::BlockDevice) => "block-device",
+                None => "unknown",
+            }
+            .to_string(),
+            snapshots: inner
+                .state
+                .snapshots
+                .iter()
+                .filter(|s| s.volume == name)
+                .count() as u64,
+            cluster_size: live.and_then(Volume::cluster_size),
+            state: inner
+                .offline
+                .get(name)
+                .map_or_else(|| "online".to_string(), |r| format!("offline: {r}")),
+            open: self.opens_of(name),
+        }
+    }
+
+    fn volume_create(
+        &self,
+        inner: &mut Inner,
+        name: &str,
+        size: u64,
+        image: Option<PathBuf>,
+    ) -> Result<()> {
+        check_name(name)?;
+        if Self::name_taken(inner, name) {
+            return Err(DaemonError::exists(format!(
+                "the name '{name}' is taken by a volume or snapshot; choose another"
+            )));
+        }
+        if size == 0 {
+            return Err(DaemonError::invalid(
+                "a volume needs a size above 0 (for example --size 1G)",
+            ));
+        }
+        let image = image.unwrap_or_else(|| self.paths.volumes_dir().join(format!("{name}.img")));
+        if image.exists() {
+            return Err(DaemonError::exists(format!(
+                "{} already exists; serve it with `fss volume add {name} --device {}` or choose another --image",
+                image.display(),
+                image.display()
+            )));
+        }
+        if let Some(dir) = image.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| DaemonError::io(&format!("cannot create {}", dir.display()), &e))?;
+        }
+        let opts = OpenOptions {
+            exclusive: true,
+            create_len: Some(size),
+            ..OpenOptions::default()
+        };
+        let dev = FileDevice::open(&image, &opts).map_err(|e| {
+            DaemonError::io(&format!("cannot create image {}", image.display()), &e)
+        })?;
+        self.register_volume(inner, name, image, VolumeKind::CreatedImage, Arc::new(dev))
+    }
+
+    fn volume_add(&self, inner: &mut Inner, name: &str, device: &Path) -> Result<()> {
+        check_name(name)?;
+        if Self::name_taken(inner, name) {
+            return Err(DaemonError::exists(format!(
+                "the name '{name}' is taken by a volume or snapshot; choose another"
+            )));
+        }
+        let meta = std::fs::metadata(device)
+            .map_err(|e| DaemonError::io(&format!("cannot add {}", device.display()), &e))?;
+        let kind = if meta.file_type().is_block_device() {
+            VolumeKind::BlockDevice
+        } else if meta.is_file() {
+            VolumeKind::Image
+        } else {
+            return Err(DaemonError::invalid(format!(
+                "{} is neither an image file nor a block device",
+                device.display()
+            )));
+        };
+        if inner.state.volumes.iter().any(|v| v.path == device) {
+            return Err(DaemonError::exists(format!(
+                "{} is already served as a volume",
+                device.display()
+            )));
+        }
+        let dev = open_volume_device(device)?;
+        if dev.is_empty() {
+            return Err(DaemonError::invalid(format!(
+                "{} is empty; a volume needs a size above 0",
+                device.display()
+            )));
+        }
+        self.register_volume(inner, name, device.to_path_buf(), kind, dev)
+    }
+
+    fn register_volume(
+        &self,
+        inner: &mut Inner,
+        name: &str,
+        path: PathBuf,
+        kind: VolumeKind,
+        dev: Arc<FileDevice>,
+    ) -> Result<()> {
+        let mut id = [0u8; 16];
+        getrandom::fill(&mut id)
+            .map_err(|e| DaemonError::new("io", format!("no randomness for a volume id: {e}")))?;
+        let size = dev.len();
+        let dyn_dev: Arc<dyn BlockDevice> = dev;
+        let vol = Volume::with_identity(name, dyn_dev, id);
+        inner.state.volumes.push(VolumeState {
+            name: name.to_string(),
+            id: hex(&id),
+            fingerprint: fingerprint(&path, false),
+            path,
+            kind,
+            size,
+        });
+        if let Err(e) = self.save(inner) {
+            inner.state.volumes.pop();
+            return Err(e);
+        }
+        self.publish(name, Export::Volume(vol.clone()));
+        inner.volumes.insert(name.to_string(), vol);
+        tracing::info!(volume = name, size, "volume added");
+        Ok(())
+    }
+
+    fn volume_remove(&self, inner: &mut Inner, name: &str) -> Result<()> {
+        if !inner.state.volumes.iter().any(|v| v.name == name) {
+            return Err(DaemonError::not_found(format!(
+                "no volume named '{name}'; see `fss volume list`"
+            )));
+        }
+        let snaps: Vec<&str> = inner
+            .state
+            .snapshots
+            .iter()
+            .filter(|s| s.volume == name)
+            .map(|s| s.name.as_str())
+            .collect();
+        if !snaps.is_empty() {
+            return Err(DaemonError::busy(format!(
+                "volume '{name}' has snapshots ({}); delete them first with `fss snapshot delete`",
+                snaps.join(", ")
+            )));
+        }
+        let open = self.opens_of(name);
+        if open > 0 {
+            return Err(DaemonError::busy(format!(
+                "volume '{name}' is open ({open} times, by NBD clients or the FUSE file); close it first"
+            )));
+        }
+        let i = inner
+            .state
+            .volumes
+            .iter()
+            .position(|v| v.name == name)
+            .unwrap_or(0);
+        let removed = inner.state.volumes.remove(i);
+        if let Err(e) = self.save(inner) {
+            inner.state.volumes.insert(i, removed);
+            return Err(e);
+        }
+        self.unpublish(name);
+        if let Some(v) = inner.volumes.remove(name) {
+            let _ = v.flush();
+        }
+        inner.offline.remove(name);
+        tracing::info!(volume = name, image = %removed.path.display(), "volume removed (its image is kept)");
+        Ok(())
+    }
+
+    fn snapshot(inner: &Inner, name: &str) -> Result<Snapshot> {
+        if let Some(s) = inner.snapshots.get(name) {
+            return Ok(s.clone());
+        }
+        if let Some(r) = inner.unavailable.get(name) {
+            return Err(DaemonError::new(
+                "invalid-snapshot",
+                format!("snapshot '{name}' is unavailable: {r}"),
+            ));
+        }
+        Err(DaemonError::not_found(format!(
+            "no snapshot named '{name}'; see `fss snapshot list`"
+        )))
+    }
+
+    fn check_spec(&self, inner: &Inner, spec: &SnapshotSpec) -> Result<()> {
+        check_name(&spec.name)?;
+        if Self::name_taken(inner, &spec.name) {
+            return Err(DaemonError::exists(format!(
+                "the name '{}' is taken by a volume or snapshot; choose another",
+                spec.name
+            )));
+        }
+        if !inner.volumes.contains_key(&spec.volume) {
+            return Err(match inner.offline.get(&spec.volume) {
+                Some(r) => DaemonError::busy(format!("volume '{}' is offline: {r}", spec.volume)),
+                None => DaemonError::not_found(format!(
+                    "no volume named '{}'; see `fss volume list`",
+                    spec.volume
+                )),
+            });
+        }
+        if spec.unlink_store && !spec.transient {
+            return Err(DaemonError::invalid(
+                "an unlinked store (-x) makes a transient snapshot; add --transient",
+            ));
+        }
+        policy(spec.on_store_error.as_deref().unwrap_or("invalidate"))?;
+        Ok(())
+    }
+
+    /// Make the store and the engine snapshot; returns its state entry (not yet saved).
+    fn snapshot_make(&self, inner: &Inner, spec: &SnapshotSpec) -> Result<SnapshotState> {
+        let vol = inner
+            .volumes
+            .get(&spec.volume)
+            .cloned()
+            .ok_or_else(|| DaemonError::not_found("volume vanished"))?;
+        let store_arg = spec
+            .store
+            .clone()
+            .unwrap_or_else(|| self.paths.stores_dir());
+        if spec.store.is_none() {
+            std::fs::create_dir_all(&store_arg).map_err(|e| {
+                DaemonError::io(&format!("cannot create {}", store_arg.display()), &e)
+            })?;
+        }
+        let place = stores::place(&store_arg, &spec.volume, &spec.name)?;
+        let on_err = spec
+            .on_store_error
+            .clone()
+            .unwrap_or_else(|| "invalidate".into());
+        let opts = SnapshotOptions {
+            cluster_size: spec.cluster_size,
+            persistent: !spec.transient,
+            on_store_error: policy(&on_err)?,
+            max_store_bytes: spec.max_store_size,
+            ..SnapshotOptions::default()
+        };
+        let snap = vol.create_snapshot(&spec.name, &opts, |p| {
+            stores::create(&place, p, spec.unlink_store)
+        })?;
+        let info = snap.info();
+        Ok(SnapshotState {
+            name: spec.name.clone(),
+            volume: spec.volume.clone(),
+            id: info.id,
+            persistent: !spec.transient,
+            store: place.path,
+            store_owned: place.owned,
+            store_is_device: place.is_device,
+            max_store_bytes: spec.max_store_size,
+            on_store_error: on_err,
+            created: info
+                .created
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            cluster_size: info.cluster_size,
+            mount_point: spec.mount_point.clone(),
+            deleting: false,
+        })
+    }
+
+    fn snapshot_create(&self, inner: &mut Inner, spec: &SnapshotSpec) -> Result<()> {
+        self.check_spec(inner, spec)?;
+        let entry = self.snapshot_make(inner, spec)?;
+        self.commit_snapshots(inner, vec![entry])
+    }
+
+    fn commit_snapshots(&self, inner: &mut Inner, entries: Vec<SnapshotState>) -> Result<()> {
+        let n = entries.len();
+        inner.state.snapshots.extend(entries.iter().cloned());
+        if let Err(e) = self.save(inner) {
+            let keep = inner.state.snapshots.len() - n;
+            inner.state.snapshots.truncate(keep);
+            for s in &entries {
+                if let Some(v) = inner.volumes.get(&s.volume) {
+                    let _ = v.delete_snapshot(&s.name);
+                }
+            }
+            return Err(e);
+        }
+        for s in entries {
+            if let Some(snap) = inner
+                .volumes
+                .get(&s.volume)
+                .and_then(|v| v.snapshot(&s.name))
+            {
+                self.publish(&s.name, Export::Snapshot(snap.clone()));
+                inner.snapshots.insert(s.name.clone(), snap);
+            }
+            tracing::info!(snapshot = %s.name, volume = %s.volume, persistent = s.persistent, store = %s.store.display(), "snapshot created");
+        }
+        Ok(())
+    }
+
+    /// Several snapshots at one instant: every volume's writes are held while all are taken.
+    fn snapshot_create_group(&self, inner: &mut Inner, members: &[SnapshotSpec]) -> Result<()> {
+        if members.is_empty() {
+            return Err(DaemonError::invalid(
+                "a group needs at least one VOLUME:NAME",
+            ));
+        }
+        for (i, m) in members.iter().enumerate() {
+            self.check_spec(inner, m)?;
+            if members[..i]
+                .iter()
+                .any(|o| o.name == m.name || o.volume == m.volume)
+            {
+                return Err(DaemonError::invalid(format!(
+                    "the group names '{}' or volume '{}' twice; one snapshot per volume",
+                    m.name, m.volume
+                )));
+            }
+        }
+        let mut made = Vec::new();
+        for m in members {
+            match self.snapshot_make(inner, m) {
+                Ok(e) => made.push(e),
+                Err(e) => {
+                    for s in &made {
+                        if let Some(v) = inner.volumes.get(&s.volume) {
+                            let _ = v.delete_snapshot(&s.name);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.commit_snapshots(inner, made)
+    }
+
+    fn snapshot_delete(&self, inner: &mut Inner, name: &str) -> Result<()> {
+        let Some(i) = inner.state.snapshots.iter().position(|s| s.name == name) else {
+            return Err(DaemonError::not_found(format!(
+                "no snapshot named '{name}'; see `fss snapshot list`"
+            )));
+        };
+        let open = self.opens_of(name);
+        if open > 0 {
+            return Err(DaemonError::busy(format!(
+                "snapshot '{name}' is open ({open} times, by NBD clients or a loop device on its FUSE file); close it first"
+            )));
+        }
+        // Remember the delete first: a crash midway is finished at the next start.
+        inner.state.snapshots[i].deleting = true;
+        self.save(inner)?;
+        let s = inner.state.snapshots[i].clone();
+        self.unpublish(name);
+        inner.snapshots.remove(name);
+        if let Some(vol) = inner.volumes.get(&s.volume) {
+            vol.delete_snapshot(name)?;
+        } else if s.store_owned {
+            let _ = std::fs::remove_file(&s.store);
+        }
+        inner.unavailable.remove(name);
+        inner.state.snapshots.retain(|x| x.name != name);
+        self.save(inner)?;
+        tracing::info!(snapshot = name, "snapshot deleted");
+        Ok(())
+    }
+
+    fn snapshot_info(&self, inner: &Inner, name: &str) -> Result<SnapshotInfo> {
+        let s = inner
+            .state
+            .snapshots
+            .iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| {
+                DaemonError::not_found(format!(
+                    "no snapshot named '{name}'; see `fss snapshot list`"
+                ))
+            })?;
+        let live = inner.snapshots.get(name).map(Snapshot::info);
+        let (state, reason) = if let Some(r) = inner.unavailable.get(name) {
+            ("unavailable".to_string(), Some(r.clone()))
+        } else if let Some(CoreState::Invalid(r)) = live.as_ref().map(|i| i.state.clone()) {
+            ("invalid".to_string(), Some(r))
+        } else if let Some(r) = inner.unverified.get(&s.volume) {
+            (
+                "unverified".to_string(),
+                Some(format!("the volume changed while fss was not running: {r}")),
+            )
+        } else {
+            ("valid".to_string(), None)
+        };
+        let stats = live.as_ref().map(|i| i.stats.clone()).unwrap_or_default();
+        Ok(SnapshotInfo {
+            name: s.name.clone(),
+            volume: s.volume.clone(),
+            id: s.id,
+            kind: if s.persistent {
+                "persistent"
+            } else {
+                "transient"
+            }
+            .to_string(),
+            state,
+            reason,
+            created: s.created,
+            size: live.as_ref().map_or(0, |i| i.len),
+            cluster_size: s.cluster_size,
+            store: s.store.clone(),
+            store_used: stats.store_bytes_used,
+            store_max: stats.store_max_bytes.or(s.max_store_bytes),
+            blocks_preserved: stats.blocks_preserved,
+            clusters_preserved: stats.clusters_preserved,
+            cow_calls: stats.cow_calls,
+            busy_waits: stats.busy_waits,
+            on_store_error: s.on_store_error.clone(),
+            mount_point: s.mount_point.clone(),
+        })
+    }
+
+    /// Flush every volume, record fingerprints and a clean stop.
+    pub fn shutdown(&self) {
+        let mut inner = self.lock();
+        for (name, v) in &inner.volumes {
+            if let Err(e) = v.flush() {
+                tracing::error!(volume = %name, error = %e, "flush at stop failed");
+            }
+        }
+        let paths: Vec<PathBuf> = inner.state.volumes.iter().map(|v| v.path.clone()).collect();
+        for (v, p) in inner.state.volumes.iter_mut().zip(paths) {
+            v.fingerprint = fingerprint(&p, true);
+        }
+        inner.state.clean_shutdown = true;
+        if let Err(e) = self.save(&inner) {
+            tracing::error!(error = %e, "could not record the clean stop");
+        }
+    }
+
+    /// A one-line description of an export, for NBD and listings.
+    fn describe(e: &Export) -> String {
+        match e {
+            Export::Volume(v) => format!("fss volume, {}", human_size(v.len())),
+            Export::Snapshot(s) => {
+                let i = s.info();
+                format!(
+                    "fss snapshot of volume '{}' ({}), read-only",
+                    i.volume,
+                    human_size(i.len)
+                )
+            }
+        }
+    }
+}
+
+impl Catalog for Registry {
+    fn lookup(&self, name: &str) -> Option<Export> {
+        self.exports
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .cloned()
+    }
+
+    fn list(&self) -> Vec<ExportInfo> {
+        let exports = self
+            .exports
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        exports
+            .iter()
+            .map(|(name, e)| ExportInfo {
+                name: name.clone(),
+                description: Self::describe(e),
+                read_only: e.is_read_only(),
+                len: e.len(),
+            })
+            .collect()
+    }
+}
+
+impl Registry {
+    /// A front-end opened (`open = true`) or closed an export.
+    pub fn note_open(&self, name: &str, open: bool) {
+        let mut o = self.opens.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = o.entry(name.to_string()).or_insert(0);
+        *n = if open { *n + 1 } else { n.saturating_sub(1) };
+    }
+}
+
+/// SHA-256 of an export's whole contents, hex.
+fn checksum(e: &Export) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < e.len() {
+        let n = (e.len() - off).min(buf.len() as u64) as usize;
+        e.read(&mut buf[..n], off)?;
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}

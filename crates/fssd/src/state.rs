@@ -1,0 +1,240 @@
+//! The daemon's persistent state: volumes, snapshots, their order and settings, in
+//! `<state-dir>/state.json`, written atomically (temp file, fsync, rename, fsync of the
+//! directory) so that a crash leaves either the old or the new file, never a mix.
+
+use serde::{Deserialize, Serialize};
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// The state file's format version.
+pub const STATE_VERSION: u32 = 1;
+
+/// How a volume's storage was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeKind {
+    /// A sparse image fss created (`fss volume create`).
+    CreatedImage,
+    /// An existing image file (`fss volume add`).
+    Image,
+    /// An existing block device (`fss volume add`).
+    BlockDevice,
+}
+
+/// What identifies a volume's storage between runs, to notice changes made while fss was not
+/// running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Fingerprint {
+    /// Size in bytes.
+    pub size: u64,
+    /// Device and inode numbers of the image (0 for block devices).
+    pub dev: u64,
+    /// Inode number.
+    pub ino: u64,
+    /// Modification time (ns) when fss last stopped cleanly; `None` after an unclean stop.
+    pub mtime_ns: Option<i128>,
+}
+
+/// A volume, as remembered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeState {
+    /// Name.
+    pub name: String,
+    /// Identity recorded in its snapshots' stores (hex).
+    pub id: String,
+    /// Image file or block device.
+    pub path: PathBuf,
+    /// How it was given.
+    pub kind: VolumeKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Fingerprint at the last clean stop.
+    #[serde(default)]
+    pub fingerprint: Fingerprint,
+}
+
+/// A snapshot, as remembered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotState {
+    /// Name.
+    pub name: String,
+    /// Its volume's name.
+    pub volume: String,
+    /// Creation order within the volume.
+    pub id: u64,
+    /// Survives restarts.
+    pub persistent: bool,
+    /// Store file or device.
+    pub store: PathBuf,
+    /// Whether fss made the store file (and removes it on delete).
+    pub store_owned: bool,
+    /// Whether the store is a raw block device.
+    pub store_is_device: bool,
+    /// The store's maximum size.
+    pub max_store_bytes: Option<u64>,
+    /// `invalidate` or `fail-write`.
+    pub on_store_error: String,
+    /// Creation time, seconds since the epoch.
+    pub created: u64,
+    /// Cluster size in bytes.
+    pub cluster_size: u64,
+    /// Mount point it was taken of, if any (for listings).
+    #[serde(default)]
+    pub mount_point: Option<String>,
+    /// Set while a delete is in progress; a restart finishes it.
+    #[serde(default)]
+    pub deleting: bool,
+}
+
+/// Everything in `state.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    /// Format version of this file.
+    pub version: u32,
+    /// Whether the last run stopped cleanly.
+    pub clean_shutdown: bool,
+    /// The kernel boot id of the last run, to tell a daemon crash from a reboot.
+    pub boot_id: String,
+    /// Volumes.
+    pub volumes: Vec<VolumeState>,
+    /// Snapshots, oldest first.
+    pub snapshots: Vec<SnapshotState>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State {
+            version: STATE_VERSION,
+            clean_shutdown: true,
+            boot_id: String::new(),
+            volumes: Vec::new(),
+            snapshots: Vec::new(),
+        }
+    }
+}
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The file system said no.
+    #[error("cannot {op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// Which file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON of the expected shape.
+    #[error(
+        "{path} is damaged ({detail}); restore it from a backup or move it away to start empty"
+    )]
+    Damaged {
+        /// Which file.
+        path: PathBuf,
+        /// The parser's complaint.
+        detail: String,
+    },
+    /// A newer fss wrote it.
+    #[error("{path} has state format {found}, newer than this fss understands ({STATE_VERSION}); use a newer fss")]
+    TooNew {
+        /// Which file.
+        path: PathBuf,
+        /// Its version.
+        found: u32,
+    },
+}
+
+impl State {
+    /// Load `path`, or the default if it does not exist.
+    ///
+    /// # Errors
+    /// Unreadable, damaged, or too new.
+    pub fn load(path: &Path) -> Result<Option<State>, StateError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(StateError::Io {
+                    op: "read",
+                    path: path.into(),
+                    source,
+                })
+            }
+        };
+        let state: State = serde_json::from_str(&text).map_err(|e| StateError::Damaged {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+        if state.version > STATE_VERSION {
+            return Err(StateError::TooNew {
+                path: path.into(),
+                found: state.version,
+            });
+        }
+        Ok(Some(state))
+    }
+
+    /// Write atomically to `path`.
+    ///
+    /// # Errors
+    /// The write, fsync or rename failed (the old file is then intact).
+    pub fn save(&self, path: &Path) -> Result<(), StateError> {
+        let io = |op, source| StateError::Io {
+            op,
+            path: path.into(),
+            source,
+        };
+        let tmp = path.with_extension("json.tmp");
+        let text = serde_json::to_string_pretty(self).map_err(|e| StateError::Damaged {
+            path: path.into(),
+            detail: e.to_string(),
+        })?;
+        let mut f = File::create(&tmp).map_err(|e| io("create", e))?;
+        f.write_all(text.as_bytes()).map_err(|e| io("write", e))?;
+        f.write_all(b"\n").map_err(|e| io("write", e))?;
+        f.sync_all().map_err(|e| io("fsync", e))?;
+        drop(f);
+        std::fs::rename(&tmp, path).map_err(|e| io("rename", e))?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io("fsync directory of", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn save_load_round_trip_and_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        assert_eq!(State::load(&p).unwrap(), None);
+        let mut s = State::default();
+        s.volumes.push(VolumeState {
+            name: "v".into(),
+            id: "00".into(),
+            path: "/x".into(),
+            kind: VolumeKind::Image,
+            size: 1,
+            fingerprint: Fingerprint::default(),
+        });
+        s.save(&p).unwrap();
+        assert_eq!(State::load(&p).unwrap(), Some(s));
+        std::fs::write(&p, "{not json").unwrap();
+        let e = State::load(&p).unwrap_err();
+        assert!(e.to_string().contains("damaged"), "{e}");
+        std::fs::write(
+            &p,
+            r#"{"version":9,"clean_shutdown":true,"boot_id":"","volumes":[],"snapshots":[]}"#,
+        )
+        .unwrap();
+        assert!(State::load(&p).unwrap_err().to_string().contains("newer"));
+    }
+}

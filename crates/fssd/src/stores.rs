@@ -1,0 +1,181 @@
+//! Turning a `--store` argument (a directory, a file, or a raw device) into a snapshot store,
+//! and reopening it after a restart.
+
+use crate::error::{DaemonError, Result};
+use fss_core::device::{BlockDevice, FileDevice, OpenOptions};
+use fss_core::store::{DeviceStore, FileStore, Recovered, Store, StoreIdentity, StoreParams};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where a new snapshot's store goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorePlace {
+    /// The file or device.
+    pub path: PathBuf,
+    /// fss makes the file inside a store directory, and removes it on delete.
+    pub owned: bool,
+    /// A raw block device (fixed size).
+    pub is_device: bool,
+}
+
+/// Decide where the store of snapshot `snap` of `volume` goes, given `--store` (or the default
+/// store directory).
+///
+/// # Errors
+/// The path does not exist (nor its parent), or is an existing non-empty file.
+pub fn place(arg: &Path, volume: &str, snap: &str) -> Result<StorePlace> {
+    match std::fs::metadata(arg) {
+        Ok(m) if m.is_dir() => {
+            let mut path = arg.join(format!("{volume}.{snap}.fss"));
+            let mut n = 1;
+            while path.exists() {
+                path = arg.join(format!("{volume}.{snap}.{n}.fss"));
+                n += 1;
+            }
+            Ok(StorePlace {
+                path,
+                owned: true,
+                is_device: false,
+            })
+        }
+        Ok(m) if m.file_type().is_block_device() => Ok(StorePlace {
+            path: arg.to_path_buf(),
+            owned: false,
+            is_device: true,
+        }),
+        Ok(m) if m.is_file() && m.len() == 0 => Ok(StorePlace {
+            path: arg.to_path_buf(),
+            owned: false,
+            is_device: false,
+        }),
+        Ok(m) if m.is_file() => Err(DaemonError::exists(format!(
+            "store file {} already exists and is not empty ({} bytes); give a new file name, a \
+             directory, or delete it first",
+            arg.display(),
+            m.len()
+        ))),
+        Ok(_) => Err(DaemonError::invalid(format!(
+            "store {} is neither a directory, a regular file nor a block device",
+            arg.display()
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let parent = arg
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if parent.is_dir() {
+                Ok(StorePlace {
+                    path: arg.to_path_buf(),
+                    owned: false,
+                    is_device: false,
+                })
+            } else {
+                Err(DaemonError::not_found(format!(
+                    "store path {}: directory {} does not exist; create it or choose another store",
+                    arg.display(),
+                    parent.display()
+                )))
+            }
+        }
+        Err(e) => Err(DaemonError::io(&format!("store {}", arg.display()), &e)),
+    }
+}
+
+fn open_device(place: &StorePlace, create: bool) -> Result<Arc<FileDevice>> {
+    let opts = OpenOptions {
+        exclusive: true,
+        create_len: (create && !place.is_device).then_some(0),
+        ..OpenOptions::default()
+    };
+    FileDevice::open(&place.path, &opts)
+        .map(Arc::new)
+        .map_err(|e| DaemonError::io(&format!("cannot open store {}", place.path.display()), &e))
+}
+
+/// Make a new store at `place` for `params`; `unlink` removes the file once open (the store is
+/// then transient by nature).
+///
+/// # Errors
+/// The store could not be created (no space, permissions, ...); nothing is left behind.
+pub fn create(
+    place: &StorePlace,
+    params: &StoreParams,
+    unlink: bool,
+) -> fss_core::Result<Box<dyn Store>> {
+    let to_core = |e: DaemonError| {
+        fss_core::Error::new(
+            fss_core::ErrorKind::Io,
+            "create store",
+            place.path.display().to_string(),
+            e.message,
+        )
+    };
+    let dev = open_device(place, true).map_err(to_core)?;
+    let cleanup = || {
+        if !place.is_device && (place.owned || unlink) {
+            let _ = std::fs::remove_file(&place.path);
+        }
+    };
+    let dyn_dev: Arc<dyn BlockDevice> = dev;
+    let result: fss_core::Result<Box<dyn Store>> = if params.persistent {
+        let owned = place.owned.then(|| place.path.clone());
+        FileStore::create(dyn_dev, params, place.is_device, owned)
+            .map(|s| Box::new(s) as Box<dyn Store>)
+    } else {
+        let mut s = DeviceStore::new(dyn_dev, params, place.is_device);
+        if place.owned {
+            s = s.with_owned_path(place.path.clone());
+        }
+        Ok(Box::new(s))
+    };
+    match result {
+        Ok(s) => {
+            if unlink && !place.is_device {
+                let _ = std::fs::remove_file(&place.path);
+            }
+            Ok(s)
+        }
+        Err(e) => {
+            cleanup();
+            Err(e)
+        }
+    }
+}
+
+/// Reopen a persistent store after a restart.
+///
+/// # Errors
+/// Missing, foreign, corrupt or unreadable.
+pub fn reopen(
+    place: &StorePlace,
+    expect: &StoreIdentity,
+    max: Option<u64>,
+) -> Result<(Box<dyn Store>, Recovered)> {
+    let dev = open_device(place, false)?;
+    let owned = place.owned.then(|| place.path.clone());
+    let (store, rec) = FileStore::open(dev, expect, place.is_device, max, owned)?;
+    Ok((Box::new(store), rec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn places() {
+        let d = tempfile::tempdir().unwrap();
+        let p = place(d.path(), "vol", "s1").unwrap();
+        assert!(p.owned && p.path.ends_with("vol.s1.fss"));
+        std::fs::write(&p.path, b"x").unwrap();
+        let p2 = place(d.path(), "vol", "s1").unwrap();
+        assert!(p2.path.ends_with("vol.s1.1.fss"));
+        let e = place(&p.path, "vol", "s1").unwrap_err();
+        assert!(e.message.contains("not empty"), "{e}");
+        let f = place(&d.path().join("new.fss"), "vol", "s").unwrap();
+        assert!(!f.owned);
+        let e = place(&d.path().join("nope/new.fss"), "vol", "s").unwrap_err();
+        assert_eq!(e.kind, "not-found");
+        assert!(e.message.contains("does not exist"), "{e}");
+    }
+}
