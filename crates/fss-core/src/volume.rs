@@ -959,15 +959,30 @@ impl Shared {
         Ok(open)
     }
 
-    fn delete_snapshot(&self, name: &str) -> Result<()> {
-        let mut chains = self.chains_mut();
-        let found = (0..2).find_map(|c| {
+    fn find(chains: &Chains, name: &str) -> Option<(usize, usize)> {
+        (0..2).find_map(|c| {
             chains.chain[c]
                 .iter()
                 .position(|s| s.name == name)
                 .map(|j| (c, j))
-        });
-        let Some((c, j)) = found else {
+        })
+    }
+
+    fn delete_snapshot(&self, name: &str) -> Result<()> {
+        // Phase 1, beside live I/O: copy into the next older snapshot what it lacks. Readers
+        // resolving through either find the same bytes; writers only add to the newest valid
+        // snapshot, which phase 2 catches up with.
+        {
+            let chains = self.chains();
+            if let Some((c, j)) = Self::find(&chains, name) {
+                if chains.chain[c][..j].iter().any(|s| s.is_valid()) {
+                    Self::move_entries(&chains.chain[c][..j], &chains.chain[c][j]);
+                }
+            }
+        }
+        // Phase 2, under the barrier: move what was preserved meanwhile, then unlink.
+        let mut chains = self.chains_mut();
+        let Some((c, j)) = Self::find(&chains, name) else {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 "delete snapshot",
