@@ -346,7 +346,22 @@ impl Snapshot {
     /// # Errors
     /// `OutOfRange`, `NotFound` (deleted), `InvalidSnapshot`.
     pub fn changed(&self, offset: u64, len: u64) -> Result<Vec<crate::device::Extent>> {
-        self.vol.changed_since(&self.snap, offset, len)
+        self.vol.changed_since(&self.snap, None, offset, len)
+    }
+
+    /// Which parts of `[offset, offset + len)` changed on the volume between this snapshot and
+    /// the newer snapshot `newer` (of the same volume and kind), exact to 4 KiB.
+    ///
+    /// # Errors
+    /// `InvalidArgument` if `newer` is not newer in the same chain; as [`Snapshot::changed`].
+    pub fn changed_until(
+        &self,
+        newer: &Snapshot,
+        offset: u64,
+        len: u64,
+    ) -> Result<Vec<crate::device::Extent>> {
+        self.vol
+            .changed_since(&self.snap, Some(&newer.snap), offset, len)
     }
 
     /// Reread the store and check every preserved block against its checksum.

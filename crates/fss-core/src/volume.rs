@@ -1091,6 +1091,7 @@ impl Shared {
     pub(crate) fn changed_since(
         &self,
         snap: &Arc<SnapState>,
+        until: Option<&Arc<SnapState>>,
         offset: u64,
         len: u64,
     ) -> Result<Vec<Extent>> {
@@ -1110,14 +1111,37 @@ impl Shared {
                 "the snapshot was deleted",
             ));
         };
+        // Blocks first written after `snap` and before `until` were preserved in the maps of
+        // the snapshots from `snap` up to, not including, `until`.
+        let chain = &chains.chain[snap.chain];
+        let end = match until {
+            None => chain.len(),
+            Some(u) => match chain.iter().position(|s| Arc::ptr_eq(s, u)) {
+                Some(e) if e > idx => e,
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidArgument,
+                        "map changes of",
+                        object,
+                        format!(
+                            "'{}' is not a newer snapshot of the same volume and kind                              (persistent or transient)",
+                            u.name
+                        ),
+                    ))
+                }
+            },
+        };
         if !snap.is_valid() {
             return Err(snap.invalid_error());
+        }
+        if let Some(u) = until.filter(|u| !u.is_valid()) {
+            return Err(u.invalid_error());
         }
         let mut out = Vec::new();
         if len == 0 {
             return Ok(out);
         }
-        let later = &chains.chain[snap.chain][idx..];
+        let later = &chain[idx..end];
         let (b0, b1) = block_span(offset, len);
         for cluster in g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1) {
             let (_, in_range) = Self::cluster_masks(&g, cluster, b0, b1);

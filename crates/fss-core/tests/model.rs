@@ -98,6 +98,8 @@ struct ModelSnap {
     bytes: Vec<u8>,
     /// Blocks written (or attempted) since the snapshot.
     written: Vec<bool>,
+    /// The write clock when it was taken.
+    time: u64,
 }
 
 /// Store devices of persistent snapshots by id, to reopen after a restart.
@@ -127,6 +129,9 @@ struct Harness {
     /// Whether any fail-write snapshot was ever created.
     fail_write_any: bool,
     next: u64,
+    /// When each block was written (write clock ticks).
+    block_writes: Vec<Vec<u64>>,
+    clock: u64,
 }
 
 impl Harness {
@@ -142,6 +147,8 @@ impl Harness {
             limited: Vec::new(),
             fail_write_any: false,
             next: 0,
+            block_writes: vec![Vec::new(); VOL_LEN.div_ceil(4096) as usize],
+            clock: 0,
         }
     }
 
@@ -150,6 +157,10 @@ impl Harness {
         // Blocks a write touched (or tried to: a refused write may have preserved blocks for
         // the other chain) count as written since every live snapshot.
         if !new.is_empty() {
+            self.clock += 1;
+            for b in off / 4096..=(off + new.len() as u64 - 1) / 4096 {
+                self.block_writes[b as usize].push(self.clock);
+            }
             for m in &mut self.snaps {
                 for b in off / 4096..=(off + new.len() as u64 - 1) / 4096 {
                     m.written[b as usize] = true;
@@ -200,6 +211,51 @@ impl Harness {
                         !differs,
                         "block {b} differs from {} but is not reported changed",
                         m.name
+                    );
+                }
+            }
+        }
+    }
+
+    /// Changes between two snapshots of a chain: every block whose bytes differ between them,
+    /// and only blocks written between them.
+    fn check_changes_between(&self, i: usize, j: usize) {
+        let (a, b) = (&self.snaps[i], &self.snaps[j]);
+        let sa = self.vol.snapshot(&a.name).unwrap();
+        let sb = self.vol.snapshot(&b.name).unwrap();
+        let r = sa.changed_until(&sb, 0, VOL_LEN);
+        if a.persistent != b.persistent || a.id >= b.id {
+            assert_eq!(r.unwrap_err().kind(), ErrorKind::InvalidArgument);
+            return;
+        }
+        let Ok(extents) = r else {
+            assert!(
+                !sa.is_valid() || !sb.is_valid(),
+                "changes between valid snapshots are known"
+            );
+            return;
+        };
+        for e in extents {
+            for blk in e.offset / 4096..(e.offset + e.len).div_ceil(4096) {
+                let (lo, hi) = (
+                    (blk * 4096).max(e.offset) as usize,
+                    ((blk + 1) * 4096).min(e.offset + e.len) as usize,
+                );
+                let written = self.block_writes[blk as usize]
+                    .iter()
+                    .any(|&t| t > a.time && t <= b.time);
+                if e.data {
+                    assert!(
+                        written,
+                        "block {blk} reported changed between {} and {} but not written",
+                        a.name, b.name
+                    );
+                } else {
+                    assert!(
+                        a.bytes[lo..hi] == b.bytes[lo..hi],
+                        "block {blk} differs between {} and {}",
+                        a.name,
+                        b.name
                     );
                 }
             }
@@ -298,6 +354,7 @@ impl Harness {
                     fail_write,
                     bytes: self.model.clone(),
                     written: vec![false; VOL_LEN.div_ceil(4096) as usize],
+                    time: self.clock,
                 });
             }
             Op::Delete { pick } => {
@@ -393,6 +450,11 @@ impl Harness {
         assert!(buf == self.model, "volume differs from the model");
         for i in 0..self.snaps.len() {
             self.check_snapshot(i, 0, VOL_LEN);
+            for j in 0..self.snaps.len() {
+                if i != j {
+                    self.check_changes_between(i, j);
+                }
+            }
         }
         assert_eq!(self.vol.snapshots().len(), self.snaps.len());
     }
