@@ -60,18 +60,93 @@ pub fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::R
 
 /// The front-ends `fss serve` starts (NBD, FUSE).
 pub mod frontends {
-    use fssd::daemon::{FrontEnd, ServeOptions};
+    use fssd::daemon::{bind_socket, FrontEnd, ServeOptions};
     use fssd::registry::Registry;
+    use fssd::DaemonError;
     use std::sync::Arc;
+    use std::time::Duration;
+
+    /// The NBD server on the unix socket (and TCP when asked).
+    struct Nbd {
+        server: fss_nbd::Server,
+        stop: fss_nbd::ShutdownHandle,
+        threads: Vec<std::thread::JoinHandle<()>>,
+        socket: std::path::PathBuf,
+    }
+
+    impl FrontEnd for Nbd {
+        fn stop(&mut self) {
+            self.stop.shutdown();
+            if !self.server.wait_idle(Duration::from_secs(5)) {
+                let n = self.stop.disconnect_all();
+                tracing::warn!(connections = n, "closed NBD connections still open at stop");
+            }
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+            let _ = std::fs::remove_file(&self.socket);
+        }
+    }
+
+    fn start_nbd(registry: &Arc<Registry>, opts: &ServeOptions) -> fssd::Result<Nbd> {
+        let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
+        let server = fss_nbd::Server::new(catalog, fss_nbd::ServerOptions::default());
+        let stop = server.shutdown_handle();
+        let mut threads = Vec::new();
+        let unix = bind_socket(&opts.paths.nbd_socket)?;
+        let s = server.clone();
+        threads.push(spawn("fss-nbd-unix", move || {
+            if let Err(e) = s.serve_unix(unix) {
+                tracing::error!(error = %e, "NBD unix socket stopped");
+            }
+        })?);
+        if let Some(addr) = &opts.nbd_listen {
+            let tcp = std::net::TcpListener::bind(addr)
+                .map_err(|e| DaemonError::io(&format!("cannot listen for NBD on {addr}"), &e))?;
+            let s = server.clone();
+            threads.push(spawn("fss-nbd-tcp", move || {
+                if let Err(e) = s.serve_tcp(tcp) {
+                    tracing::error!(error = %e, "NBD TCP listener stopped");
+                }
+            })?);
+        }
+        let counter = server.clone();
+        registry.add_usage_source(Box::new(move || {
+            counter.exports_in_use().into_iter().collect()
+        }));
+        tracing::info!(socket = %opts.paths.nbd_socket.display(), tcp = ?opts.nbd_listen, "NBD server listening");
+        Ok(Nbd {
+            server,
+            stop,
+            threads,
+            socket: opts.paths.nbd_socket.clone(),
+        })
+    }
+
+    fn spawn(
+        name: &str,
+        f: impl FnOnce() + Send + 'static,
+    ) -> fssd::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(f)
+            .map_err(|e| DaemonError::io("cannot start a front-end thread", &e))
+    }
 
     /// Start every front-end.
     ///
     /// # Errors
     /// A front-end could not start (a socket in use, no FUSE).
     pub fn start(
-        _registry: &Arc<Registry>,
-        _opts: &ServeOptions,
+        registry: &Arc<Registry>,
+        opts: &ServeOptions,
     ) -> fssd::Result<Vec<Box<dyn FrontEnd>>> {
-        Ok(Vec::new())
+        let nbd = start_nbd(registry, opts)?;
+        registry.set_endpoints(
+            None,
+            Some(opts.paths.nbd_socket.clone()),
+            opts.nbd_listen.clone(),
+        );
+        Ok(vec![Box::new(nbd)])
     }
 }

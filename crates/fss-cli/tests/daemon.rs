@@ -78,6 +78,39 @@ fn volumes_and_snapshots_survive_kill_9() {
     let sum = |d: &Daemon, n: &str| d.ok(&["checksum", n]).trim().to_string();
     let original = sum(&d, "data");
     assert_eq!(sum(&d, "p1"), original);
+    // Overwrite the volume through NBD: the snapshots keep the old bytes.
+    let nbd = |name: &str| {
+        format!(
+            "nbd+unix:///{name}?socket={}",
+            dir.join("nbd.sock").display()
+        )
+    };
+    let qemu_io = |args: &[&str]| {
+        let o = std::process::Command::new("qemu-io")
+            .args(["-f", "raw"])
+            .args(args)
+            .output()
+            .expect("qemu-io (apt install qemu-utils)");
+        let text =
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        (o.status.success() && !text.contains("failed"), text)
+    };
+    let (ok, out) = qemu_io(&[
+        "-c",
+        "write -P 0x55 4096 1M",
+        "-c",
+        "write -z 3M 64k",
+        &nbd("data"),
+    ]);
+    assert!(ok, "{out}");
+    let changed = sum(&d, "data");
+    assert_ne!(changed, original);
+    assert_eq!(sum(&d, "p1"), original);
+    assert_eq!(sum(&d, "p2"), original);
+    let (ok, out) = qemu_io(&["-c", "write -P 0x66 0 4k", &nbd("p1")]);
+    assert!(!ok, "a snapshot export refuses writes: {out}");
+    let info = d.json(&["snapshot", "info", "p2"]);
+    assert_eq!(info["blocks_preserved"], 256 + 16, "{info}");
 
     // fssconfig sees them too.
     let l = d.fssconfig(&["-lv"]);
@@ -106,6 +139,9 @@ fn volumes_and_snapshots_survive_kill_9() {
     );
     assert_eq!(sum(&d, "p1"), original);
     assert_eq!(sum(&d, "p2"), original);
+    assert_eq!(sum(&d, "data"), changed);
+    let v = d.json(&["snapshot", "verify", "p2"]);
+    assert_eq!(v["blocks_checked"], 256 + 16);
     let status = d.json(&["status"]);
     assert_eq!(status["recovered_from_crash"], true);
 

@@ -304,6 +304,12 @@ impl Snapshot {
         &self.snap.name
     }
 
+    /// The identity of its volume (as [`Volume::identity`](crate::Volume::identity)).
+    #[must_use]
+    pub fn volume_identity(&self) -> [u8; 16] {
+        self.vol.id
+    }
+
     /// Its length in bytes (the volume's).
     #[must_use]
     pub fn len(&self) -> u64 {

@@ -27,6 +27,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
+/// The most bytes one step of a write, discard or zeroing preserves and applies at once.
+const MAX_PIECE: u64 = 32 << 20;
+
 /// Counters of one volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeStats {
@@ -93,7 +96,7 @@ impl Chains {
 /// The state shared by a [`Volume`] and its [`Snapshot`] handles.
 pub(crate) struct Shared {
     name: String,
-    id: [u8; 16],
+    pub(crate) id: [u8; 16],
     dev: Arc<dyn BlockDevice>,
     pub(crate) len: u64,
     chains: RwLock<Chains>,
@@ -301,7 +304,18 @@ impl Volume {
                 "the store's durability does not match the snapshot's (persistent or transient)",
             ));
         }
+        // A persistent snapshot must survive a power cut whole: the writes acknowledged before
+        // it must be durable on the volume too, or blocks read through from the volume would
+        // lose them while preserved ones keep them. Flush once before the barrier (the bulk)
+        // and once inside it (what came in between).
+        let flush = || s.dev.flush().map_err(|e| Error::io("flush", s.object(), e));
+        if opts.persistent {
+            flush()?;
+        }
         let mut chains = s.chains_mut();
+        if opts.persistent {
+            flush()?;
+        }
         // Checked again under the barrier: another creation may have raced us.
         if chains.chain.iter().flatten().any(|x| x.name == name) {
             return Err(exists(name));
@@ -584,16 +598,26 @@ impl Shared {
         }
         // Held until the origin write is done: a snapshot is either wholly before or after it.
         let chains = self.chains();
-        if let Some(g) = chains.geometry {
-            self.preserve(&chains, g, offset, len)?;
+        // Large discards and zeroings go in pieces, so pre-images in memory stay bounded.
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let n = (end - pos).min(MAX_PIECE);
+            if let Some(g) = chains.geometry {
+                self.preserve(&chains, g, pos, n)?;
+            }
+            let r = match change {
+                Change::Write(buf) => {
+                    let at = (pos - offset) as usize;
+                    self.dev.write_at(&buf[at..at + n as usize], pos)
+                }
+                Change::Discard => self.dev.discard(pos, n),
+                Change::Zeroes => self.dev.write_zeroes(pos, n),
+            };
+            r.map_err(|e| Error::io(op, self.object(), e).at(pos))?;
+            pos += n;
         }
-        let r = match change {
-            Change::Write(buf) => self.dev.write_at(buf, offset),
-            Change::Discard => self.dev.discard(offset, len),
-            Change::Zeroes => self.dev.write_zeroes(offset, len),
-        };
         drop(chains);
-        r.map_err(|e| Error::io(op, self.object(), e).at(offset))?;
         self.bytes_written.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }

@@ -357,3 +357,21 @@ fn racing_first_overwrites_of_the_same_blocks_preserve_the_true_pre_image_once()
         assert_eq!(snap.info().stats.blocks_preserved, 10);
     }
 }
+
+#[test]
+fn a_huge_discard_is_preserved_in_bounded_pieces() {
+    let (vol, _) = volume(200 * MIB);
+    vol.write(&pattern(5, 0, (100 * MIB) as usize), 0).unwrap();
+    let f = StoreFactory::default();
+    let snap = vol
+        .create_snapshot("s", &SnapshotOptions::default(), |p| f.make(p))
+        .unwrap();
+    vol.discard(4096, 150 * MIB).unwrap();
+    // One store write per cluster run at most 32 MiB apart: no single write can exceed it.
+    let c = f.device("s").counters();
+    assert_eq!(c.bytes_written, 150 * MIB);
+    assert!(c.writes >= 5, "{c:?}");
+    let mut buf = vec![0u8; (100 * MIB) as usize];
+    snap.read(&mut buf, 0).unwrap();
+    assert!(buf == pattern(5, 0, (100 * MIB) as usize));
+}

@@ -21,6 +21,9 @@ use std::time::UNIX_EPOCH;
 /// The size of the volume made on a fresh state directory.
 pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
 
+/// A front-end's count of users per export name.
+pub type UsageSource = Box<dyn Fn() -> BTreeMap<String, usize> + Send + Sync>;
+
 struct Inner {
     state: State,
     volumes: HashMap<String, Volume>,
@@ -40,6 +43,8 @@ pub struct Registry {
     inner: Mutex<Inner>,
     exports: RwLock<BTreeMap<String, Export>>,
     opens: Mutex<HashMap<String, u64>>,
+    /// Front-ends that count their own users (NBD connections per export).
+    usage: Mutex<Vec<UsageSource>>,
     /// Front-end addresses, for `status`.
     pub(crate) endpoints: Mutex<(Option<PathBuf>, Option<PathBuf>, Option<String>)>,
 }
@@ -148,6 +153,7 @@ impl Registry {
             }),
             exports: RwLock::new(BTreeMap::new()),
             opens: Mutex::new(HashMap::new()),
+            usage: Mutex::new(Vec::new()),
             endpoints: Mutex::new((None, None, None)),
         };
         {
@@ -206,25 +212,58 @@ impl Registry {
 
     /// Open count of `name` by front-ends.
     fn opens_of(&self, name: &str) -> u64 {
-        self.opens
+        self.open_counts().get(name).copied().unwrap_or(0)
+    }
+
+    fn open_counts(&self) -> BTreeMap<String, u64> {
+        let mut all: BTreeMap<String, u64> = self
+            .opens
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .copied()
-            .unwrap_or(0)
+            .iter()
+            .map(|(k, &n)| (k.clone(), n))
+            .collect();
+        for source in self
+            .usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
+            for (k, n) in source() {
+                *all.entry(k).or_insert(0) += n as u64;
+            }
+        }
+        all
     }
 
     /// Names open by front-ends, with counts.
     #[must_use]
     pub fn open_devices(&self) -> Vec<(String, u64)> {
-        let o = self.opens.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut v: Vec<_> = o
-            .iter()
-            .filter(|(_, &n)| n > 0)
-            .map(|(k, &n)| (k.clone(), n))
-            .collect();
-        v.sort();
-        v
+        self.open_counts()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Let a front-end report its users per export (checked before deletes and at stop).
+    pub fn add_usage_source(&self, source: UsageSource) {
+        self.usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(source);
+    }
+
+    /// Record where front-ends serve, for `status`.
+    pub fn set_endpoints(
+        &self,
+        fuse_dir: Option<PathBuf>,
+        nbd_socket: Option<PathBuf>,
+        nbd_listen: Option<String>,
+    ) {
+        *self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = (fuse_dir, nbd_socket, nbd_listen);
     }
 
     fn name_taken(inner: &Inner, name: &str) -> bool {

@@ -9,12 +9,17 @@
 //!   FileDevice (regular file or    MemDevice (sparse, in       FaultDevice (wraps another;
 //!   raw block device; pread/       memory; counts I/O for      fails on a countdown with
 //!   pwrite, optional O_DIRECT)     tests and benchmarks)       EIO or ENOSPC, for tests)
+//!
+//!   CrashDevice (sparse, in memory; remembers the writes since the last flush and builds the
+//!   image a power cut would leave with any subset of them surviving, for crash tests)
 //! ```
 
+mod crash;
 mod fault;
 mod file;
 mod memory;
 
+pub use crash::{CrashDevice, CrashHook, CrashOp, CrashPoint, Piece};
 pub use fault::{Fault, FaultDevice};
 pub use file::{FileDevice, OpenOptions};
 pub use memory::{IoCounters, MemDevice};

@@ -379,6 +379,14 @@ impl Replay {
         })
     }
 
+    /// Whether `block` holds any record of this store that checks out (stale or not).
+    #[must_use]
+    pub fn holds_any_record(&self, block: &[u8]) -> bool {
+        (0..=BLOCK - HEADER)
+            .step_by(4)
+            .any(|pos| matches!(decode(&self.nonce, &block[pos..]), Decoded::Record(..)))
+    }
+
     /// Drop the records from index `i` on (their data did not survive a crash), moving the end
     /// to just before record `i`; `positions` gives each record's (block, byte) position.
     pub fn truncate(&mut self, i: usize, positions: &[(u64, usize)]) {

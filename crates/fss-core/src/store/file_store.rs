@@ -69,6 +69,10 @@ fn ns(t: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 fn format_error(e: FormatError, object: String) -> Error {
     let (kind, detail) = match &e {
         FormatError::NotAStore => (
@@ -214,10 +218,18 @@ impl FileStore {
                 detail,
             ))
         };
-        if sb.volume_id != expect.volume_id || sb.volume_len != expect.volume_len {
+        if sb.volume_id != expect.volume_id {
             return foreign(format!(
-                "the store belongs to another volume (or the volume changed size: the store says \
-                 {} bytes, the volume has {}); give this volume's store",
+                "the store belongs to another volume (volume id {}, this volume is {}); give this \
+                 volume's store",
+                hex(&sb.volume_id),
+                hex(&expect.volume_id)
+            ));
+        }
+        if sb.volume_len != expect.volume_len {
+            return foreign(format!(
+                "the volume changed size since the snapshot was taken (the store says {} bytes, the \
+                 volume has {}); delete the snapshot, or give the volume its old size back",
                 sb.volume_len, expect.volume_len
             ));
         }
@@ -274,15 +286,21 @@ impl FileStore {
                 }
             }
         }
-        // A valid record beyond the end means damage in the middle, not a torn tail.
+        // A valid record beyond the end means damage in the middle, not a torn tail. Records of
+        // a torn last batch left beyond the end are cleared below, before anything is
+        // appended: otherwise a later, shorter batch could make them the next in sequence.
         let (end_block, end_pos) = replay.end;
         let scan_to = (end_block + 1024).min(max_blocks);
+        let mut stale = Vec::new();
         for k in end_block..scan_to {
-            if layout.log_block_offset(k) + BLOCK as u64 > dev.len() {
+            if layout.log_block_offset(k) >= dev.len() {
                 break;
             }
             read_log_block(&*dev, &layout, k, &mut block).map_err(io)?;
             if k == end_block {
+                if block[end_pos..].iter().any(|&b| b != 0) {
+                    stale.push(k);
+                }
                 block[..end_pos].fill(0);
             }
             if replay.finds_later_record(&block) {
@@ -290,6 +308,30 @@ impl FileStore {
                     "the log is damaged near log block {end_block}: records follow a record that does \
                      not check out"
                 ))));
+            }
+            if k > end_block && replay.holds_any_record(&block) {
+                stale.push(k);
+            }
+        }
+        // Durable records whose data lies past the end of the medium: the store was truncated.
+        for r in replay.records.iter().filter(|r| r.seq <= replay.horizon) {
+            if let Body::Preserve {
+                slot,
+                first_block,
+                crcs,
+                ..
+            } = &r.body
+            {
+                let end = layout.slot_offset(*slot)
+                    + (u64::from(*first_block) + crcs.len() as u64) * BLOCK as u64;
+                if end > dev.len() {
+                    return Err(corrupt(FormatError::Corrupt(format!(
+                        "the store is truncated: log record {} describes data up to byte {end}, but the \
+                         store has only {} bytes",
+                        r.seq,
+                        dev.len()
+                    ))));
+                }
             }
         }
         // Assemble the map.
@@ -336,6 +378,21 @@ impl FileStore {
         let last_seq = replay.records.last().map_or(0, |r| r.seq);
         let (end_block, end_pos) = replay.end;
         read_log_block(&*dev, &layout, end_block, &mut block).map_err(io)?;
+        if !stale.is_empty() {
+            let zero = vec![0u8; BLOCK];
+            for &k in &stale {
+                let mut bytes = zero.clone();
+                if k == end_block {
+                    bytes[..end_pos].copy_from_slice(&block[..end_pos]);
+                }
+                let off = layout.log_block_offset(k);
+                let n = (dev.len() - off).min(BLOCK as u64) as usize;
+                dev.write_at(&bytes[..n], off)
+                    .map_err(|e| Error::io("clear the torn tail of", object.clone(), e))?;
+            }
+            dev.flush()
+                .map_err(|e| Error::io("flush", object.clone(), e))?;
+        }
         let writer = LogWriter::new(sb.nonce, end_block, block, end_pos, last_seq);
         let recovered = Recovered {
             name: sb.name.clone(),
@@ -419,9 +476,14 @@ fn read_log_block(
     buf: &mut [u8],
 ) -> std::io::Result<()> {
     let off = layout.log_block_offset(j);
-    if off + BLOCK as u64 > dev.len() {
-        // Past the end of a sparse file: never written.
+    let len = dev.len();
+    if off + BLOCK as u64 > len {
+        // Past the end of a sparse file: never written. A block the medium holds only in part
+        // reads as what is there, then zeroes.
         buf.fill(0);
+        if off < len {
+            dev.read_at(&mut buf[..(len - off) as usize], off)?;
+        }
         return Ok(());
     }
     dev.read_at(buf, off)

@@ -1,0 +1,251 @@
+//! Per-connection concurrency: an in-flight budget (requests and buffer bytes) that the reader
+//! takes before it reads a payload or queues a request, and a small pool of worker threads,
+//! started on demand, that run the queued requests.
+//!
+//! The budget is what bounds a connection's memory whatever the client sends: when it is spent,
+//! the reader stops reading the socket until replies go out, and the client's sends block.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here leaves the state consistent; a panic elsewhere must not
+    // wedge the connection.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Limits on what one connection may have in flight.
+#[derive(Debug)]
+pub(crate) struct Budget {
+    max_requests: usize,
+    max_bytes: usize,
+    used: Mutex<(usize, usize)>,
+    freed: Condvar,
+}
+
+/// A share of a [`Budget`], returned when dropped.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    budget: Arc<Budget>,
+    bytes: usize,
+}
+
+impl Budget {
+    /// At most `max_requests` requests and `max_bytes` buffer bytes at once.
+    pub fn new(max_requests: usize, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Budget {
+            max_requests: max_requests.max(1),
+            max_bytes: max_bytes.max(1),
+            used: Mutex::new((0, 0)),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// Wait until one more request of `bytes` fits. A request larger than the whole byte
+    /// budget waits until nothing else is in flight, then goes alone.
+    pub fn acquire(self: &Arc<Self>, bytes: usize) -> Permit {
+        let mut used = lock(&self.used);
+        loop {
+            let (reqs, b) = *used;
+            let fits_bytes = b == 0 || b.saturating_add(bytes) <= self.max_bytes;
+            if reqs < self.max_requests && fits_bytes {
+                *used = (reqs + 1, b + bytes);
+                return Permit {
+                    budget: Arc::clone(self),
+                    bytes,
+                };
+            }
+            used = self
+                .freed
+                .wait(used)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Requests and bytes in flight now.
+    #[cfg(test)]
+    pub fn in_use(&self) -> (usize, usize) {
+        *lock(&self.used)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut used = lock(&self.budget.used);
+        used.0 = used.0.saturating_sub(1);
+        used.1 = used.1.saturating_sub(self.bytes);
+        drop(used);
+        self.budget.freed.notify_all();
+    }
+}
+
+/// A unit of work for the pool.
+pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
+
+#[derive(Default)]
+struct State {
+    jobs: VecDeque<Job>,
+    closed: bool,
+    idle: usize,
+    workers: usize,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    ready: Condvar,
+}
+
+/// Worker threads for one connection, started as needed up to a maximum, joined on
+/// [`Pool::finish`].
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+    max_workers: usize,
+    name: String,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// A pool of at most `max_workers` threads named `name`.
+    pub fn new(max_workers: usize, name: String) -> Self {
+        Pool {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                ready: Condvar::new(),
+            }),
+            max_workers: max_workers.max(1),
+            name,
+            handles: Vec::new(),
+        }
+    }
+
+    /// Queue `job`, starting a worker if none is idle and the maximum allows. If no thread can
+    /// be started and none exists, run the job on the calling thread.
+    pub fn submit(&mut self, job: Job) {
+        let mut st = lock(&self.shared.state);
+        st.jobs.push_back(job);
+        let start = st.idle == 0 && st.workers < self.max_workers;
+        if start {
+            st.workers += 1;
+        }
+        drop(st);
+        self.shared.ready.notify_one();
+        if !start {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        match std::thread::Builder::new()
+            .name(self.name.clone())
+            .spawn(move || worker(&shared))
+        {
+            Ok(h) => self.handles.push(h),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start an NBD worker thread");
+                let mut st = lock(&self.shared.state);
+                st.workers -= 1;
+                if st.workers == 0 {
+                    let jobs: Vec<Job> = st.jobs.drain(..).collect();
+                    drop(st);
+                    for j in jobs {
+                        j();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Run every queued job, then stop and join the workers.
+    pub fn finish(&mut self) {
+        lock(&self.shared.state).closed = true;
+        self.shared.ready.notify_all();
+        for h in self.handles.drain(..) {
+            if h.join().is_err() {
+                tracing::error!("an NBD worker thread panicked");
+            }
+        }
+        // Jobs left if every worker died: run them here so their replies and permits go.
+        let jobs: Vec<Job> = lock(&self.shared.state).jobs.drain(..).collect();
+        for j in jobs {
+            j();
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn worker(shared: &Shared) {
+    let mut st = lock(&shared.state);
+    loop {
+        if let Some(job) = st.jobs.pop_front() {
+            drop(st);
+            job();
+            st = lock(&shared.state);
+            continue;
+        }
+        if st.closed {
+            st.workers -= 1;
+            return;
+        }
+        st.idle += 1;
+        st = shared
+            .ready
+            .wait(st)
+            .unwrap_or_else(PoisonError::into_inner);
+        st.idle -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    #[test]
+    fn budget_blocks_until_released() {
+        let b = Budget::new(2, 100);
+        let p1 = b.acquire(60);
+        let p2 = b.acquire(0);
+        assert_eq!(b.in_use(), (2, 60));
+        let b2 = Arc::clone(&b);
+        let t = std::thread::spawn(move || {
+            let _p = b2.acquire(50);
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!t.is_finished(), "a third request must wait");
+        drop(p2);
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!t.is_finished(), "60 + 50 bytes must not fit in 100");
+        drop(p1);
+        t.join().unwrap();
+        assert_eq!(b.in_use(), (0, 0));
+    }
+
+    #[test]
+    fn oversized_request_goes_alone() {
+        let b = Budget::new(4, 10);
+        let p = b.acquire(1000);
+        assert_eq!(b.in_use(), (1, 1000));
+        drop(p);
+    }
+
+    #[test]
+    fn pool_runs_everything_and_bounds_threads() {
+        let n = Arc::new(AtomicUsize::new(0));
+        let mut pool = Pool::new(3, "test".into());
+        for _ in 0..100 {
+            let n = Arc::clone(&n);
+            pool.submit(Box::new(move || {
+                std::thread::sleep(Duration::from_micros(100));
+                n.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        assert!(pool.handles.len() <= 3);
+        pool.finish();
+        assert_eq!(n.load(Ordering::SeqCst), 100);
+    }
+}

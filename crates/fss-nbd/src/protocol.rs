@@ -1,0 +1,770 @@
+//! NBD protocol constants and wire structures, as pure encoding and decoding (no I/O).
+//!
+//! Names and values follow the NBD protocol document (`doc/proto.md` of the reference
+//! implementation). All integers are big-endian on the wire.
+
+/// `NBDMAGIC`, the first 8 bytes a server sends.
+pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+/// `IHAVEOPT`: the second magic of the newstyle greeting, and the magic of every option request.
+pub const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+/// Magic of every option reply.
+pub const OPTION_REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+/// Magic of a transmission request.
+pub const REQUEST_MAGIC: u32 = 0x2560_9513;
+/// Magic of a simple reply.
+pub const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+/// Magic of a structured reply chunk.
+pub const STRUCTURED_REPLY_MAGIC: u32 = 0x668e_33ef;
+
+/// Handshake flag: the server speaks fixed newstyle.
+pub const FLAG_FIXED_NEWSTYLE: u16 = 1 << 0;
+/// Handshake flag: the server can omit the 124 zero bytes after `NBD_OPT_EXPORT_NAME`.
+pub const FLAG_NO_ZEROES: u16 = 1 << 1;
+
+/// Client flag: the client speaks fixed newstyle.
+pub const FLAG_C_FIXED_NEWSTYLE: u32 = 1 << 0;
+/// Client flag: omit the 124 zero bytes after `NBD_OPT_EXPORT_NAME`.
+pub const FLAG_C_NO_ZEROES: u32 = 1 << 1;
+
+/// Transmission flag: always set.
+pub const FLAG_HAS_FLAGS: u16 = 1 << 0;
+/// Transmission flag: the export is read-only.
+pub const FLAG_READ_ONLY: u16 = 1 << 1;
+/// Transmission flag: `NBD_CMD_FLUSH` is supported.
+pub const FLAG_SEND_FLUSH: u16 = 1 << 2;
+/// Transmission flag: `NBD_CMD_FLAG_FUA` is supported.
+pub const FLAG_SEND_FUA: u16 = 1 << 3;
+/// Transmission flag: `NBD_CMD_TRIM` is supported.
+pub const FLAG_SEND_TRIM: u16 = 1 << 5;
+/// Transmission flag: `NBD_CMD_WRITE_ZEROES` (and `NBD_CMD_FLAG_NO_HOLE`) are supported.
+pub const FLAG_SEND_WRITE_ZEROES: u16 = 1 << 6;
+/// Transmission flag: `NBD_CMD_FLAG_DF` is supported on reads.
+pub const FLAG_SEND_DF: u16 = 1 << 7;
+/// Transmission flag: flushes are visible across connections.
+pub const FLAG_CAN_MULTI_CONN: u16 = 1 << 8;
+/// Transmission flag: `NBD_CMD_CACHE` is understood.
+pub const FLAG_SEND_CACHE: u16 = 1 << 10;
+/// Transmission flag: `NBD_CMD_FLAG_FAST_ZERO` is understood.
+pub const FLAG_SEND_FAST_ZERO: u16 = 1 << 11;
+
+/// Option: choose an export and enter transmission (no error reply possible).
+pub const OPT_EXPORT_NAME: u32 = 1;
+/// Option: end the session.
+pub const OPT_ABORT: u32 = 2;
+/// Option: list the exports.
+pub const OPT_LIST: u32 = 3;
+/// Option: upgrade to TLS.
+pub const OPT_STARTTLS: u32 = 5;
+/// Option: describe an export.
+pub const OPT_INFO: u32 = 6;
+/// Option: describe an export and enter transmission.
+pub const OPT_GO: u32 = 7;
+/// Option: use structured replies.
+pub const OPT_STRUCTURED_REPLY: u32 = 8;
+/// Option: list metadata contexts.
+pub const OPT_LIST_META_CONTEXT: u32 = 9;
+/// Option: select metadata contexts.
+pub const OPT_SET_META_CONTEXT: u32 = 10;
+
+/// Option reply: success (or end of a list).
+pub const REP_ACK: u32 = 1;
+/// Option reply: one export of a list.
+pub const REP_SERVER: u32 = 2;
+/// Option reply: one item of export information.
+pub const REP_INFO: u32 = 3;
+/// Option reply: one metadata context.
+pub const REP_META_CONTEXT: u32 = 4;
+/// Option reply error bit.
+pub const REP_FLAG_ERROR: u32 = 1 << 31;
+/// Option error: unknown option.
+pub const REP_ERR_UNSUP: u32 = REP_FLAG_ERROR | 1;
+/// Option error: forbidden by policy.
+pub const REP_ERR_POLICY: u32 = REP_FLAG_ERROR | 2;
+/// Option error: syntactically or semantically invalid.
+pub const REP_ERR_INVALID: u32 = REP_FLAG_ERROR | 3;
+/// Option error: unknown export.
+pub const REP_ERR_UNKNOWN: u32 = REP_FLAG_ERROR | 6;
+/// Option error: the server is shutting down.
+pub const REP_ERR_SHUTDOWN: u32 = REP_FLAG_ERROR | 7;
+/// Option error: the request or its reply is too large.
+pub const REP_ERR_TOO_BIG: u32 = REP_FLAG_ERROR | 9;
+
+/// Information item: size and transmission flags.
+pub const INFO_EXPORT: u16 = 0;
+/// Information item: the canonical export name.
+pub const INFO_NAME: u16 = 1;
+/// Information item: a description for people.
+pub const INFO_DESCRIPTION: u16 = 2;
+/// Information item: block size constraints.
+pub const INFO_BLOCK_SIZE: u16 = 3;
+
+/// Command flag: force unit access (durable before the reply).
+pub const CMD_FLAG_FUA: u16 = 1 << 0;
+/// Command flag: write zeroes without making holes.
+pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// Command flag: at most one content chunk in a read reply.
+pub const CMD_FLAG_DF: u16 = 1 << 2;
+/// Command flag: one extent per context in a block status reply.
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+/// Command flag: fail write zeroes with `ENOTSUP` unless it is fast.
+pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
+
+/// Structured reply flag: the last chunk of a reply.
+pub const REPLY_FLAG_DONE: u16 = 1 << 0;
+
+/// Chunk type: nothing (final chunk).
+pub const REPLY_TYPE_NONE: u16 = 0;
+/// Chunk type: data at an offset.
+pub const REPLY_TYPE_OFFSET_DATA: u16 = 1;
+/// Chunk type: a run of zeroes at an offset.
+pub const REPLY_TYPE_OFFSET_HOLE: u16 = 2;
+/// Chunk type: block status descriptors of one metadata context.
+pub const REPLY_TYPE_BLOCK_STATUS: u16 = 5;
+/// Chunk type: an error.
+pub const REPLY_TYPE_ERROR: u16 = (1 << 15) | 1;
+/// Chunk type: an error at an offset.
+pub const REPLY_TYPE_ERROR_OFFSET: u16 = (1 << 15) | 2;
+
+/// `base:allocation` flag: the extent is a hole.
+pub const STATE_HOLE: u32 = 1 << 0;
+/// `base:allocation` flag: the extent reads as zeroes.
+pub const STATE_ZERO: u32 = 1 << 1;
+/// `fss:preserved` flag: the extent changed on the volume since the snapshot was taken.
+pub const STATE_PRESERVED: u32 = 1 << 0;
+
+/// The longest string the protocol allows (export names, messages, context names).
+pub const MAX_STRING: usize = 4096;
+/// Bytes of zeroes after an `NBD_OPT_EXPORT_NAME` reply, unless `NO_ZEROES` was negotiated.
+pub const EXPORT_NAME_PADDING: usize = 124;
+
+/// Length of a transmission request header.
+pub const REQUEST_LEN: usize = 28;
+/// Length of an option request header.
+pub const OPTION_HEADER_LEN: usize = 16;
+/// Length of a structured reply chunk header.
+pub const CHUNK_HEADER_LEN: usize = 20;
+
+/// The error values the protocol allows in replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NbdErrno {
+    /// `NBD_EPERM`: operation not permitted (writes to a read-only export).
+    Perm,
+    /// `NBD_EIO`: input/output error.
+    Io,
+    /// `NBD_ENOMEM`: cannot allocate memory.
+    NoMem,
+    /// `NBD_EINVAL`: invalid argument (out of range, unknown command or flag).
+    Inval,
+    /// `NBD_ENOSPC`: no space left.
+    NoSpc,
+    /// `NBD_EOVERFLOW`: value too large.
+    Overflow,
+    /// `NBD_ENOTSUP`: operation not supported (fast zero).
+    NotSup,
+    /// `NBD_ESHUTDOWN`: the server is shutting down.
+    Shutdown,
+}
+
+impl NbdErrno {
+    /// The value on the wire.
+    #[must_use]
+    pub fn code(self) -> u32 {
+        match self {
+            NbdErrno::Perm => 1,
+            NbdErrno::Io => 5,
+            NbdErrno::NoMem => 12,
+            NbdErrno::Inval => 22,
+            NbdErrno::NoSpc => 28,
+            NbdErrno::Overflow => 75,
+            NbdErrno::NotSup => 95,
+            NbdErrno::Shutdown => 108,
+        }
+    }
+}
+
+/// Transmission command types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// `NBD_CMD_READ`.
+    Read,
+    /// `NBD_CMD_WRITE` (followed by `length` bytes of payload).
+    Write,
+    /// `NBD_CMD_DISC`.
+    Disc,
+    /// `NBD_CMD_FLUSH`.
+    Flush,
+    /// `NBD_CMD_TRIM`.
+    Trim,
+    /// `NBD_CMD_CACHE`.
+    Cache,
+    /// `NBD_CMD_WRITE_ZEROES`.
+    WriteZeroes,
+    /// `NBD_CMD_BLOCK_STATUS`.
+    BlockStatus,
+    /// Anything else.
+    Unknown(u16),
+}
+
+impl Command {
+    /// Decode a command type.
+    #[must_use]
+    pub fn from_wire(v: u16) -> Self {
+        match v {
+            0 => Command::Read,
+            1 => Command::Write,
+            2 => Command::Disc,
+            3 => Command::Flush,
+            4 => Command::Trim,
+            5 => Command::Cache,
+            6 => Command::WriteZeroes,
+            7 => Command::BlockStatus,
+            other => Command::Unknown(other),
+        }
+    }
+}
+
+/// A transmission request header (the payload of a write follows it on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Command flags.
+    pub flags: u16,
+    /// Command type.
+    pub command: Command,
+    /// Opaque client cookie, echoed in the reply.
+    pub cookie: u64,
+    /// Byte offset.
+    pub offset: u64,
+    /// Byte length (of the payload for writes).
+    pub length: u32,
+}
+
+impl Request {
+    /// Decode a request header; `Err` carries the wrong magic.
+    ///
+    /// # Errors
+    /// The magic is not [`REQUEST_MAGIC`].
+    pub fn decode(b: &[u8; REQUEST_LEN]) -> Result<Self, u32> {
+        let magic = be32(b, 0);
+        if magic != REQUEST_MAGIC {
+            return Err(magic);
+        }
+        Ok(Request {
+            flags: be16(b, 4),
+            command: Command::from_wire(be16(b, 6)),
+            cookie: be64(b, 8),
+            offset: be64(b, 16),
+            length: be32(b, 24),
+        })
+    }
+
+    /// Encode a request header (for tests and clients).
+    #[must_use]
+    pub fn encode(flags: u16, command: u16, cookie: u64, offset: u64, length: u32) -> [u8; 28] {
+        let mut b = [0u8; REQUEST_LEN];
+        b[0..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        b[4..6].copy_from_slice(&flags.to_be_bytes());
+        b[6..8].copy_from_slice(&command.to_be_bytes());
+        b[8..16].copy_from_slice(&cookie.to_be_bytes());
+        b[16..24].copy_from_slice(&offset.to_be_bytes());
+        b[24..28].copy_from_slice(&length.to_be_bytes());
+        b
+    }
+}
+
+/// An option request header (its data follows on the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionHeader {
+    /// The option.
+    pub option: u32,
+    /// Length of the option data.
+    pub length: u32,
+}
+
+impl OptionHeader {
+    /// Decode an option header; `Err` carries the wrong magic.
+    ///
+    /// # Errors
+    /// The magic is not [`IHAVEOPT`].
+    pub fn decode(b: &[u8; OPTION_HEADER_LEN]) -> Result<Self, u64> {
+        let magic = be64(b, 0);
+        if magic != IHAVEOPT {
+            return Err(magic);
+        }
+        Ok(OptionHeader {
+            option: be32(b, 8),
+            length: be32(b, 12),
+        })
+    }
+}
+
+/// The server's greeting: magics and handshake flags.
+#[must_use]
+pub fn greeting(handshake_flags: u16) -> [u8; 18] {
+    let mut b = [0u8; 18];
+    b[0..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
+    b[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
+    b[16..18].copy_from_slice(&handshake_flags.to_be_bytes());
+    b
+}
+
+/// An option reply: header and data.
+#[must_use]
+pub fn option_reply(option: u32, reply: u32, data: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(20 + data.len());
+    b.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
+    b.extend_from_slice(&option.to_be_bytes());
+    b.extend_from_slice(&reply.to_be_bytes());
+    b.extend_from_slice(&len32(data.len()).to_be_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
+/// The data of an `NBD_REP_SERVER` reply.
+#[must_use]
+pub fn rep_server(name: &str, description: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4 + name.len() + description.len());
+    b.extend_from_slice(&len32(name.len()).to_be_bytes());
+    b.extend_from_slice(name.as_bytes());
+    b.extend_from_slice(description.as_bytes());
+    b
+}
+
+/// The data of an `NBD_REP_INFO` / `NBD_INFO_EXPORT` reply.
+#[must_use]
+pub fn info_export(size: u64, flags: u16) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[0..2].copy_from_slice(&INFO_EXPORT.to_be_bytes());
+    b[2..10].copy_from_slice(&size.to_be_bytes());
+    b[10..12].copy_from_slice(&flags.to_be_bytes());
+    b
+}
+
+/// The data of an `NBD_REP_INFO` / `NBD_INFO_BLOCK_SIZE` reply.
+#[must_use]
+pub fn info_block_size(minimum: u32, preferred: u32, maximum: u32) -> [u8; 14] {
+    let mut b = [0u8; 14];
+    b[0..2].copy_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+    b[2..6].copy_from_slice(&minimum.to_be_bytes());
+    b[6..10].copy_from_slice(&preferred.to_be_bytes());
+    b[10..14].copy_from_slice(&maximum.to_be_bytes());
+    b
+}
+
+/// The data of an `NBD_REP_INFO` reply carrying a string (`NBD_INFO_NAME`,
+/// `NBD_INFO_DESCRIPTION`).
+#[must_use]
+pub fn info_string(kind: u16, s: &str) -> Vec<u8> {
+    let s = truncate_str(s, MAX_STRING);
+    let mut b = Vec::with_capacity(2 + s.len());
+    b.extend_from_slice(&kind.to_be_bytes());
+    b.extend_from_slice(s.as_bytes());
+    b
+}
+
+/// The data of an `NBD_REP_META_CONTEXT` reply.
+#[must_use]
+pub fn rep_meta_context(id: u32, name: &str) -> Vec<u8> {
+    let mut b = Vec::with_capacity(4 + name.len());
+    b.extend_from_slice(&id.to_be_bytes());
+    b.extend_from_slice(name.as_bytes());
+    b
+}
+
+/// The reply to `NBD_OPT_EXPORT_NAME`: size, flags, and the padding unless omitted.
+#[must_use]
+pub fn export_name_reply(size: u64, flags: u16, no_zeroes: bool) -> Vec<u8> {
+    let mut b = Vec::with_capacity(10 + EXPORT_NAME_PADDING);
+    b.extend_from_slice(&size.to_be_bytes());
+    b.extend_from_slice(&flags.to_be_bytes());
+    if !no_zeroes {
+        b.resize(b.len() + EXPORT_NAME_PADDING, 0);
+    }
+    b
+}
+
+/// A simple reply header (read data, if any, follows it).
+#[must_use]
+pub fn simple_reply(error: u32, cookie: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+    b[4..8].copy_from_slice(&error.to_be_bytes());
+    b[8..16].copy_from_slice(&cookie.to_be_bytes());
+    b
+}
+
+/// A structured reply chunk header.
+#[must_use]
+pub fn chunk_header(flags: u16, kind: u16, cookie: u64, length: u32) -> [u8; CHUNK_HEADER_LEN] {
+    let mut b = [0u8; CHUNK_HEADER_LEN];
+    b[0..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    b[4..6].copy_from_slice(&flags.to_be_bytes());
+    b[6..8].copy_from_slice(&kind.to_be_bytes());
+    b[8..16].copy_from_slice(&cookie.to_be_bytes());
+    b[16..20].copy_from_slice(&length.to_be_bytes());
+    b
+}
+
+/// One chunk of a structured reply, borrowing any bulk data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Chunk<'a> {
+    /// `NBD_REPLY_TYPE_NONE`.
+    None,
+    /// `NBD_REPLY_TYPE_OFFSET_DATA`.
+    Data {
+        /// Export offset of the first byte.
+        offset: u64,
+        /// The bytes.
+        data: &'a [u8],
+    },
+    /// `NBD_REPLY_TYPE_OFFSET_HOLE`.
+    Hole {
+        /// Export offset of the hole.
+        offset: u64,
+        /// Its length (nonzero).
+        len: u32,
+    },
+    /// `NBD_REPLY_TYPE_BLOCK_STATUS`: one context's descriptors (length, flags).
+    BlockStatus {
+        /// The context id chosen at `NBD_OPT_SET_META_CONTEXT`.
+        context: u32,
+        /// Consecutive extents as (length, status flags).
+        extents: &'a [(u32, u32)],
+    },
+    /// `NBD_REPLY_TYPE_ERROR`.
+    Error {
+        /// The error value.
+        errno: NbdErrno,
+        /// A message for people (cut to the protocol's limit).
+        message: &'a str,
+    },
+}
+
+impl Chunk<'_> {
+    /// The chunk header and every byte of the payload except bulk read data, which
+    /// [`Chunk::bulk`] returns so that it can be written without copying.
+    #[must_use]
+    pub fn encode_head(&self, flags: u16, cookie: u64) -> Vec<u8> {
+        let (kind, fixed) = match self {
+            Chunk::None => (REPLY_TYPE_NONE, Vec::new()),
+            Chunk::Data { offset, .. } => (REPLY_TYPE_OFFSET_DATA, offset.to_be_bytes().to_vec()),
+            Chunk::Hole { offset, len } => {
+                let mut p = offset.to_be_bytes().to_vec();
+                p.extend_from_slice(&len.to_be_bytes());
+                (REPLY_TYPE_OFFSET_HOLE, p)
+            }
+            Chunk::BlockStatus { context, extents } => {
+                let mut p = Vec::with_capacity(4 + 8 * extents.len());
+                p.extend_from_slice(&context.to_be_bytes());
+                for (len, state) in *extents {
+                    p.extend_from_slice(&len.to_be_bytes());
+                    p.extend_from_slice(&state.to_be_bytes());
+                }
+                (REPLY_TYPE_BLOCK_STATUS, p)
+            }
+            Chunk::Error { errno, message } => {
+                // The message length field is 16 bits and the protocol caps strings at 4096.
+                let m = truncate_str(message, MAX_STRING);
+                let mut p = Vec::with_capacity(6 + m.len());
+                p.extend_from_slice(&errno.code().to_be_bytes());
+                p.extend_from_slice(&(m.len() as u16).to_be_bytes());
+                p.extend_from_slice(m.as_bytes());
+                (REPLY_TYPE_ERROR, p)
+            }
+        };
+        let total = fixed.len() + self.bulk().len();
+        let mut b = Vec::with_capacity(CHUNK_HEADER_LEN + fixed.len());
+        b.extend_from_slice(&chunk_header(flags, kind, cookie, len32(total)));
+        b.extend_from_slice(&fixed);
+        b
+    }
+
+    /// Bulk data that follows the head on the wire (read data; empty for other chunks).
+    #[must_use]
+    pub fn bulk(&self) -> &[u8] {
+        match self {
+            Chunk::Data { data, .. } => data,
+            _ => &[],
+        }
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+#[must_use]
+pub fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A length as the protocol's 32-bit field. Callers bound every length far below 4 GiB; a
+/// longer one would be a bug, and saturating keeps the stream parseable rather than panicking.
+fn len32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// Big-endian u16 at `at` (callers pass fixed-size arrays long enough).
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+/// Big-endian u32 at `at`.
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// Big-endian u64 at `at`.
+fn be64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(a)
+}
+
+/// A cursor over option data that never reads past its end.
+#[derive(Debug)]
+pub struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    /// A cursor at the start of `data`.
+    #[must_use]
+    pub fn new(data: &'a [u8]) -> Self {
+        Reader { data, pos: 0 }
+    }
+
+    /// Bytes not read yet.
+    #[must_use]
+    pub fn remaining(&self) -> usize {
+        self.data.len() - self.pos
+    }
+
+    /// The next `n` bytes, if there are that many.
+    pub fn bytes(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.data.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+
+    /// The next big-endian u16.
+    pub fn u16(&mut self) -> Option<u16> {
+        self.bytes(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    /// The next big-endian u32.
+    pub fn u32(&mut self) -> Option<u32> {
+        self.bytes(4).map(|b| be32(b, 0))
+    }
+
+    /// A string of `n` bytes: valid UTF-8, no NUL, at most [`MAX_STRING`] bytes.
+    pub fn string(&mut self, n: usize) -> Option<&'a str> {
+        if n > MAX_STRING {
+            return None;
+        }
+        let s = std::str::from_utf8(self.bytes(n)?).ok()?;
+        (!s.contains('\0')).then_some(s)
+    }
+}
+
+/// The data of `NBD_OPT_INFO` / `NBD_OPT_GO`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InfoRequest {
+    /// The export name (empty: the default export).
+    pub name: String,
+    /// The information items asked for.
+    pub items: Vec<u16>,
+}
+
+impl InfoRequest {
+    /// Parse the option data; `None` when it is malformed.
+    #[must_use]
+    pub fn decode(data: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(data);
+        let n = r.u32()? as usize;
+        let name = r.string(n)?.to_string();
+        let count = usize::from(r.u16()?);
+        if r.remaining() != count * 2 {
+            return None;
+        }
+        let items = (0..count).map(|_| r.u16()).collect::<Option<Vec<_>>>()?;
+        Some(InfoRequest { name, items })
+    }
+}
+
+/// The data of `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRequest {
+    /// The export name.
+    pub name: String,
+    /// The queries (each `namespace:leaf`).
+    pub queries: Vec<String>,
+}
+
+impl MetaRequest {
+    /// Parse the option data; `None` when it is malformed.
+    #[must_use]
+    pub fn decode(data: &[u8]) -> Option<Self> {
+        let mut r = Reader::new(data);
+        let n = r.u32()? as usize;
+        let name = r.string(n)?.to_string();
+        let count = r.u32()? as usize;
+        // Each query takes at least 4 bytes: a count beyond that is malformed, and checking
+        // first keeps a hostile count from sizing an allocation.
+        if count > r.remaining() / 4 {
+            return None;
+        }
+        let mut queries = Vec::with_capacity(count);
+        for _ in 0..count {
+            let qn = r.u32()? as usize;
+            queries.push(r.string(qn)?.to_string());
+        }
+        if r.remaining() != 0 {
+            return None;
+        }
+        Some(MetaRequest { name, queries })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trip_and_bad_magic() {
+        let b = Request::encode(CMD_FLAG_FUA, 1, 0xdead_beef, 4096, 512);
+        let r = Request::decode(&b).unwrap();
+        assert_eq!(
+            r,
+            Request {
+                flags: CMD_FLAG_FUA,
+                command: Command::Write,
+                cookie: 0xdead_beef,
+                offset: 4096,
+                length: 512
+            }
+        );
+        let mut bad = b;
+        bad[0] = 0;
+        assert_eq!(Request::decode(&bad), Err(0x0060_9513));
+        assert_eq!(Command::from_wire(99), Command::Unknown(99));
+    }
+
+    #[test]
+    fn option_header_and_reply() {
+        let mut h = [0u8; 16];
+        h[..8].copy_from_slice(&IHAVEOPT.to_be_bytes());
+        h[8..12].copy_from_slice(&OPT_GO.to_be_bytes());
+        h[12..16].copy_from_slice(&7u32.to_be_bytes());
+        assert_eq!(
+            OptionHeader::decode(&h),
+            Ok(OptionHeader {
+                option: OPT_GO,
+                length: 7
+            })
+        );
+        let r = option_reply(OPT_LIST, REP_ACK, b"");
+        assert_eq!(r.len(), 20);
+        assert_eq!(&r[..8], &OPTION_REPLY_MAGIC.to_be_bytes());
+        assert_eq!(&r[12..16], &REP_ACK.to_be_bytes());
+        assert_eq!(REP_ERR_UNSUP, 0x8000_0001);
+    }
+
+    #[test]
+    fn info_request_parsing() {
+        let mut d = Vec::new();
+        d.extend_from_slice(&3u32.to_be_bytes());
+        d.extend_from_slice(b"vol");
+        d.extend_from_slice(&2u16.to_be_bytes());
+        d.extend_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+        d.extend_from_slice(&INFO_NAME.to_be_bytes());
+        let r = InfoRequest::decode(&d).unwrap();
+        assert_eq!(r.name, "vol");
+        assert_eq!(r.items, vec![INFO_BLOCK_SIZE, INFO_NAME]);
+        // Name length past the data, and a trailing byte, are both malformed.
+        let mut long = d.clone();
+        long[3] = 200;
+        assert!(InfoRequest::decode(&long).is_none());
+        d.push(0);
+        assert!(InfoRequest::decode(&d).is_none());
+        assert!(InfoRequest::decode(&[0, 0]).is_none());
+    }
+
+    #[test]
+    fn meta_request_parsing_rejects_hostile_counts() {
+        let mut d = Vec::new();
+        d.extend_from_slice(&0u32.to_be_bytes());
+        d.extend_from_slice(&1u32.to_be_bytes());
+        d.extend_from_slice(&15u32.to_be_bytes());
+        d.extend_from_slice(b"base:allocation");
+        let r = MetaRequest::decode(&d).unwrap();
+        assert_eq!(r.name, "");
+        assert_eq!(r.queries, vec!["base:allocation".to_string()]);
+        let mut hostile = Vec::new();
+        hostile.extend_from_slice(&0u32.to_be_bytes());
+        hostile.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(MetaRequest::decode(&hostile).is_none());
+    }
+
+    #[test]
+    fn chunks_encode_lengths() {
+        let data = [7u8; 10];
+        let c = Chunk::Data {
+            offset: 512,
+            data: &data,
+        };
+        let h = c.encode_head(REPLY_FLAG_DONE, 9);
+        assert_eq!(h.len(), CHUNK_HEADER_LEN + 8);
+        assert_eq!(be32(&h, 16), 18);
+        assert_eq!(be16(&h, 6), REPLY_TYPE_OFFSET_DATA);
+        assert_eq!(c.bulk(), &data);
+        let e = Chunk::Error {
+            errno: NbdErrno::Inval,
+            message: "bad",
+        };
+        let h = e.encode_head(REPLY_FLAG_DONE, 1);
+        assert_eq!(be32(&h, 16), 9);
+        assert_eq!(be32(&h, 20), 22);
+        let ext = [(4096, STATE_HOLE | STATE_ZERO), (512, 0)];
+        let b = Chunk::BlockStatus {
+            context: 3,
+            extents: &ext,
+        }
+        .encode_head(REPLY_FLAG_DONE, 1);
+        assert_eq!(be32(&b, 16), 4 + 16);
+        let hole = Chunk::Hole {
+            offset: 0,
+            len: 4096,
+        }
+        .encode_head(0, 1);
+        assert_eq!(be32(&hole, 16), 12);
+    }
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let s = "é".repeat(3000);
+        let t = truncate_str(&s, MAX_STRING);
+        assert!(t.len() <= MAX_STRING);
+        assert!(t.len() >= MAX_STRING - 1);
+        let e = Chunk::Error {
+            errno: NbdErrno::Io,
+            message: &s,
+        }
+        .encode_head(0, 0);
+        assert_eq!(be16(&e, 24) as usize, t.len());
+    }
+
+    #[test]
+    fn greeting_and_export_name_reply() {
+        let g = greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES);
+        assert_eq!(&g[..8], b"NBDMAGIC");
+        assert_eq!(&g[8..16], b"IHAVEOPT");
+        assert_eq!(export_name_reply(1, FLAG_HAS_FLAGS, false).len(), 134);
+        assert_eq!(export_name_reply(1, FLAG_HAS_FLAGS, true).len(), 10);
+    }
+}

@@ -1,0 +1,151 @@
+//! One connected socket, unix or TCP, behind one type.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+/// A connected client socket.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    /// A unix-domain stream.
+    Unix(UnixStream),
+    /// A TCP stream (Nagle's algorithm off, as the protocol asks).
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    /// Another handle on the same socket.
+    pub fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+
+    /// Shut down one or both directions (wakes a thread blocked reading it).
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.shutdown(how),
+            Stream::Tcp(s) => s.shutdown(how),
+        }
+    }
+
+    /// Limit how long a read may block (`None`: forever).
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    /// Who is on the other end, for logs and listings.
+    pub fn peer(&self) -> String {
+        match self {
+            Stream::Unix(s) => match rustix::net::sockopt::socket_peercred(s) {
+                Ok(c) => format!(
+                    "unix (pid {}, uid {})",
+                    c.pid.as_raw_nonzero(),
+                    c.uid.as_raw()
+                ),
+                Err(_) => "unix".to_string(),
+            },
+            Stream::Tcp(s) => s
+                .peer_addr()
+                .map_or_else(|_| "tcp".to_string(), |a| a.to_string()),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.write_vectored(bufs),
+            Stream::Tcp(s) => s.write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.flush(),
+            Stream::Tcp(s) => s.flush(),
+        }
+    }
+}
+
+/// Read exactly `buf.len()` bytes. `Ok(false)` if the stream ended before the first byte (a
+/// clean end between messages); an end after some bytes is `UnexpectedEof`.
+pub(crate) fn read_message<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
+    let mut got = 0;
+    while got < buf.len() {
+        match r.read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the stream ended after {got} of {} bytes", buf.len()),
+                ))
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// Read and throw away `n` bytes through a small buffer (bounded memory whatever `n` is).
+pub(crate) fn discard<R: Read>(r: &mut R, n: u64) -> io::Result<()> {
+    let copied = io::copy(&mut r.take(n), &mut io::sink())?;
+    if copied < n {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the stream ended after {copied} of {n} payload bytes"),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_message_tells_clean_end_from_truncation() {
+        let mut empty: &[u8] = &[];
+        let mut buf = [0u8; 4];
+        assert!(!read_message(&mut empty, &mut buf).unwrap());
+        let mut short: &[u8] = &[1, 2];
+        let e = read_message(&mut short, &mut buf).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let mut full: &[u8] = &[1, 2, 3, 4, 5];
+        assert!(read_message(&mut full, &mut buf).unwrap());
+        assert_eq!(buf, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn discard_consumes_exactly() {
+        let data = vec![9u8; 100_000];
+        let mut r: &[u8] = &data;
+        discard(&mut r, 99_999).unwrap();
+        assert_eq!(r.len(), 1);
+        let mut r: &[u8] = &data[..10];
+        assert!(discard(&mut r, 11).is_err());
+    }
+}

@@ -1,0 +1,554 @@
+//! The transmission phase of one connection.
+//!
+//! One reader (the connection's thread) parses requests, checks them, reads write payloads and
+//! queues the work; a small per-connection [`Pool`] runs it and answers through the shared
+//! [`ReplyWriter`], so replies go out in completion order, not request order. The reader takes
+//! a share of the connection's [`Budget`] before it reads a payload or queues a request, which
+//! bounds the memory and threads one client can use.
+//!
+//! A request that is wrong but well-formed (out of range, too large, unknown command or flag,
+//! a write to a snapshot) gets an error reply and the connection goes on. Only a broken stream
+//! ends it: a bad magic, a truncated message, or a write payload too large even to skip.
+
+use crate::errno;
+use crate::error::ConnError;
+use crate::handshake::Negotiated;
+use crate::meta_context::{self, MetaContext, MAX_DESCRIPTORS, MAX_STATUS_LEN};
+use crate::pool::{Budget, Pool};
+use crate::protocol::{self as p, Chunk, Command, NbdErrno, Request};
+use crate::reply::ReplyWriter;
+use crate::stream::{discard, read_message, Stream};
+use crate::{ServerOptions, MAX_PAYLOAD};
+use fss_core::device::Extent;
+use fss_core::export::Export;
+use std::io::{BufReader, Read};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+/// A write payload larger than the maximum but at most this is read and thrown away (the
+/// connection stays usable); a larger one ends the connection.
+const MAX_SKIPPED_PAYLOAD: u32 = 4 * MAX_PAYLOAD;
+
+/// Trims and write-zeroes are passed to the engine in pieces of at most this: the engine reads
+/// the pre-images of a whole call into memory.
+const ZERO_CHUNK: u64 = MAX_PAYLOAD as u64;
+
+/// Reads at least this long on a volume look for holes first, and send them as hole chunks.
+const HOLE_READ_MIN: u32 = 64 * 1024;
+
+/// Holes shorter than this are sent as data.
+const HOLE_CHUNK_MIN: u64 = 4096;
+
+/// How a connection's transmission phase ended normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The client sent `NBD_CMD_DISC`.
+    Disconnect,
+    /// The client closed the socket between requests.
+    Closed,
+    /// A reply could not be written (the client went away, or the server shut the socket).
+    WriteFailed,
+}
+
+/// What every request of the connection shares.
+struct Conn {
+    export: Export,
+    contexts: Vec<MetaContext>,
+    writer: ReplyWriter,
+}
+
+/// A checked request, ready to run.
+#[derive(Debug)]
+enum Op {
+    Read { df: bool },
+    Write { data: Vec<u8>, fua: bool },
+    Flush,
+    Trim { fua: bool },
+    WriteZeroes { fua: bool },
+    BlockStatus { req_one: bool },
+    Cache,
+}
+
+/// A request refused before it runs.
+#[derive(Debug)]
+struct Reject {
+    errno: NbdErrno,
+    message: String,
+}
+
+fn reject(errno: NbdErrno, message: String) -> Reject {
+    Reject { errno, message }
+}
+
+/// What the reader does with a request.
+enum Plan {
+    /// Run it (in the pool) with this many budget bytes.
+    Run(Op, usize),
+    /// Answer with an error.
+    Reject(Reject),
+    /// End the connection after in-flight requests.
+    Disconnect,
+}
+
+/// Serve requests until the client disconnects or the stream breaks.
+///
+/// # Errors
+/// The stream broke (the connection ends; in-flight requests still complete).
+pub(crate) fn serve(
+    mut rd: BufReader<Stream>,
+    w: Stream,
+    n: Negotiated,
+    opts: &ServerOptions,
+    name: String,
+) -> Result<End, ConnError> {
+    let conn = Arc::new(Conn {
+        export: n.export,
+        contexts: n.contexts,
+        writer: ReplyWriter::new(w, n.structured),
+    });
+    let budget = Budget::new(opts.max_requests_in_flight, opts.max_bytes_in_flight);
+    let mut pool = Pool::new(opts.workers_per_connection, name);
+    let result = loop {
+        if conn.writer.is_broken() {
+            break Ok(End::WriteFailed);
+        }
+        let mut h = [0u8; p::REQUEST_LEN];
+        match read_message(&mut rd, &mut h) {
+            Ok(true) => {}
+            Ok(false) => break Ok(End::Closed),
+            Err(_) if conn.writer.is_broken() => break Ok(End::WriteFailed),
+            Err(e) => break Err(e.into()),
+        }
+        let req = match Request::decode(&h) {
+            Ok(r) => r,
+            Err(found) => {
+                break Err(ConnError::BadMagic {
+                    found: u64::from(found),
+                    expected: "NBD_REQUEST_MAGIC",
+                })
+            }
+        };
+        match plan(&req, &conn) {
+            Plan::Disconnect => break Ok(End::Disconnect),
+            Plan::Reject(r) => {
+                if req.command == Command::Write {
+                    // The payload follows whatever we think of the request.
+                    if req.length > MAX_SKIPPED_PAYLOAD {
+                        break Err(ConnError::PayloadTooLarge(req.length));
+                    }
+                    if let Err(e) = discard(&mut rd, u64::from(req.length)) {
+                        break Err(e.into());
+                    }
+                }
+                tracing::debug!(cookie = req.cookie, command = ?req.command, error = ?r.errno,
+                    message = %r.message, "NBD request refused");
+                conn.writer.error(req.cookie, r.errno, &r.message);
+            }
+            Plan::Run(mut op, bytes) => {
+                let permit = budget.acquire(bytes);
+                if let Op::Write { data, .. } = &mut op {
+                    data.resize(req.length as usize, 0);
+                    if let Err(e) = rd.read_exact(data) {
+                        break Err(e.into());
+                    }
+                }
+                let c = Arc::clone(&conn);
+                pool.submit(Box::new(move || {
+                    run(&c, &req, op);
+                    drop(permit);
+                }));
+            }
+        }
+    };
+    // Every request read so far is answered (the protocol asks this of NBD_CMD_DISC; after a
+    // broken stream the replies may have nowhere to go, but the writes still complete).
+    pool.finish();
+    conn.writer.close();
+    result
+}
+
+fn allowed_flags(cmd: Command, structured: bool) -> u16 {
+    let df = if structured { p::CMD_FLAG_DF } else { 0 };
+    p::CMD_FLAG_FUA
+        | match cmd {
+            Command::Read => df,
+            Command::WriteZeroes => p::CMD_FLAG_NO_HOLE | p::CMD_FLAG_FAST_ZERO,
+            Command::BlockStatus => p::CMD_FLAG_REQ_ONE,
+            _ => 0,
+        }
+}
+
+/// Check a request against the export and what was negotiated.
+fn plan(req: &Request, conn: &Conn) -> Plan {
+    match check(req, conn) {
+        Ok(Some((op, bytes))) => Plan::Run(op, bytes),
+        Ok(None) => Plan::Disconnect,
+        Err(r) => Plan::Reject(r),
+    }
+}
+
+fn check(req: &Request, conn: &Conn) -> Result<Option<(Op, usize)>, Reject> {
+    let structured = conn.writer.structured();
+    let size = conn.export.len();
+    let len = u64::from(req.length);
+    let off = req.offset;
+    let what = |verb: &str| format!("{verb} of {len} bytes at offset {off}");
+    let in_range = off.checked_add(len).is_some_and(|end| end <= size);
+    let past_end = |verb: &str| format!("{} ends past the export's {size} bytes", what(verb));
+    let read_only = conn.export.is_read_only();
+    let ro = |verb: &str| {
+        reject(
+            NbdErrno::Perm,
+            format!(
+                "export '{}' is a snapshot and read-only; {verb} the volume instead",
+                conn.export.name()
+            ),
+        )
+    };
+    if req.command == Command::Disc {
+        return Ok(None);
+    }
+    if let Command::Unknown(c) = req.command {
+        return Err(reject(NbdErrno::Inval, format!("unknown command {c}")));
+    }
+    let bad_flags = req.flags & !allowed_flags(req.command, structured);
+    if bad_flags != 0 {
+        return Err(reject(
+            NbdErrno::Inval,
+            format!("flags {bad_flags:#x} are not valid for {:?}", req.command),
+        ));
+    }
+    let fua = req.flags & p::CMD_FLAG_FUA != 0;
+    let op = match req.command {
+        Command::Read => {
+            if req.length > MAX_PAYLOAD {
+                // Structured replies could split it, but the protocol lets a server refuse.
+                let errno = if structured {
+                    NbdErrno::Overflow
+                } else {
+                    NbdErrno::Inval
+                };
+                return Err(reject(
+                    errno,
+                    format!(
+                        "{} exceeds the maximum of {MAX_PAYLOAD} bytes",
+                        what("read")
+                    ),
+                ));
+            }
+            if !in_range {
+                return Err(reject(NbdErrno::Inval, past_end("read")));
+            }
+            (
+                Op::Read {
+                    df: req.flags & p::CMD_FLAG_DF != 0,
+                },
+                req.length as usize,
+            )
+        }
+        Command::Write => {
+            if read_only {
+                return Err(ro("write to"));
+            }
+            if req.length > MAX_PAYLOAD {
+                return Err(reject(
+                    NbdErrno::Inval,
+                    format!(
+                        "{} exceeds the maximum of {MAX_PAYLOAD} bytes",
+                        what("write")
+                    ),
+                ));
+            }
+            if !in_range {
+                return Err(reject(NbdErrno::Inval, past_end("write")));
+            }
+            let data = Vec::new();
+            (Op::Write { data, fua }, req.length as usize)
+        }
+        Command::Flush => (Op::Flush, 0),
+        Command::Trim => {
+            if read_only {
+                return Err(ro("trim"));
+            }
+            if !in_range {
+                return Err(reject(NbdErrno::Inval, past_end("trim")));
+            }
+            (Op::Trim { fua }, zero_budget(len))
+        }
+        Command::WriteZeroes => {
+            if read_only {
+                return Err(ro("write zeroes to"));
+            }
+            if !in_range {
+                return Err(reject(NbdErrno::Inval, past_end("write zeroes")));
+            }
+            if req.flags & p::CMD_FLAG_FAST_ZERO != 0 {
+                // Zeroing may have to preserve pre-images first, which is no faster than a
+                // write: the protocol asks for a quick ENOTSUP then.
+                return Err(reject(
+                    NbdErrno::NotSup,
+                    "fast zeroing cannot be guaranteed on this export".into(),
+                ));
+            }
+            (Op::WriteZeroes { fua }, zero_budget(len))
+        }
+        Command::BlockStatus => {
+            if !structured || conn.contexts.is_empty() {
+                return Err(reject(
+                    NbdErrno::Inval,
+                    "block status needs a metadata context selected with \
+                     NBD_OPT_SET_META_CONTEXT"
+                        .into(),
+                ));
+            }
+            if len == 0 {
+                return Err(reject(NbdErrno::Inval, "block status of 0 bytes".into()));
+            }
+            if !in_range {
+                return Err(reject(NbdErrno::Inval, past_end("block status")));
+            }
+            (
+                Op::BlockStatus {
+                    req_one: req.flags & p::CMD_FLAG_REQ_ONE != 0,
+                },
+                0,
+            )
+        }
+        Command::Cache => {
+            if !in_range {
+                return Err(reject(NbdErrno::Inval, past_end("cache")));
+            }
+            (Op::Cache, 0)
+        }
+        Command::Disc | Command::Unknown(_) => return Ok(None),
+    };
+    Ok(Some(op))
+}
+
+/// Budget bytes for a trim or write-zeroes: the engine may read pre-images of one piece.
+fn zero_budget(len: u64) -> usize {
+    len.min(ZERO_CHUNK) as usize
+}
+
+/// Run a checked request and reply; a panic in the engine becomes an `EIO` reply.
+fn run(conn: &Conn, req: &Request, op: Op) {
+    let r = catch_unwind(AssertUnwindSafe(|| execute(conn, req, op)));
+    if r.is_err() {
+        tracing::error!(cookie = req.cookie, command = ?req.command,
+            "an NBD request panicked; answering EIO");
+        conn.writer
+            .error(req.cookie, NbdErrno::Io, "internal server error");
+    }
+}
+
+fn execute(conn: &Conn, req: &Request, op: Op) {
+    let export = &conn.export;
+    let (off, len) = (req.offset, u64::from(req.length));
+    let done = match op {
+        Op::Read { df } => return read(conn, req, df),
+        Op::BlockStatus { req_one } => return block_status(conn, req, req_one),
+        Op::Write { data, fua } => export
+            .write(&data, off)
+            .and_then(|()| flush_if(export, fua)),
+        Op::Flush => export.flush(),
+        Op::Trim { fua } => {
+            in_pieces(off, len, |o, l| export.discard(o, l)).and_then(|()| flush_if(export, fua))
+        }
+        // NO_HOLE needs nothing: the engine's write-zeroes never punches holes.
+        Op::WriteZeroes { fua } => in_pieces(off, len, |o, l| export.write_zeroes(o, l))
+            .and_then(|()| flush_if(export, fua)),
+        Op::Cache => Ok(()),
+    };
+    match done {
+        Ok(()) => conn.writer.ok(req.cookie),
+        Err(e) => engine_error(conn, req, &e),
+    }
+}
+
+fn engine_error(conn: &Conn, req: &Request, e: &fss_core::Error) {
+    let errno = errno::from_engine(e);
+    tracing::debug!(cookie = req.cookie, command = ?req.command, error = %e, "NBD request failed");
+    conn.writer.error(req.cookie, errno, &e.to_string());
+}
+
+fn flush_if(export: &Export, fua: bool) -> fss_core::Result<()> {
+    if fua {
+        export.flush()
+    } else {
+        Ok(())
+    }
+}
+
+fn in_pieces(
+    off: u64,
+    len: u64,
+    mut f: impl FnMut(u64, u64) -> fss_core::Result<()>,
+) -> fss_core::Result<()> {
+    let end = off + len;
+    let mut pos = off;
+    while pos < end {
+        let n = (end - pos).min(ZERO_CHUNK);
+        f(pos, n)?;
+        pos += n;
+    }
+    Ok(())
+}
+
+fn read(conn: &Conn, req: &Request, df: bool) {
+    let export = &conn.export;
+    let off = req.offset;
+    let len = req.length;
+    if !conn.writer.structured() {
+        let mut buf = vec![0u8; len as usize];
+        match export.read(&mut buf, off) {
+            Ok(()) => conn.writer.simple_data(req.cookie, &buf),
+            Err(e) => engine_error(conn, req, &e),
+        }
+        return;
+    }
+    if len == 0 {
+        conn.writer.chunks(req.cookie, &[Chunk::None]);
+        return;
+    }
+    let layout = if !df && len >= HOLE_READ_MIN && matches!(export, Export::Volume(_)) {
+        export
+            .allocation(off, u64::from(len))
+            .ok()
+            .and_then(|raw| segments(&raw, off, u64::from(len)))
+    } else {
+        None
+    };
+    let layout = layout.unwrap_or_else(|| {
+        vec![Extent {
+            offset: off,
+            len: u64::from(len),
+            data: true,
+        }]
+    });
+    let data_len: u64 = layout.iter().filter(|s| s.data).map(|s| s.len).sum();
+    let mut buf = vec![0u8; data_len as usize];
+    let mut pos = 0usize;
+    let mut parts = Vec::with_capacity(layout.len());
+    for s in &layout {
+        if s.data {
+            let n = s.len as usize;
+            if let Err(e) = export.read(&mut buf[pos..pos + n], s.offset) {
+                return engine_error(conn, req, &e);
+            }
+            parts.push((s.offset, Some(pos..pos + n)));
+            pos += n;
+        } else {
+            parts.push((s.offset, None));
+        }
+    }
+    let chunks: Vec<Chunk<'_>> = parts
+        .iter()
+        .zip(&layout)
+        .map(|((offset, range), s)| match range {
+            Some(r) => Chunk::Data {
+                offset: *offset,
+                data: &buf[r.clone()],
+            },
+            None => Chunk::Hole {
+                offset: *offset,
+                len: s.len as u32,
+            },
+        })
+        .collect();
+    conn.writer.chunks(req.cookie, &chunks);
+}
+
+/// The data and hole segments of `[off, off + len)` from an allocation map, with short holes
+/// folded into data; `None` if the map does not cover the range exactly.
+fn segments(raw: &[Extent], off: u64, len: u64) -> Option<Vec<Extent>> {
+    let mut out: Vec<Extent> = Vec::new();
+    let mut pos = off;
+    for e in raw {
+        if e.offset != pos || e.len == 0 {
+            return None;
+        }
+        let data = e.data || e.len < HOLE_CHUNK_MIN;
+        match out.last_mut() {
+            Some(last) if last.data == data => last.len += e.len,
+            _ => out.push(Extent {
+                offset: pos,
+                len: e.len,
+                data,
+            }),
+        }
+        pos += e.len;
+    }
+    (pos == off + len).then_some(out)
+}
+
+fn block_status(conn: &Conn, req: &Request, req_one: bool) {
+    let max = if req_one { 1 } else { MAX_DESCRIPTORS };
+    let len = req.length.min(MAX_STATUS_LEN);
+    let mut all = Vec::with_capacity(conn.contexts.len());
+    for c in &conn.contexts {
+        match meta_context::extents(*c, &conn.export, req.offset, len, max) {
+            Ok(d) => all.push((c.id(), d)),
+            Err(e) => return engine_error(conn, req, &e),
+        }
+    }
+    let chunks: Vec<Chunk<'_>> = all
+        .iter()
+        .map(|(id, d)| Chunk::BlockStatus {
+            context: *id,
+            extents: d,
+        })
+        .collect();
+    conn.writer.chunks(req.cookie, &chunks);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(offset: u64, len: u64, data: bool) -> Extent {
+        Extent { offset, len, data }
+    }
+
+    #[test]
+    fn segments_fold_short_holes_and_reject_gaps() {
+        let raw = [
+            ext(0, 8192, true),
+            ext(8192, 512, false),
+            ext(8704, 4096, true),
+            ext(12800, 65536, false),
+        ];
+        let s = segments(&raw, 0, 12800 + 65536).unwrap();
+        assert_eq!(s, vec![ext(0, 12800, true), ext(12800, 65536, false)]);
+        assert!(segments(&raw[1..], 0, 100).is_none());
+        assert!(segments(&raw, 0, 5).is_none());
+    }
+
+    #[test]
+    fn pieces_cover_the_range() {
+        let mut seen = Vec::new();
+        in_pieces(10, 2 * ZERO_CHUNK + 5, |o, l| {
+            seen.push((o, l));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            vec![
+                (10, ZERO_CHUNK),
+                (10 + ZERO_CHUNK, ZERO_CHUNK),
+                (10 + 2 * ZERO_CHUNK, 5)
+            ]
+        );
+    }
+
+    #[test]
+    fn flags_per_command() {
+        assert_eq!(allowed_flags(Command::Read, false), p::CMD_FLAG_FUA);
+        assert_ne!(allowed_flags(Command::Read, true) & p::CMD_FLAG_DF, 0);
+        assert_eq!(
+            allowed_flags(Command::Write, true) & p::CMD_FLAG_NO_HOLE,
+            0,
+            "NO_HOLE is only for write zeroes"
+        );
+    }
+}
