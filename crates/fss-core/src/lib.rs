@@ -21,6 +21,7 @@
 //! assert_eq!(buf, [1; 4096]);
 //! ```
 
+pub mod backup;
 pub mod busy;
 pub mod cluster_map;
 pub mod device;
