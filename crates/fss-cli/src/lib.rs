@@ -133,6 +133,42 @@ pub mod frontends {
             .map_err(|e| DaemonError::io("cannot start a front-end thread", &e))
     }
 
+    /// The FUSE directory: one file per volume and snapshot.
+    struct Fuse(Option<fss_fuse::FuseFrontEnd>);
+
+    impl FrontEnd for Fuse {
+        fn stop(&mut self) {
+            if let Some(f) = self.0.take() {
+                // Files still open (a loop device) are detached lazily and served until closed.
+                if let Err(e) = f.unmount() {
+                    tracing::warn!(error = %e, "FUSE directory did not unmount cleanly");
+                }
+            }
+        }
+    }
+
+    fn start_fuse(registry: &Arc<Registry>, opts: &ServeOptions) -> fssd::Result<Fuse> {
+        let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
+        let reg = Arc::clone(registry);
+        let hooks = fss_fuse::Hooks {
+            on_open_change: Some(Arc::new(move |name: &str, open: bool| {
+                reg.note_open(name, open)
+            })),
+        };
+        let dir = &opts.paths.fuse_dir;
+        let fuse = fss_fuse::FuseFrontEnd::mount(dir, catalog, hooks).map_err(|e| {
+            DaemonError::new(
+                "io",
+                format!(
+                    "cannot mount the FUSE directory {}: {e}; is /dev/fuse available (modprobe fuse)?",
+                    dir.display()
+                ),
+            )
+        })?;
+        tracing::info!(dir = %dir.display(), "FUSE directory mounted");
+        Ok(Fuse(Some(fuse)))
+    }
+
     /// Start every front-end.
     ///
     /// # Errors
@@ -141,12 +177,13 @@ pub mod frontends {
         registry: &Arc<Registry>,
         opts: &ServeOptions,
     ) -> fssd::Result<Vec<Box<dyn FrontEnd>>> {
+        let fuse = start_fuse(registry, opts)?;
         let nbd = start_nbd(registry, opts)?;
         registry.set_endpoints(
-            None,
+            Some(opts.paths.fuse_dir.clone()),
             Some(opts.paths.nbd_socket.clone()),
             opts.nbd_listen.clone(),
         );
-        Ok(vec![Box::new(nbd)])
+        Ok(vec![Box::new(nbd), Box::new(fuse)])
     }
 }

@@ -827,8 +827,14 @@ impl Registry {
                 "no snapshot named '{name}'; see `fss snapshot list`"
             )));
         };
+        // Withdraw it from front-ends first, then look for users: an open racing the delete
+        // either shows up in the count or finds nothing to open.
+        self.unpublish(name);
         let open = self.opens_of(name);
         if open > 0 {
+            if let Some(snap) = inner.snapshots.get(name) {
+                self.publish(name, Export::Snapshot(snap.clone()));
+            }
             return Err(DaemonError::busy(format!(
                 "snapshot '{name}' is open ({open} times, by NBD clients or a loop device on its FUSE file); close it first"
             )));
