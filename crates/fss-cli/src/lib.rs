@@ -152,7 +152,7 @@ pub mod frontends {
         let reg = Arc::clone(registry);
         let hooks = fss_fuse::Hooks {
             on_open_change: Some(Arc::new(move |name: &str, open: bool| {
-                reg.note_open(name, open)
+                reg.note_open(name, open);
             })),
         };
         let dir = &opts.paths.fuse_dir;
