@@ -56,6 +56,17 @@ pub fn create_frozen(
             })?;
             frozen.push((m.to_path_buf(), dir));
         }
+        // For tests only: stay frozen a while, to be killed or to outlive the lease.
+        if let Some(ms) = std::env::var("FSS_TEST_FREEZE_HOLD_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(ms));
+        }
+        let mut specs = specs.clone();
+        for (s, l) in specs.iter_mut().zip(&leases) {
+            s.lease = Some(*l);
+        }
         let req = if specs.len() == 1 {
             Request::SnapshotCreate(specs[0].clone())
         } else {
@@ -67,7 +78,14 @@ pub fn create_frozen(
     })();
     let mut thaw_error = None;
     for (m, dir) in frozen.iter().rev() {
-        if let Err(e) = freeze::thaw(dir) {
+        // EINVAL: not frozen any more (the daemon thawed it when the lease expired).
+        if let Err(e) = freeze::thaw(dir).or_else(|e| {
+            if e.raw_os_error() == Some(22) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        }) {
             thaw_error.get_or_insert(anyhow::anyhow!(
                 "cannot thaw {}: {e}; run `fsfreeze -u {}` now",
                 m.display(),

@@ -49,6 +49,16 @@ impl Leases {
         Ok(id)
     }
 
+    /// Whether the lease (if any) is still open: not expired nor abandoned.
+    fn all_open(&self, lease: &Option<u64>) -> bool {
+        lease.is_none_or(|id| {
+            self.open
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(&id)
+        })
+    }
+
     fn close(&self, id: u64) -> bool {
         self.open
             .lock()
@@ -174,6 +184,14 @@ fn connection(stream: UnixStream, registry: &Registry, leases: &Leases) {
     }
 }
 
+fn expired() -> DaemonError {
+    DaemonError::new(
+        "busy",
+        "the freeze lease expired (the daemon thawed the file system after 10 s), so a snapshot now \
+         would not be consistent; try again",
+    )
+}
+
 fn failure(id: u64, e: &DaemonError) -> Response {
     Response {
         v: PROTOCOL_VERSION,
@@ -226,6 +244,12 @@ fn answer(line: &[u8], registry: &Registry, leases: &Leases, mine: &mut Vec<u64>
                     "freeze lease {lease} is not open (it expired after 10 s and the daemon thawed the file system)"
                 )))
             }
+        }
+        Request::SnapshotCreate(spec) if !leases.all_open(&spec.lease) => Err(expired()),
+        Request::SnapshotCreateGroup { members }
+            if !members.iter().all(|m| leases.all_open(&m.lease)) =>
+        {
+            Err(expired())
         }
         other => registry.handle(other),
     };

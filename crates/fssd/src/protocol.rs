@@ -35,6 +35,10 @@ pub struct SnapshotSpec {
     /// The mount point the snapshot was taken of, for listings.
     #[serde(default)]
     pub mount_point: Option<String>,
+    /// The freeze lease the file system is frozen under: the snapshot is refused if it expired
+    /// (the daemon thawed the file system, so the snapshot would not be consistent).
+    #[serde(default)]
+    pub lease: Option<u64>,
 }
 
 /// A request.

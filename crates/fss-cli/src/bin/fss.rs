@@ -187,6 +187,7 @@ fn spec(volume: String, name: String, o: &SnapOpts) -> SnapshotSpec {
         on_store_error: o.on_store_error.clone(),
         unlink_store: false,
         mount_point: None,
+        lease: None,
     }
 }
 

@@ -139,6 +139,7 @@ fn configure(
         on_store_error: None,
         unlink_store: flags.x,
         mount_point: None,
+        lease: None,
     };
     let is_mount = path.starts_with('/') || Path::new(path).is_dir();
     let result = if is_mount {

@@ -132,6 +132,12 @@ impl Daemon {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // A killed daemon leaves its FUSE directory mounted but dead: detach it.
+            let _ = Command::new("umount")
+                .args(["-l"])
+                .arg(self.dir.join("dev"))
+                .stderr(Stdio::null())
+                .status();
         }
     }
 
