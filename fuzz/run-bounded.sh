@@ -10,7 +10,7 @@
 # in corpus/TARGET are read, never written: new inputs go to a scratch directory. A crashing
 # input is kept in fuzz/artifacts/TARGET/; reproduce with
 #   cargo fuzz run -s none --no-trace-compares TARGET fuzz/artifacts/TARGET/crash-...
-# FSS_FUZZ_STRICT=1 also checks what a known, reported bug breaks (see src/lib.rs).
+# FSS_FUZZ_STRICT=0 turns off the reopen-after-append checks (see src/lib.rs).
 set -uo pipefail
 cd "$(dirname "$0")"
 secs=${1:-20}
