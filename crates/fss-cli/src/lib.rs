@@ -4,11 +4,15 @@
 //! - [`output`]: tables and JSON for listings;
 //! - [`mounts`]: from a mount point to the fss volume under it (mountinfo -> loop device ->
 //!   backing file in the FUSE directory);
-//! - [`consistent`]: a snapshot of a mounted file system under a freeze lease.
+//! - [`consistent`]: a snapshot of a mounted file system under a freeze lease;
+//! - [`backup`]: `fss diff`, `backup`, `restore`, `rollback`;
+//! - [`progress`]: progress bars and plain progress lines.
 
+pub mod backup;
 pub mod consistent;
 pub mod mounts;
 pub mod output;
+pub mod progress;
 
 use anyhow::Context;
 use std::path::PathBuf;

@@ -1148,7 +1148,7 @@ impl Shared {
                         "map changes of",
                         object,
                         format!(
-                            "'{}' is not a newer snapshot of the same volume and kind                              (persistent or transient)",
+                            "'{}' is not a newer snapshot of the same volume and kind (persistent or transient)",
                             u.name
                         ),
                     ))

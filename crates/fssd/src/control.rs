@@ -4,8 +4,11 @@
 
 use crate::error::DaemonError;
 use crate::freeze;
-use crate::protocol::{Envelope, Request, Response, PROTOCOL_VERSION};
+use crate::protocol::{
+    BackupDone, Envelope, Progress, ProgressLine, Request, Response, MAX_FRAME, PROTOCOL_VERSION,
+};
 use crate::registry::Registry;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -160,6 +163,14 @@ fn connection(stream: UnixStream, registry: &Registry, leases: &Leases) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if n <= MAX_LINE {
+            if let Some(env) = long_request(&line) {
+                if long_operation(&env, registry, &mut out).is_err() {
+                    break;
+                }
+                continue;
+            }
+        }
         let response = if n > MAX_LINE {
             failure(
                 0,
@@ -262,5 +273,194 @@ fn answer(line: &[u8], registry: &Registry, leases: &Leases, mine: &mut Vec<u64>
             error: None,
         },
         Err(e) => failure(env.id, &e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Long operations (backup, restore, rollback): progress lines before the final response, and
+// for a backup, data frames between its first and its final response (docs/CONTROL.md).
+
+/// The least time between two progress lines (the last one, `done == total`, always goes).
+const PROGRESS_EVERY: Duration = Duration::from_millis(250);
+
+/// A request for a long operation, in the protocol's version; anything else (including
+/// malformed lines) is left to [`answer`].
+fn long_request(line: &[u8]) -> Option<Envelope> {
+    let env: Envelope = serde_json::from_slice(line).ok()?;
+    (env.v == PROTOCOL_VERSION && env.request.is_long()).then_some(env)
+}
+
+fn success(id: u64, result: serde_json::Value) -> Response {
+    Response {
+        v: PROTOCOL_VERSION,
+        id,
+        ok: true,
+        result: Some(result),
+        error: None,
+    }
+}
+
+/// The connection's write side during a long operation.
+struct Channel<'a, W: Write> {
+    out: &'a mut W,
+    id: u64,
+    last_progress: Option<Instant>,
+    broken: bool,
+}
+
+impl<W: Write> Channel<'_, W> {
+    fn line<T: serde::Serialize>(&mut self, v: &T) -> std::io::Result<()> {
+        let mut text = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+        let r = self.out.write_all(&text);
+        self.broken |= r.is_err();
+        r
+    }
+
+    fn progress(&mut self, done: u64, total: u64) {
+        let due = done >= total
+            || self
+                .last_progress
+                .is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
+        if self.broken || !due {
+            return;
+        }
+        self.last_progress = Some(Instant::now());
+        let p = ProgressLine {
+            v: PROTOCOL_VERSION,
+            id: self.id,
+            progress: Progress { done, total },
+        };
+        // A broken connection is noticed (and the operation stopped) at the next data write
+        // or at the final response.
+        let _ = self.line(&p);
+    }
+
+    /// One data frame: a 4-byte big-endian length, then the bytes; a zero length ends the data.
+    fn frame(&mut self, data: &[u8]) -> std::io::Result<()> {
+        let len = u32::try_from(data.len()).map_err(std::io::Error::other)?;
+        let r = self
+            .out
+            .write_all(&len.to_be_bytes())
+            .and_then(|()| self.out.write_all(data));
+        self.broken |= r.is_err();
+        r
+    }
+}
+
+/// The backup stream, as data frames of at most [`MAX_FRAME`] bytes.
+struct FrameWriter<'c, 'a, W: Write>(&'c RefCell<Channel<'a, W>>);
+
+impl<W: Write> Write for FrameWriter<'_, '_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let n = buf.len().min(MAX_FRAME);
+        self.0.borrow_mut().frame(&buf[..n])?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.borrow_mut().out.flush()
+    }
+}
+
+/// Run a long operation and send everything it answers. An error means the connection broke.
+fn long_operation<W: Write>(
+    env: &Envelope,
+    registry: &Registry,
+    out: &mut W,
+) -> std::io::Result<()> {
+    let mut chan = Channel {
+        out,
+        id: env.id,
+        last_progress: None,
+        broken: false,
+    };
+    let result = match &env.request {
+        Request::Backup { snapshot, since } => {
+            return backup(env.id, snapshot, since.as_deref(), registry, chan);
+        }
+        Request::Restore { volume, files } => registry
+            .restore_volume(volume, files, &mut |d, t| chan.progress(d, t))
+            .and_then(|r| to_value(&r)),
+        Request::Rollback {
+            volume,
+            snapshot,
+            force,
+        } => registry
+            .rollback(volume, snapshot, *force, &mut |d, t| chan.progress(d, t))
+            .and_then(|r| to_value(&r)),
+        _ => Err(DaemonError::new("invalid-request", "not a long operation")),
+    };
+    match result {
+        Ok(v) => chan.line(&success(env.id, v)),
+        Err(e) => chan.line(&failure(env.id, &e)),
+    }
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, DaemonError> {
+    serde_json::to_value(v)
+        .map_err(|e| DaemonError::new("internal", format!("cannot encode a reply: {e}")))
+}
+
+/// `backup`: the first response, the data frames, a zero frame, the final response.
+fn backup<W: Write>(
+    id: u64,
+    snapshot: &str,
+    since: Option<&str>,
+    registry: &Registry,
+    mut chan: Channel<'_, W>,
+) -> std::io::Result<()> {
+    let job = match registry.backup_job(snapshot, since) {
+        Ok(j) => j,
+        Err(e) => return chan.line(&failure(id, &e)),
+    };
+    match to_value(&job.start) {
+        Ok(v) => chan.line(&success(id, v))?,
+        Err(e) => return chan.line(&failure(id, &e)),
+    }
+    tracing::info!(snapshot, since, "backup started");
+    let chan = RefCell::new(chan);
+    let written = {
+        let mut w = FrameWriter(&chan);
+        let mut p = |d: u64, t: u64| chan.borrow_mut().progress(d, t);
+        match &job.base {
+            None => fss_core::backup::write_full(&job.snapshot, &mut w, &mut p),
+            Some(base) => fss_core::backup::write_incremental(base, &job.snapshot, &mut w, &mut p),
+        }
+    };
+    let mut chan = chan.into_inner();
+    if chan.broken {
+        tracing::warn!(snapshot, "backup abandoned: the client went away");
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "the client went away",
+        ));
+    }
+    chan.frame(&[])?;
+    let done = written.map_err(DaemonError::from).and_then(|s| {
+        to_value(&BackupDone {
+            snapshot: snapshot.to_string(),
+            kind: job.start.kind.clone(),
+            since: since.map(str::to_string),
+            backup_id: fss_core::backup::format::hex(&s.header.backup_id),
+            covered: s.header.covered,
+            records: s.records,
+            data_bytes: s.data_bytes,
+            zero_bytes: s.zero_bytes,
+            stream_bytes: s.stream_bytes,
+        })
+    });
+    match done {
+        Ok(v) => {
+            tracing::info!(snapshot, since, "backup done");
+            chan.line(&success(id, v))
+        }
+        Err(e) => {
+            tracing::error!(snapshot, error = %e, "backup failed");
+            chan.line(&failure(id, &e))
+        }
     }
 }

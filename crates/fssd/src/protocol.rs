@@ -111,6 +111,152 @@ pub enum Request {
         /// The lease id.
         lease: u64,
     },
+    /// The extents changed on the volume between `snapshot` and the newer snapshot `until`
+    /// (or now), exact to 4 KiB: an array of [`DiffExtent`].
+    Diff {
+        /// The older snapshot.
+        snapshot: String,
+        /// The newer snapshot; `None`: the volume now.
+        #[serde(default)]
+        until: Option<String>,
+    },
+    /// Stream a backup of `snapshot` (incremental from `since` when given): the response is
+    /// followed by frames of the backup stream and a final line (`docs/CONTROL.md`).
+    Backup {
+        /// The snapshot to back up.
+        snapshot: String,
+        /// The older snapshot an incremental backup starts from.
+        #[serde(default)]
+        since: Option<String>,
+    },
+    /// Restore backup files (a full backup, then incrementals in order) onto a volume that has
+    /// no snapshots and is not open. Progress lines precede the response.
+    Restore {
+        /// The volume.
+        volume: String,
+        /// Backup files, as paths the daemon can open.
+        files: Vec<PathBuf>,
+    },
+    /// Return a volume to a snapshot's contents. Progress lines precede the response.
+    Rollback {
+        /// The volume.
+        volume: String,
+        /// The snapshot (of that volume) to return to; it is kept.
+        snapshot: String,
+        /// Even while the volume is open by NBD clients or FUSE users.
+        #[serde(default)]
+        force: bool,
+    },
+}
+
+impl Request {
+    /// Whether the response may be preceded by progress lines (and, for `backup`, followed by
+    /// data frames): these operations run outside the request-response loop.
+    #[must_use]
+    pub fn is_long(&self) -> bool {
+        matches!(
+            self,
+            Request::Backup { .. } | Request::Restore { .. } | Request::Rollback { .. }
+        )
+    }
+}
+
+/// The largest data frame of a `backup` stream, in bytes.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// A progress line sent before the final response of a long operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProgressLine {
+    /// Protocol version.
+    pub v: u32,
+    /// The request's id.
+    pub id: u64,
+    /// How far it is.
+    pub progress: Progress,
+}
+
+/// How far a long operation is, in bytes of the volume covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Bytes done.
+    pub done: u64,
+    /// Bytes in all.
+    pub total: u64,
+}
+
+/// One extent of a `diff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiffExtent {
+    /// Volume byte offset (a multiple of 4096).
+    pub offset: u64,
+    /// Length in bytes (a multiple of 4096, except at the end of a volume whose length is not).
+    pub length: u64,
+}
+
+/// The first response to `backup`, before the data frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStart {
+    /// The snapshot backed up.
+    pub snapshot: String,
+    /// Its volume.
+    pub volume: String,
+    /// `full` or `incremental`.
+    pub kind: String,
+    /// The base of an incremental backup.
+    pub since: Option<String>,
+    /// The volume's size in bytes.
+    pub size: u64,
+}
+
+/// The final response to `backup`, after the data frames.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupDone {
+    /// The snapshot backed up.
+    pub snapshot: String,
+    /// `full` or `incremental`.
+    pub kind: String,
+    /// The base of an incremental backup.
+    pub since: Option<String>,
+    /// The backup's id (hex), recorded in its header.
+    pub backup_id: String,
+    /// Volume bytes the backup covers (the volume's size for a full backup).
+    pub covered: u64,
+    /// Extent records written.
+    pub records: u64,
+    /// Volume bytes carried as data.
+    pub data_bytes: u64,
+    /// Volume bytes recorded as zero, without data.
+    pub zero_bytes: u64,
+    /// Bytes of the whole backup stream.
+    pub stream_bytes: u64,
+}
+
+/// The response to `restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreDone {
+    /// The volume restored onto.
+    pub volume: String,
+    /// The snapshot it now holds (the last backup's).
+    pub snapshot: String,
+    /// Backups applied.
+    pub backups: u64,
+    /// Bytes written from data records.
+    pub data_bytes: u64,
+    /// Bytes zeroed.
+    pub zero_bytes: u64,
+}
+
+/// The response to `rollback`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackDone {
+    /// The volume.
+    pub volume: String,
+    /// The snapshot it was returned to.
+    pub snapshot: String,
+    /// Extents rewritten (those changed since the snapshot).
+    pub extents: u64,
+    /// Bytes rewritten.
+    pub bytes: u64,
 }
 
 /// A request on the wire.

@@ -4,7 +4,9 @@
 use crate::error::{DaemonError, Result};
 use crate::names::{check_name, human_size};
 use crate::paths::Paths;
-use crate::protocol::{Request, SnapshotInfo, SnapshotSpec, StatusInfo, VerifyInfo, VolumeInfo};
+use crate::protocol::{
+    DiffExtent, Request, SnapshotInfo, SnapshotSpec, StatusInfo, VerifyInfo, VolumeInfo,
+};
 use crate::state::{Fingerprint, SnapshotState, State, VolumeKind, VolumeState};
 use crate::stores::{self, StorePlace};
 use fss_core::device::{BlockDevice, FileDevice, OpenOptions};
@@ -47,6 +49,9 @@ pub struct Registry {
     usage: Mutex<Vec<UsageSource>>,
     /// Front-end addresses, for `status`.
     pub(crate) endpoints: Mutex<(Option<PathBuf>, Option<PathBuf>, Option<String>)>,
+    /// Names (volumes, snapshots) in use by long operations running now (backup, restore,
+    /// rollback), with what holds them.
+    held: Mutex<HashMap<String, Vec<String>>>,
 }
 
 fn hex(b: &[u8]) -> String {
@@ -155,10 +160,12 @@ impl Registry {
             opens: Mutex::new(HashMap::new()),
             usage: Mutex::new(Vec::new()),
             endpoints: Mutex::new((None, None, None)),
+            held: Mutex::new(HashMap::new()),
         };
         {
             let mut inner = reg.lock();
             reg.bring_back(&mut inner);
+            reg.resume_rollbacks(&mut inner);
             if fresh && inner.state.volumes.is_empty() {
                 let image = reg.paths.volumes_dir().join("default.img");
                 if let Err(e) = reg.volume_create(
@@ -384,6 +391,7 @@ impl Registry {
     /// The operation failed; the error says why and what to do.
     pub fn handle(&self, req: &Request) -> Result<Value> {
         let mut inner = self.lock();
+        self.refuse_if_held(&inner, req)?;
         match req {
             Request::Status => to_json(&self.status(&inner)),
             Request::VolumeCreate { name, size, image } => {
@@ -455,6 +463,18 @@ impl Registry {
                 "invalid-request",
                 "leases are handled by the control connection, not the registry",
             )),
+            Request::Diff { snapshot, until } => {
+                let (older, newer) = self.diff_pair(&inner, snapshot, until.as_deref())?;
+                drop(inner);
+                to_json(&diff_extents(&older, newer.as_ref())?)
+            }
+            Request::Backup { .. } | Request::Restore { .. } | Request::Rollback { .. } => {
+                Err(DaemonError::new(
+                    "invalid-request",
+                    "backup, restore and rollback are run by the control connection (with \
+                     progress lines), not the registry",
+                ))
+            }
         }
     }
 
@@ -992,4 +1012,649 @@ fn checksum(e: &Export) -> Result<String> {
         off += n as u64;
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Change lists, backups, restores onto volumes, rollbacks (issue 7).
+
+/// How much a rollback reads from the snapshot and writes to the volume at once.
+const ROLLBACK_CHUNK: u64 = 4 << 20;
+
+/// Names held by a long operation; released when dropped.
+pub struct Hold<'a> {
+    reg: &'a Registry,
+    names: Vec<String>,
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let mut held = self.reg.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for n in &self.names {
+            if let Some(v) = held.get_mut(n) {
+                v.pop();
+                if v.is_empty() {
+                    held.remove(n);
+                }
+            }
+        }
+    }
+}
+
+/// A backup about to be streamed: the snapshots, held against deletion until it is dropped.
+pub struct BackupJob<'a> {
+    /// The snapshot to back up.
+    pub snapshot: Snapshot,
+    /// The base of an incremental backup.
+    pub base: Option<Snapshot>,
+    /// What the first response says.
+    pub start: crate::protocol::BackupStart,
+    _hold: Hold<'a>,
+}
+
+/// A volume seen as a block device, for restoring onto it through the engine.
+struct VolumeTarget(Volume);
+
+fn core_io(e: fss_core::Error) -> std::io::Error {
+    let kind = std::io::Error::from_raw_os_error(e.errno()).kind();
+    std::io::Error::new(kind, e)
+}
+
+impl BlockDevice for VolumeTarget {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+        self.0.read(buf, offset).map_err(core_io)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.0.write(buf, offset).map_err(core_io)
+    }
+    fn flush(&self) -> std::io::Result<()> {
+        self.0.flush().map_err(core_io)
+    }
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.discard(offset, len).map_err(core_io)
+    }
+    fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.0.write_zeroes(offset, len).map_err(core_io)
+    }
+    fn describe(&self) -> String {
+        format!("volume {}", self.0.name())
+    }
+    fn allocation(&self, offset: u64, len: u64) -> std::io::Result<Vec<fss_core::device::Extent>> {
+        self.0.allocation(offset, len).map_err(core_io)
+    }
+}
+
+/// The extents changed since `older` (until `newer`, or now), exact to 4 KiB.
+fn diff_extents(older: &Snapshot, newer: Option<&Snapshot>) -> Result<Vec<DiffExtent>> {
+    let len = older.len();
+    let changed = match newer {
+        Some(n) => older.changed_until(n, 0, len)?,
+        None => older.changed(0, len)?,
+    };
+    Ok(changed
+        .into_iter()
+        .filter(|e| e.data)
+        .map(|e| DiffExtent {
+            offset: e.offset,
+            length: e.len,
+        })
+        .collect())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Write `snap`'s bytes over every extent of its volume changed since it was taken, through
+/// the engine (so newer snapshots keep their contents), then flush. Idempotent.
+/// Returns (extents, bytes) rewritten.
+fn rollback_pass(
+    vol: &Volume,
+    snap: &Snapshot,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(u64, u64)> {
+    let extents: Vec<_> = snap
+        .changed(0, vol.len())?
+        .into_iter()
+        .filter(|e| e.data)
+        .collect();
+    let total: u64 = extents.iter().map(|e| e.len).sum();
+    // For tests only: slow the rollback down so that it can be interrupted midway.
+    let pause = std::env::var("FSS_TEST_ROLLBACK_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(std::time::Duration::from_millis);
+    let mut buf = vec![0u8; ROLLBACK_CHUNK.min(total.max(1)) as usize];
+    let mut done = 0;
+    progress(0, total);
+    for e in &extents {
+        let (mut off, end) = (e.offset, e.offset + e.len);
+        while off < end {
+            let n = (end - off).min(buf.len() as u64) as usize;
+            snap.read(&mut buf[..n], off)?;
+            vol.write(&buf[..n], off)?;
+            off += n as u64;
+            done += n as u64;
+            progress(done, total);
+            if let Some(p) = pause {
+                std::thread::sleep(p);
+            }
+        }
+    }
+    vol.flush()?;
+    Ok((extents.len() as u64, total))
+}
+
+impl Registry {
+    /// Hold `names` for `what` until the returned guard is dropped.
+    fn hold(&self, names: &[&str], what: &str) -> Hold<'_> {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        for n in names {
+            held.entry((*n).to_string())
+                .or_default()
+                .push(what.to_string());
+        }
+        Hold {
+            reg: self,
+            names: names.iter().map(|n| (*n).to_string()).collect(),
+        }
+    }
+
+    /// What holds `name` now, if anything.
+    fn held_by(&self, name: &str) -> Option<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .and_then(|v| v.last().cloned())
+    }
+
+    /// The unfinished rollback of the volume `volume` (this incarnation of it), if any.
+    fn unfinished_rollback<'i>(
+        inner: &'i Inner,
+        volume: &str,
+    ) -> Option<&'i crate::state::RollbackState> {
+        let id = &inner.state.volumes.iter().find(|v| v.name == volume)?.id;
+        inner
+            .state
+            .rollbacks
+            .iter()
+            .find(|r| r.volume == volume && &r.volume_id == id)
+    }
+
+    /// Refuse what would disturb a long operation running now, or a volume whose rollback is
+    /// unfinished.
+    fn refuse_if_held(&self, inner: &Inner, req: &Request) -> Result<()> {
+        let volume_free = |volume: &str| -> Result<()> {
+            if let Some(what) = self.held_by(volume) {
+                return Err(DaemonError::busy(format!(
+                    "volume '{volume}' is busy with {what}; wait for it to finish"
+                )));
+            }
+            if let Some(r) = Self::unfinished_rollback(inner, volume) {
+                let finish = if inner.snapshots.contains_key(&r.snapshot) {
+                    format!(
+                        "finish it first with `fss rollback {volume} {}`",
+                        r.snapshot
+                    )
+                } else {
+                    format!(
+                        "that snapshot is gone: roll the volume back to another of its \
+                         snapshots first (`fss rollback {volume} SNAPSHOT`)"
+                    )
+                };
+                return Err(DaemonError::busy(format!(
+                    "volume '{volume}' has an unfinished rollback to snapshot '{}'; {finish}",
+                    r.snapshot
+                )));
+            }
+            Ok(())
+        };
+        match req {
+            Request::SnapshotDelete { name } => {
+                if let Some(what) = self.held_by(name) {
+                    return Err(DaemonError::busy(format!(
+                        "snapshot '{name}' is in use by {what}; wait for it to finish"
+                    )));
+                }
+                if let Some(r) = inner.state.rollbacks.iter().find(|r| &r.snapshot == name) {
+                    return Err(DaemonError::busy(format!(
+                        "snapshot '{name}' is the target of an unfinished rollback of volume \
+                         '{}'; finish it first with `fss rollback {} {name}`",
+                        r.volume, r.volume
+                    )));
+                }
+                Ok(())
+            }
+            Request::VolumeRemove { name } => match self.held_by(name) {
+                Some(what) => Err(DaemonError::busy(format!(
+                    "volume '{name}' is busy with {what}; wait for it to finish"
+                ))),
+                None => Ok(()),
+            },
+            Request::SnapshotCreate(spec) => volume_free(&spec.volume),
+            Request::SnapshotCreateGroup { members } => {
+                members.iter().try_for_each(|m| volume_free(&m.volume))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// A snapshot whose contents can be trusted now: live, valid, on a verified volume.
+    fn usable(inner: &Inner, name: &str) -> Result<Snapshot> {
+        let snap = Self::snapshot(inner, name)?;
+        if let Some(s) = inner.state.snapshots.iter().find(|s| s.name == name) {
+            if let Some(r) = inner.unverified.get(&s.volume) {
+                return Err(DaemonError::new(
+                    "invalid-snapshot",
+                    format!(
+                        "snapshot '{name}' is unverified: its volume '{}' changed while fss was \
+                         not running ({r}), so its contents cannot be trusted",
+                        s.volume
+                    ),
+                ));
+            }
+        }
+        if let CoreState::Invalid(r) = snap.info().state {
+            return Err(DaemonError::new(
+                "invalid-snapshot",
+                format!("snapshot '{name}' is invalid: {r}"),
+            ));
+        }
+        Ok(snap)
+    }
+
+    /// The snapshots of a diff, checked: one volume, `until` newer, both of one chain.
+    fn diff_pair(
+        &self,
+        inner: &Inner,
+        snapshot: &str,
+        until: Option<&str>,
+    ) -> Result<(Snapshot, Option<Snapshot>)> {
+        let older = Self::usable(inner, snapshot)?;
+        let Some(until) = until else {
+            return Ok((older, None));
+        };
+        let newer = Self::usable(inner, until)?;
+        let (a, b) = (older.info(), newer.info());
+        if a.volume != b.volume {
+            return Err(DaemonError::invalid(format!(
+                "'{snapshot}' is a snapshot of volume '{}' and '{until}' of volume '{}': a diff \
+                 compares two snapshots of one volume",
+                a.volume, b.volume
+            )));
+        }
+        if a.id == b.id {
+            return Err(DaemonError::invalid(format!(
+                "'{snapshot}' and '{until}' are the same snapshot"
+            )));
+        }
+        if a.id > b.id {
+            return Err(DaemonError::invalid(format!(
+                "'{until}' is older than '{snapshot}': give the older snapshot first \
+                 (`fss diff {until} {snapshot}`)"
+            )));
+        }
+        if a.persistent != b.persistent {
+            let kind = |p: bool| if p { "persistent" } else { "transient" };
+            return Err(DaemonError::invalid(format!(
+                "cannot diff '{snapshot}' ({}) and '{until}' ({}): persistent and transient \
+                 snapshots form separate chains, and exact change lists exist only between \
+                 snapshots of one chain; diff two snapshots of the same kind, or '{snapshot}' \
+                 against the volume now (`fss diff {snapshot}`)",
+                kind(a.persistent),
+                kind(b.persistent)
+            )));
+        }
+        Ok((older, Some(newer)))
+    }
+
+    /// Look up and hold the snapshots of a backup.
+    ///
+    /// # Errors
+    /// A snapshot is missing, unusable, or `since` is not an older snapshot of the same volume.
+    pub fn backup_job(&self, snapshot: &str, since: Option<&str>) -> Result<BackupJob<'_>> {
+        let inner = self.lock();
+        let snap = Self::usable(&inner, snapshot)?;
+        let info = snap.info();
+        let base = match since {
+            None => None,
+            Some(b) => {
+                let base = Self::usable(&inner, b)?;
+                let bi = base.info();
+                if bi.volume != info.volume {
+                    return Err(DaemonError::invalid(format!(
+                        "'{b}' is a snapshot of volume '{}', not of '{}': an incremental backup \
+                         starts from an older snapshot of the same volume",
+                        bi.volume, info.volume
+                    )));
+                }
+                if bi.id >= info.id {
+                    return Err(DaemonError::invalid(format!(
+                        "'{b}' is not older than '{snapshot}': an incremental backup goes from \
+                         an older snapshot (--since) to a newer one"
+                    )));
+                }
+                Some(base)
+            }
+        };
+        let mut names = vec![snapshot];
+        names.extend(since);
+        let what = format!("a backup of '{snapshot}'");
+        Ok(BackupJob {
+            start: crate::protocol::BackupStart {
+                snapshot: snapshot.to_string(),
+                volume: info.volume.clone(),
+                kind: if base.is_some() {
+                    "incremental"
+                } else {
+                    "full"
+                }
+                .to_string(),
+                since: since.map(str::to_string),
+                size: info.len,
+            },
+            snapshot: snap,
+            base,
+            _hold: self.hold(&names, &what),
+        })
+    }
+
+    /// Find an online volume for a restore or a rollback.
+    fn online_volume(inner: &Inner, volume: &str) -> Result<Volume> {
+        inner
+            .volumes
+            .get(volume)
+            .cloned()
+            .ok_or_else(|| match inner.offline.get(volume) {
+                Some(r) => DaemonError::busy(format!("volume '{volume}' is offline: {r}")),
+                None => DaemonError::not_found(format!(
+                    "no volume named '{volume}'; see `fss volume list`"
+                )),
+            })
+    }
+
+    /// Withdraw a volume from front-ends and check that nobody has it open; on refusal it is
+    /// published again.
+    fn withdraw_unopened(&self, volume: &str, vol: &Volume, what: &str) -> Result<()> {
+        let busy = |open: u64| {
+            DaemonError::busy(format!(
+                "volume '{volume}' is open ({open} times, by NBD clients or the FUSE file): {what} \
+                 would change the data beneath them; close it first"
+            ))
+        };
+        let open = self.opens_of(volume);
+        if open > 0 {
+            return Err(busy(open));
+        }
+        // Withdraw first, then look again: an open racing us shows up in the count or finds
+        // nothing to open.
+        self.unpublish(volume);
+        let open = self.opens_of(volume);
+        if open > 0 {
+            self.publish(volume, Export::Volume(vol.clone()));
+            return Err(busy(open));
+        }
+        Ok(())
+    }
+
+    /// Restore backup files (a full backup, then incrementals in order) onto the volume
+    /// `volume`, which must have no snapshots and not be open. It is not served meanwhile.
+    ///
+    /// # Errors
+    /// The volume is missing, busy, open or has snapshots; a file cannot be opened; the chain
+    /// is wrong or damaged (the library's error, naming the file).
+    pub fn restore_volume(
+        &self,
+        volume: &str,
+        files: &[PathBuf],
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<crate::protocol::RestoreDone> {
+        let mut inputs: Vec<(String, Box<dyn std::io::Read>)> = Vec::new();
+        for f in files {
+            let file = std::fs::File::open(f)
+                .map_err(|e| DaemonError::io(&format!("cannot open backup {}", f.display()), &e))?;
+            inputs.push((f.display().to_string(), Box::new(file)));
+        }
+        let inner = self.lock();
+        let vol = Self::online_volume(&inner, volume)?;
+        if let Some(r) = inner.offline.get(volume) {
+            return Err(DaemonError::busy(format!(
+                "volume '{volume}' is not served: {r}"
+            )));
+        }
+        let snaps: Vec<&str> = inner
+            .state
+            .snapshots
+            .iter()
+            .filter(|s| s.volume == volume)
+            .map(|s| s.name.as_str())
+            .collect();
+        if !snaps.is_empty() {
+            return Err(DaemonError::busy(format!(
+                "volume '{volume}' has snapshots ({}): a restore rewrites the whole volume; \
+                 delete them first, or restore into a new volume or image",
+                snaps.join(", ")
+            )));
+        }
+        if let Some(what) = self.held_by(volume) {
+            return Err(DaemonError::busy(format!(
+                "volume '{volume}' is busy with {what}; wait for it to finish"
+            )));
+        }
+        self.withdraw_unopened(volume, &vol, "a restore")?;
+        let _hold = self.hold(&[volume], &format!("a restore onto '{volume}'"));
+        drop(inner);
+        tracing::info!(volume, files = ?files, "restore onto volume started");
+        let target = VolumeTarget(vol.clone());
+        let result = fss_core::backup::restore(inputs, &target, progress);
+        self.publish(volume, Export::Volume(vol));
+        match result {
+            Ok(s) => {
+                tracing::info!(volume, snapshot = %s.snapshot.name, backups = s.backups, "restore onto volume done");
+                Ok(crate::protocol::RestoreDone {
+                    volume: volume.to_string(),
+                    snapshot: s.snapshot.name,
+                    backups: s.backups as u64,
+                    data_bytes: s.data_bytes,
+                    zero_bytes: s.zero_bytes,
+                })
+            }
+            Err(e) => {
+                tracing::error!(volume, error = %e, "restore onto volume failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Return `volume` to `snapshot`'s contents: rewrite, through the engine, every extent
+    /// changed since the snapshot with its bytes. Refused while the volume is open unless
+    /// `force`. Recorded in the state first, so that a stop midway is finished at the next
+    /// start; the volume is not served meanwhile (unless `force`).
+    ///
+    /// # Errors
+    /// The volume or snapshot is missing or unusable, the volume is open or busy, or the
+    /// rollback failed midway (the volume is then withdrawn until it is run again).
+    pub fn rollback(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        force: bool,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<crate::protocol::RollbackDone> {
+        let mut inner = self.lock();
+        let vol = Self::online_volume(&inner, volume)?;
+        let unfinished = Self::unfinished_rollback(&inner, volume).cloned();
+        if let Some(r) = &unfinished {
+            // Another target is allowed only when the unfinished one's snapshot is gone: the
+            // volume can then be put back into one consistent state.
+            if r.snapshot != snapshot && inner.snapshots.contains_key(&r.snapshot) {
+                return Err(DaemonError::busy(format!(
+                    "volume '{volume}' has an unfinished rollback to snapshot '{}'; finish it \
+                     first with `fss rollback {volume} {}`",
+                    r.snapshot, r.snapshot
+                )));
+            }
+        } else if let Some(r) = inner.offline.get(volume) {
+            return Err(DaemonError::busy(format!(
+                "volume '{volume}' is not served: {r}"
+            )));
+        }
+        let snap = Self::usable(&inner, snapshot)?;
+        let info = snap.info();
+        if info.volume != volume {
+            return Err(DaemonError::invalid(format!(
+                "'{snapshot}' is a snapshot of volume '{}', not of '{volume}'",
+                info.volume
+            )));
+        }
+        if let Some(what) = self.held_by(volume) {
+            return Err(DaemonError::busy(format!(
+                "volume '{volume}' is busy with {what}; wait for it to finish"
+            )));
+        }
+        if force {
+            let open = self.opens_of(volume);
+            if open > 0 {
+                tracing::warn!(volume, open, "rolling back a volume that is open (--force)");
+            }
+        } else {
+            self.withdraw_unopened(volume, &vol, "a rollback")?;
+        }
+        let again = unfinished.as_ref().is_some_and(|r| r.snapshot == snapshot);
+        if !again {
+            let before = inner.state.rollbacks.clone();
+            inner.state.rollbacks.retain(|r| r.volume != volume);
+            let volume_id = inner
+                .state
+                .volumes
+                .iter()
+                .find(|v| v.name == volume)
+                .map(|v| v.id.clone())
+                .unwrap_or_default();
+            inner.state.rollbacks.push(crate::state::RollbackState {
+                volume: volume.to_string(),
+                volume_id,
+                snapshot: snapshot.to_string(),
+                snapshot_id: info.id,
+                started: now_secs(),
+            });
+            if let Err(e) = self.save(&inner) {
+                inner.state.rollbacks = before;
+                if unfinished.is_none() {
+                    self.publish(volume, Export::Volume(vol));
+                }
+                return Err(e);
+            }
+        }
+        let _hold = self.hold(
+            &[volume, snapshot],
+            &format!("a rollback of '{volume}' to '{snapshot}'"),
+        );
+        drop(inner);
+        if !info.persistent {
+            tracing::warn!(volume, snapshot, "rolling back to a transient snapshot: if the daemon stops before the rollback completes, the snapshot is gone and the volume is left offline");
+        }
+        tracing::info!(volume, snapshot, force, "rollback started");
+        let result = rollback_pass(&vol, &snap, progress);
+        let mut inner = self.lock();
+        match result {
+            Ok((extents, bytes)) => {
+                inner.state.rollbacks.retain(|r| r.volume != volume);
+                inner.offline.remove(volume);
+                self.publish(volume, Export::Volume(vol));
+                tracing::info!(volume, snapshot, extents, bytes, "rollback done");
+                if let Err(e) = self.save(&inner) {
+                    return Err(DaemonError::new(
+                        "io",
+                        format!(
+                            "the rollback of '{volume}' to '{snapshot}' is complete, but the \
+                             state could not be updated ({e}); the next start will redo it, \
+                             which is harmless"
+                        ),
+                    ));
+                }
+                Ok(crate::protocol::RollbackDone {
+                    volume: volume.to_string(),
+                    snapshot: snapshot.to_string(),
+                    extents,
+                    bytes,
+                })
+            }
+            Err(e) => {
+                let why = format!(
+                    "the rollback to snapshot '{snapshot}' failed midway ({}); the volume holds \
+                     a mix of old and new data and is not served: run `fss rollback {volume} \
+                     {snapshot}` again",
+                    e.message
+                );
+                tracing::error!(volume, snapshot, "{why}");
+                self.unpublish(volume);
+                inner.offline.insert(volume.to_string(), why.clone());
+                Err(DaemonError::new(&e.kind, why))
+            }
+        }
+    }
+
+    /// Finish the rollbacks a stop interrupted, before anything is served.
+    fn resume_rollbacks(&self, inner: &mut Inner) {
+        let records = std::mem::take(&mut inner.state.rollbacks);
+        let mut keep = Vec::new();
+        for r in records {
+            let current = inner.state.volumes.iter().find(|v| v.name == r.volume);
+            if current.is_none_or(|v| v.id != r.volume_id) {
+                tracing::info!(volume = %r.volume, "forgetting the interrupted rollback of a volume that was removed");
+                continue;
+            }
+            let Some(vol) = inner.volumes.get(&r.volume).cloned() else {
+                tracing::error!(volume = %r.volume, snapshot = %r.snapshot,
+                    "cannot finish the interrupted rollback: the volume is offline; it is retried at the next start");
+                keep.push(r);
+                continue;
+            };
+            let snap = inner
+                .snapshots
+                .get(&r.snapshot)
+                .filter(|s| s.info().id == r.snapshot_id && s.is_valid())
+                .cloned();
+            let failed = match snap {
+                None => Some(format!(
+                    "a rollback to snapshot '{}' was interrupted and the snapshot is gone or \
+                     unusable (a transient snapshot does not survive a restart): the volume \
+                     holds a mix of the snapshot's data and later data and is not served; roll \
+                     it back to another of its snapshots (`fss rollback {} SNAPSHOT`), or check \
+                     it, `fss volume remove {}` and add it again",
+                    r.snapshot, r.volume, r.volume
+                )),
+                Some(snap) => {
+                    tracing::warn!(volume = %r.volume, snapshot = %r.snapshot,
+                        "resuming the rollback of volume {} to snapshot {} interrupted by a stop", r.volume, r.snapshot);
+                    match rollback_pass(&vol, &snap, &mut |_, _| {}) {
+                        Ok((extents, bytes)) => {
+                            tracing::info!(volume = %r.volume, snapshot = %r.snapshot, extents, bytes,
+                                "finished the interrupted rollback of volume {} to snapshot {}", r.volume, r.snapshot);
+                            None
+                        }
+                        Err(e) => Some(format!(
+                            "the interrupted rollback to snapshot '{}' could not be finished \
+                             ({}); the volume holds a mix and is not served: run `fss rollback \
+                             {} {}` again",
+                            r.snapshot, e.message, r.volume, r.snapshot
+                        )),
+                    }
+                }
+            };
+            if let Some(why) = failed {
+                tracing::error!(volume = %r.volume, "{why}");
+                self.unpublish(&r.volume);
+                inner.offline.insert(r.volume.clone(), why);
+                keep.push(r);
+            }
+        }
+        inner.state.rollbacks = keep;
+    }
 }

@@ -87,6 +87,24 @@ pub struct SnapshotState {
     pub deleting: bool,
 }
 
+/// A rollback in progress: written before the first byte of the volume is rewritten and
+/// removed once the rollback is complete, so that a restart redoes an interrupted one before
+/// the volume is served (a rollback is idempotent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackState {
+    /// The volume's name.
+    pub volume: String,
+    /// The volume's identity (hex), so a volume removed and added again under the same name is
+    /// not mistaken for it.
+    pub volume_id: String,
+    /// The snapshot the volume is returned to.
+    pub snapshot: String,
+    /// The snapshot's creation order within the volume.
+    pub snapshot_id: u64,
+    /// When the rollback started, seconds since the epoch.
+    pub started: u64,
+}
+
 /// Everything in `state.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -100,6 +118,10 @@ pub struct State {
     pub volumes: Vec<VolumeState>,
     /// Snapshots, oldest first.
     pub snapshots: Vec<SnapshotState>,
+    /// Rollbacks in progress (absent from the file when there are none, so older fss
+    /// releases read it as before).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollbacks: Vec<RollbackState>,
 }
 
 impl Default for State {
@@ -110,6 +132,7 @@ impl Default for State {
             boot_id: String::new(),
             volumes: Vec::new(),
             snapshots: Vec::new(),
+            rollbacks: Vec::new(),
         }
     }
 }
@@ -236,5 +259,31 @@ mod tests {
         )
         .unwrap();
         assert!(State::load(&p).unwrap_err().to_string().contains("newer"));
+    }
+
+    #[test]
+    fn rollbacks_are_optional_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        // A file written before rollbacks existed loads, with none in progress.
+        std::fs::write(
+            &p,
+            r#"{"version":1,"clean_shutdown":true,"boot_id":"","volumes":[],"snapshots":[]}"#,
+        )
+        .unwrap();
+        assert!(State::load(&p).unwrap().unwrap().rollbacks.is_empty());
+        // None in progress: the field is left out, as older releases wrote it.
+        State::default().save(&p).unwrap();
+        assert!(!std::fs::read_to_string(&p).unwrap().contains("rollbacks"));
+        let mut s = State::default();
+        s.rollbacks.push(RollbackState {
+            volume: "v".into(),
+            volume_id: "00".into(),
+            snapshot: "s".into(),
+            snapshot_id: 1,
+            started: 2,
+        });
+        s.save(&p).unwrap();
+        assert_eq!(State::load(&p).unwrap(), Some(s));
     }
 }

@@ -46,6 +46,55 @@ enum Command {
         /// Volume or snapshot name.
         name: String,
     },
+    /// The extents changed on the volume between snapshot A and the newer snapshot B (or
+    /// now), exact to 4 KiB. No data is read.
+    Diff {
+        /// The older snapshot.
+        #[arg(value_name = "A")]
+        older: String,
+        /// The newer snapshot of the same volume and kind (default: the volume now).
+        #[arg(value_name = "B")]
+        newer: Option<String>,
+        /// Print one JSON array of {offset, length}.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a full backup of a snapshot, or with --since an incremental one holding only
+    /// the extents changed since an older snapshot (format: docs/BACKUP.md).
+    Backup {
+        /// The snapshot to back up.
+        snapshot: String,
+        /// The backup file (written as FILE.partial, then renamed), or - for standard output.
+        #[arg(value_name = "FILE|-")]
+        file: String,
+        /// Make an incremental backup from this older snapshot of the same volume.
+        #[arg(long, value_name = "OLDER")]
+        since: Option<String>,
+    },
+    /// Restore a full backup and its incrementals, in order, onto TARGET: a new image file, an
+    /// existing image or block device of the volume's size, or an fss volume (not open, no
+    /// snapshots).
+    Restore {
+        /// The full backup, then incrementals in order (- reads one from standard input).
+        #[arg(required = true, num_args = 1.., value_name = "BACKUP")]
+        backups: Vec<PathBuf>,
+        /// A new or existing image file, a block device, or an fss volume name.
+        #[arg(value_name = "TARGET")]
+        target: String,
+    },
+    /// Return a volume to a snapshot's contents (the snapshot is kept; newer snapshots stay
+    /// exact). Refused while the volume is open, unless --force; a stop midway is finished at
+    /// the next start.
+    Rollback {
+        /// The volume.
+        volume: String,
+        /// The snapshot of that volume to return to.
+        snapshot: String,
+        /// Roll back even while NBD clients or FUSE users have the volume open (they see its
+        /// data change beneath them).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args)]
@@ -302,6 +351,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", v.as_str().unwrap_or_default());
             Ok(())
         }
+        Command::Diff { older, newer, json } => {
+            fss_cli::backup::diff(&state, &older, newer.as_deref(), json)
+        }
+        Command::Backup {
+            snapshot,
+            file,
+            since,
+        } => fss_cli::backup::backup(&state, &snapshot, &file, since.as_deref()),
+        Command::Restore { backups, target } => fss_cli::backup::restore(&state, &backups, &target),
+        Command::Rollback {
+            volume,
+            snapshot,
+            force,
+        } => fss_cli::backup::rollback(&state, &volume, &snapshot, force),
         Command::Volume(cmd) => {
             let mut c = connect(&state)?;
             match cmd {
