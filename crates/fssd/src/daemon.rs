@@ -132,14 +132,19 @@ pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<()> {
     let mut last_report = Instant::now() - Duration::from_secs(10);
     loop {
         let open = registry.open_devices();
-        if open.is_empty() || force.load(Ordering::Acquire) || started.elapsed() > STOP_TIMEOUT {
+        // A rollback or restore in progress is finished first: it is resumed after a crash,
+        // but a clean stop must not record a clean state under it.
+        let running = registry.running_operations();
+        let forced = force.load(Ordering::Acquire);
+        if forced || (running.is_empty() && (open.is_empty() || started.elapsed() > STOP_TIMEOUT)) {
             if !open.is_empty() {
                 tracing::warn!(?open, "stopping with devices still open");
             }
             break;
         }
         if last_report.elapsed() >= Duration::from_secs(5) {
-            let list: Vec<String> = open.iter().map(|(n, c)| format!("{n} ({c})")).collect();
+            let mut list: Vec<String> = open.iter().map(|(n, c)| format!("{n} ({c})")).collect();
+            list.extend(running.iter().map(|r| format!("{r} in progress")));
             tracing::info!("still open: {}", list.join(", "));
             last_report = Instant::now();
         }
@@ -149,8 +154,17 @@ pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<()> {
     for f in &mut frontends {
         f.stop();
     }
-    registry.shutdown();
-    tracing::info!("fss daemon stopped cleanly");
+    let running = registry.running_operations();
+    if running.is_empty() {
+        registry.shutdown();
+        tracing::info!("fss daemon stopped cleanly");
+    } else {
+        // Left as after a crash: the next start resumes what was interrupted.
+        tracing::warn!(
+            ?running,
+            "forced stop with operations in progress; the next start resumes them"
+        );
+    }
     Ok(())
 }
 

@@ -1164,6 +1164,19 @@ impl Registry {
         }
     }
 
+    /// Long operations running now (backup, restore, rollback), as "name (what)".
+    #[must_use]
+    pub fn running_operations(&self) -> Vec<String> {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut v: Vec<String> = held
+            .iter()
+            .filter(|(_, w)| !w.is_empty())
+            .map(|(n, w)| format!("{n} ({})", w.join(", ")))
+            .collect();
+        v.sort();
+        v
+    }
+
     /// What holds `name` now, if anything.
     fn held_by(&self, name: &str) -> Option<String> {
         self.held
