@@ -155,6 +155,15 @@ impl PreImages {
     }
 }
 
+/// A snapshot made but not yet live: its geometry, store and parameters.
+struct Prepared {
+    name: String,
+    opts: SnapshotOptions,
+    geometry: Geometry,
+    params: StoreParams,
+    store: Box<dyn Store>,
+}
+
 /// A failure to preserve into chain `chain`, and the snapshots it would invalidate.
 struct Failure {
     error: Error,
@@ -282,73 +291,110 @@ impl Volume {
         make_store: impl FnOnce(&StoreParams) -> Result<Box<dyn Store>>,
     ) -> Result<Snapshot> {
         let s = &self.shared;
-        let geometry = s.geometry_for(name, opts.cluster_size)?;
-        let id = s.next_id.fetch_add(1, Ordering::Relaxed);
-        let params = StoreParams {
-            snapshot: name.to_string(),
-            volume: s.name.clone(),
-            volume_len: s.len,
-            cluster_size: geometry.cluster_size(),
-            persistent: opts.persistent,
-            max_bytes: opts.max_store_bytes,
-            volume_id: s.id,
-            snapshot_id: id,
-            created: SystemTime::now(),
-        };
-        let store = make_store(&params)?;
-        if store.is_persistent() != opts.persistent {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "create snapshot",
-                format!("'{name}'"),
-                "the store's durability does not match the snapshot's (persistent or transient)",
-            ));
-        }
+        let p = s.prepare(name, opts, make_store)?;
         // A persistent snapshot must survive a power cut whole: the writes acknowledged before
         // it must be durable on the volume too, or blocks read through from the volume would
         // lose them while preserved ones keep them. Flush once before the barrier (the bulk)
         // and once inside it (what came in between).
-        let flush = || s.dev.flush().map_err(|e| Error::io("flush", s.object(), e));
         if opts.persistent {
-            flush()?;
+            s.flush_dev()?;
         }
         let mut chains = s.chains_mut();
-        if opts.persistent {
-            flush()?;
-        }
-        // Checked again under the barrier: another creation may have raced us.
-        if chains.chain.iter().flatten().any(|x| x.name == name) {
-            return Err(exists(name));
-        }
-        match chains.geometry {
-            Some(g) if g != geometry => {
-                return Err(Error::new(
-                    ErrorKind::Busy,
-                    "create snapshot",
-                    format!("'{name}'"),
-                    "another snapshot changed the volume's cluster size meanwhile; try again",
-                ))
+        let checked = (|| {
+            if opts.persistent {
+                s.flush_dev()?;
             }
-            _ => chains.geometry = Some(geometry),
+            s.check_prepared(&chains, &p)
+        })();
+        if let Err(e) = checked {
+            drop(chains);
+            let _ = p.store.destroy();
+            return Err(e);
         }
-        let snap = Arc::new(SnapState::new(
-            id,
-            name.to_string(),
-            params.created,
-            opts,
-            store,
-            geometry.blocks_per_cluster(),
-        ));
-        let c = snap.chain;
-        chains.chain[c].push(Arc::clone(&snap));
-        chains.fast[c] = FastBits::new(geometry.cluster_count());
-        drop(chains);
-        tracing::info!(volume = %s.name, snapshot = name, persistent = opts.persistent,
-            cluster_size = geometry.cluster_size(), "snapshot created");
-        Ok(Snapshot {
-            vol: Arc::clone(s),
-            snap,
-        })
+        Ok(s.commit_prepared(&mut chains, p))
+    }
+
+    /// Take snapshots of several volumes at one instant: every volume's barrier is held while
+    /// all of them are made, so a write to any of them is in all the snapshots or in none.
+    /// Either every snapshot is made or none is.
+    ///
+    /// # Errors
+    /// `InvalidArgument` if a volume appears twice, else as [`Volume::create_snapshot`].
+    pub fn create_snapshot_group(
+        members: &[(&Volume, &str, &SnapshotOptions)],
+        mut make_store: impl FnMut(&StoreParams) -> Result<Box<dyn Store>>,
+    ) -> Result<Vec<Snapshot>> {
+        for (i, (v, name, _)) in members.iter().enumerate() {
+            if members[..i]
+                .iter()
+                .any(|(o, _, _)| Arc::ptr_eq(&o.shared, &v.shared))
+            {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "create snapshot group",
+                    format!("'{name}'"),
+                    format!(
+                        "volume '{}' appears twice; one snapshot per volume",
+                        v.name()
+                    ),
+                ));
+            }
+        }
+        let mut prepared = Vec::with_capacity(members.len());
+        let destroy = |ps: &[Prepared]| {
+            for p in ps {
+                let _ = p.store.destroy();
+            }
+        };
+        for (v, name, opts) in members {
+            match v.shared.prepare(name, opts, &mut make_store) {
+                Ok(p) => prepared.push(p),
+                Err(e) => {
+                    destroy(&prepared);
+                    return Err(e);
+                }
+            }
+        }
+        let flush_all = || -> Result<()> {
+            for (v, _, opts) in members {
+                if opts.persistent {
+                    v.shared.flush_dev()?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = flush_all() {
+            destroy(&prepared);
+            return Err(e);
+        }
+        // Barriers in a fixed order (by address), so two groups cannot deadlock.
+        let mut order: Vec<usize> = (0..members.len()).collect();
+        order.sort_by_key(|&i| Arc::as_ptr(&members[i].0.shared) as usize);
+        let mut guards: Vec<Option<RwLockWriteGuard<'_, Chains>>> =
+            (0..members.len()).map(|_| None).collect();
+        for &i in &order {
+            guards[i] = Some(members[i].0.shared.chains_mut());
+        }
+        let checked = flush_all().and_then(|()| {
+            for (i, p) in prepared.iter().enumerate() {
+                if let Some(g) = &guards[i] {
+                    members[i].0.shared.check_prepared(g, p)?;
+                }
+            }
+            Ok(())
+        });
+        if let Err(e) = checked {
+            drop(guards);
+            destroy(&prepared);
+            return Err(e);
+        }
+        let mut out = Vec::with_capacity(members.len());
+        for (i, p) in prepared.into_iter().enumerate() {
+            if let Some(g) = guards[i].as_mut() {
+                out.push(members[i].0.shared.commit_prepared(g, p));
+            }
+        }
+        Ok(out)
     }
 
     /// Which parts of a range hold data on the volume's device (holes read as zeroes).
@@ -530,6 +576,89 @@ fn exists(name: &str) -> Error {
 }
 
 impl Shared {
+    fn flush_dev(&self) -> Result<()> {
+        self.dev
+            .flush()
+            .map_err(|e| Error::io("flush", self.object(), e))
+    }
+
+    /// Choose the geometry and make the store of a new snapshot, outside any barrier.
+    fn prepare(
+        &self,
+        name: &str,
+        opts: &SnapshotOptions,
+        make_store: impl FnOnce(&StoreParams) -> Result<Box<dyn Store>>,
+    ) -> Result<Prepared> {
+        let geometry = self.geometry_for(name, opts.cluster_size)?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let params = StoreParams {
+            snapshot: name.to_string(),
+            volume: self.name.clone(),
+            volume_len: self.len,
+            cluster_size: geometry.cluster_size(),
+            persistent: opts.persistent,
+            max_bytes: opts.max_store_bytes,
+            volume_id: self.id,
+            snapshot_id: id,
+            created: SystemTime::now(),
+        };
+        let store = make_store(&params)?;
+        if store.is_persistent() != opts.persistent {
+            let _ = store.destroy();
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "create snapshot",
+                format!("'{name}'"),
+                "the store's durability does not match the snapshot's (persistent or transient)",
+            ));
+        }
+        Ok(Prepared {
+            name: name.to_string(),
+            opts: opts.clone(),
+            geometry,
+            params,
+            store,
+        })
+    }
+
+    /// Under the barrier: the name is still free and the geometry still the volume's.
+    fn check_prepared(&self, chains: &Chains, p: &Prepared) -> Result<()> {
+        if chains.chain.iter().flatten().any(|x| x.name == p.name) {
+            return Err(exists(&p.name));
+        }
+        match chains.geometry {
+            Some(g) if g != p.geometry => Err(Error::new(
+                ErrorKind::Busy,
+                "create snapshot",
+                format!("'{}'", p.name),
+                "another snapshot changed the volume's cluster size meanwhile; try again",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Under the barrier: make the snapshot live.
+    fn commit_prepared(self: &Arc<Self>, chains: &mut Chains, p: Prepared) -> Snapshot {
+        chains.geometry = Some(p.geometry);
+        let snap = Arc::new(SnapState::new(
+            p.params.snapshot_id,
+            p.name.clone(),
+            p.params.created,
+            &p.opts,
+            p.store,
+            p.geometry.blocks_per_cluster(),
+        ));
+        let c = snap.chain;
+        chains.chain[c].push(Arc::clone(&snap));
+        chains.fast[c] = FastBits::new(p.geometry.cluster_count());
+        tracing::info!(volume = %self.name, snapshot = %p.name, persistent = p.opts.persistent,
+            cluster_size = p.geometry.cluster_size(), "snapshot created");
+        Snapshot {
+            vol: Arc::clone(self),
+            snap,
+        }
+    }
+
     fn object(&self) -> String {
         format!("volume '{}'", self.name)
     }

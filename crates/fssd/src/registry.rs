@@ -721,7 +721,12 @@ impl Registry {
     }
 
     /// Make the store and the engine snapshot; returns its state entry (not yet saved).
-    fn snapshot_make(&self, inner: &Inner, spec: &SnapshotSpec) -> Result<SnapshotState> {
+    /// Where a new snapshot's store goes and with which options.
+    fn snapshot_plan(
+        &self,
+        inner: &Inner,
+        spec: &SnapshotSpec,
+    ) -> Result<(Volume, StorePlace, SnapshotOptions, String)> {
         let vol = inner
             .volumes
             .get(&spec.volume)
@@ -748,11 +753,18 @@ impl Registry {
             max_store_bytes: spec.max_store_size,
             ..SnapshotOptions::default()
         };
-        let snap = vol.create_snapshot(&spec.name, &opts, |p| {
-            stores::create(&place, p, spec.unlink_store)
-        })?;
+        Ok((vol, place, opts, on_err))
+    }
+
+    /// The state entry of a snapshot just made.
+    fn snapshot_record(
+        spec: &SnapshotSpec,
+        place: StorePlace,
+        on_err: String,
+        snap: &Snapshot,
+    ) -> SnapshotState {
         let info = snap.info();
-        Ok(SnapshotState {
+        SnapshotState {
             name: spec.name.clone(),
             volume: spec.volume.clone(),
             id: info.id,
@@ -769,7 +781,15 @@ impl Registry {
             cluster_size: info.cluster_size,
             mount_point: spec.mount_point.clone(),
             deleting: false,
-        })
+        }
+    }
+
+    fn snapshot_make(&self, inner: &Inner, spec: &SnapshotSpec) -> Result<SnapshotState> {
+        let (vol, place, opts, on_err) = self.snapshot_plan(inner, spec)?;
+        let snap = vol.create_snapshot(&spec.name, &opts, |p| {
+            stores::create(&place, p, spec.unlink_store)
+        })?;
+        Ok(Self::snapshot_record(spec, place, on_err, &snap))
     }
 
     fn snapshot_create(&self, inner: &mut Inner, spec: &SnapshotSpec) -> Result<()> {
@@ -824,20 +844,29 @@ impl Registry {
                 )));
             }
         }
-        let mut made = Vec::new();
-        for m in members {
-            match self.snapshot_make(inner, m) {
-                Ok(e) => made.push(e),
-                Err(e) => {
-                    for s in &made {
-                        if let Some(v) = inner.volumes.get(&s.volume) {
-                            let _ = v.delete_snapshot(&s.name);
-                        }
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        // All at one instant: the engine holds every volume's barrier while it makes them.
+        let plans: Vec<(Volume, StorePlace, SnapshotOptions, String)> = members
+            .iter()
+            .map(|m| self.snapshot_plan(inner, m))
+            .collect::<Result<_>>()?;
+        let group: Vec<(&Volume, &str, &SnapshotOptions)> = plans
+            .iter()
+            .zip(members)
+            .map(|((v, _, o, _), m)| (v, m.name.as_str(), o))
+            .collect();
+        let snaps = Volume::create_snapshot_group(&group, |p| {
+            let i = members
+                .iter()
+                .position(|m| m.name == p.snapshot)
+                .unwrap_or(0);
+            stores::create(&plans[i].1, p, members[i].unlink_store)
+        })?;
+        let made: Vec<SnapshotState> = plans
+            .into_iter()
+            .zip(members)
+            .zip(&snaps)
+            .map(|(((_, place, _, on_err), m), snap)| Self::snapshot_record(m, place, on_err, snap))
+            .collect();
         self.commit_snapshots(inner, made)
     }
 
