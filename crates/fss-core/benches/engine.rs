@@ -9,6 +9,13 @@
 //! - `write_4k`: 4 KiB writes with no snapshot; 4 KiB first overwrites, each into a fresh
 //!   64 KiB cluster (one block preserved, not sixteen: DESIGN decision 2).
 //! - `read_64k`: volume reads; snapshot reads with every other 4 KiB block preserved.
+//! - `persistent_vs_transient`: first overwrites (64 KiB, and 4 KiB into fresh clusters) with
+//!   1 snapshot whose store is a persistent [`FileStore`] (format v1, durable before the write
+//!   is acknowledged) or a transient [`DeviceStore`], from 1 writer thread and from 4 at once
+//!   (each thread takes every fourth cluster; with 4 writers, group commit lets one flush of a
+//!   persistent store cover several writers' records). With 4 threads, "per op" is wall time
+//!   divided by the operations of all threads. The transient 1-thread baselines are the
+//!   `write_64k` and `write_4k` first-overwrite cases.
 //!
 //! Then a table of ratios from one more run, timed with [`Instant`]: three interleaved passes of
 //! about half a second per case, the median of each case kept.
@@ -20,7 +27,7 @@
 
 use criterion::{Criterion, SamplingMode, Throughput};
 use fss_core::device::{FileDevice, OpenOptions};
-use fss_core::store::{DeviceStore, Store};
+use fss_core::store::{DeviceStore, FileStore, Store};
 use fss_core::{Snapshot, SnapshotOptions, Volume};
 use std::error::Error;
 use std::path::{Path, PathBuf};
@@ -91,8 +98,9 @@ impl Bench {
         })
     }
 
-    /// Take a snapshot whose store is a fresh file next to the volume.
-    fn snapshot(&mut self) -> BoxResult<Snapshot> {
+    /// Take a snapshot whose store is a fresh file next to the volume: a persistent
+    /// [`FileStore`] or a transient [`DeviceStore`].
+    fn snapshot(&mut self, persistent: bool) -> BoxResult<Snapshot> {
         self.next_id += 1;
         let name = format!("s{}", self.next_id);
         let path = self.dir.path().join(format!("{name}.store"));
@@ -103,12 +111,18 @@ impl Bench {
         };
         let snap_opts = SnapshotOptions {
             cluster_size: Some(CLUSTER),
+            persistent,
             ..SnapshotOptions::default()
         };
         let snap = self.vol.create_snapshot(&name, &snap_opts, |params| {
             let dev = FileDevice::open(&path, &opts)
                 .map_err(|e| fss_core::Error::io("create store", path.display().to_string(), e))?;
-            Ok(Box::new(DeviceStore::new(Arc::new(dev), params, false)) as Box<dyn Store>)
+            let store: Box<dyn Store> = if persistent {
+                Box::new(FileStore::create(Arc::new(dev), params, false, None)?)
+            } else {
+                Box::new(DeviceStore::new(Arc::new(dev), params, false))
+            };
+            Ok(store)
         })?;
         self.snaps.push((snap.clone(), path));
         Ok(snap)
@@ -153,12 +167,19 @@ enum Case {
     VolumeRead64k,
     /// 64 KiB snapshot reads, every other block preserved.
     SnapshotRead64k,
+    /// First overwrites of fresh clusters (64 KiB, or 4 KiB if `small`) with 1 snapshot whose
+    /// store is persistent or transient, from `threads` writer threads at once.
+    Fresh {
+        small: bool,
+        persistent: bool,
+        threads: usize,
+    },
 }
 
 impl Case {
     fn bytes(self) -> usize {
         match self {
-            Case::Write4k | Case::FreshCluster4k => SMALL,
+            Case::Write4k | Case::FreshCluster4k | Case::Fresh { small: true, .. } => SMALL,
             _ => BIG,
         }
     }
@@ -167,10 +188,72 @@ impl Case {
     fn needs_fresh(self) -> Option<usize> {
         match self {
             Case::FirstOverwrite64k(n) => Some(n),
-            Case::FreshCluster4k => Some(1),
+            Case::FreshCluster4k | Case::Fresh { .. } => Some(1),
             _ => None,
         }
     }
+
+    /// Whether the case's snapshots are persistent.
+    fn persistent(self) -> bool {
+        matches!(
+            self,
+            Case::Fresh {
+                persistent: true,
+                ..
+            }
+        )
+    }
+
+    /// Blocks each operation preserves in a fresh cluster.
+    fn blocks_per_op(self) -> u64 {
+        if self.bytes() == SMALL {
+            1
+        } else {
+            BLOCKS_PER_CLUSTER
+        }
+    }
+
+    /// Writer threads.
+    fn threads(self) -> usize {
+        match self {
+            Case::Fresh { threads, .. } => threads.max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// Write `buf` into cluster `c`: the whole cluster, or (4 KiB) a different block of each
+/// cluster, so that it is not always the first.
+fn write_cluster(vol: &Volume, buf: &[u8], c: u64) -> BoxResult<()> {
+    let at = c * CLUSTER;
+    if buf.len() == SMALL {
+        vol.write(buf, at + (c % BLOCKS_PER_CLUSTER) * 4096)?;
+    } else {
+        vol.write(buf, at)?;
+    }
+    Ok(())
+}
+
+/// Write clusters `from..to` from `threads` threads at once, thread `t` taking every
+/// `threads`-th cluster starting at `from + t`.
+fn write_parallel(vol: &Volume, buf: &[u8], from: u64, to: u64, threads: usize) -> BoxResult<()> {
+    let step = threads as u64;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..step)
+            .map(|t| {
+                s.spawn(move || -> Result<(), String> {
+                    for c in (from + t..to).step_by(threads) {
+                        write_cluster(vol, buf, c).map_err(|e| e.to_string())?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| "a writer thread panicked")??;
+        }
+        Ok(())
+    })
 }
 
 /// A case in progress: its position in the volume and the snapshot it reads.
@@ -188,7 +271,7 @@ impl Runner {
         let mut snap = None;
         match case {
             Case::Rewrite64k => {
-                b.snapshot()?;
+                b.snapshot(false)?;
                 let buf = vec![0x5a; BIG];
                 for c in 0..CLUSTERS {
                     b.vol.write(&buf, c * CLUSTER)?;
@@ -199,7 +282,7 @@ impl Runner {
                 )?;
             }
             Case::SnapshotRead64k => {
-                let s = b.snapshot()?;
+                let s = b.snapshot(false)?;
                 let buf = vec![0x6b; SMALL];
                 for block in (0..VOLUME_LEN / 4096).step_by(2) {
                     b.vol.write(&buf, block * 4096)?;
@@ -236,9 +319,14 @@ impl Runner {
                 }
             }
             let batch = left.min(CLUSTERS - self.cursor);
+            let threads = self.case.threads();
             let start = Instant::now();
-            for c in self.cursor..self.cursor + batch {
-                self.op(b, c)?;
+            if threads > 1 {
+                write_parallel(&b.vol, &self.buf, self.cursor, self.cursor + batch, threads)?;
+            } else {
+                for c in self.cursor..self.cursor + batch {
+                    self.op(b, c)?;
+                }
             }
             total += start.elapsed();
             self.cursor += batch;
@@ -255,9 +343,8 @@ impl Runner {
                 b.vol.write(&self.buf, at)?;
             }
             // A different block of each cluster, so that it is not always the first.
-            Case::Write4k | Case::FreshCluster4k => {
-                b.vol
-                    .write(&self.buf, at + (c % BLOCKS_PER_CLUSTER) * 4096)?;
+            Case::Write4k | Case::FreshCluster4k | Case::Fresh { .. } => {
+                write_cluster(&b.vol, &self.buf, c)?;
             }
             Case::VolumeRead64k => b.vol.read(&mut self.buf, at)?,
             Case::SnapshotRead64k => match &self.snap {
@@ -272,18 +359,14 @@ impl Runner {
     /// snapshots with `count` new ones, so every cluster is fresh again.
     fn renew(&mut self, b: &mut Bench, count: usize) -> BoxResult<()> {
         if !b.snaps.is_empty() {
-            let per_op = match self.case {
-                Case::FreshCluster4k => 1,
-                _ => BLOCKS_PER_CLUSTER,
-            };
             check(
-                b.newest_preserved() == CLUSTERS * per_op,
+                b.newest_preserved() == CLUSTERS * self.case.blocks_per_op(),
                 "a round of first overwrites",
             )?;
         }
         b.delete_all()?;
         for _ in 0..count {
-            b.snapshot()?;
+            b.snapshot(self.case.persistent())?;
         }
         Ok(())
     }
@@ -342,7 +425,36 @@ const GROUPS: &[(&str, &[(&str, Case)])] = &[
             ("snapshot_half_preserved", Case::SnapshotRead64k),
         ],
     ),
+    (
+        "persistent_vs_transient",
+        &[
+            ("64k/persistent/1_thread", FRESH_64K_P1),
+            ("64k/transient/4_threads", FRESH_64K_T4),
+            ("64k/persistent/4_threads", FRESH_64K_P4),
+            ("4k_fresh_cluster/persistent/1_thread", FRESH_4K_P1),
+            ("4k_fresh_cluster/transient/4_threads", FRESH_4K_T4),
+            ("4k_fresh_cluster/persistent/4_threads", FRESH_4K_P4),
+        ],
+    ),
 ];
+
+/// First overwrites with 1 snapshot: size, persistence, writer threads.
+const fn fresh(small: bool, persistent: bool, threads: usize) -> Case {
+    Case::Fresh {
+        small,
+        persistent,
+        threads,
+    }
+}
+/// Transient, 1 thread: the same as the `write_64k` and `write_4k` first-overwrite cases.
+const FRESH_64K_T1: Case = Case::FirstOverwrite64k(1);
+const FRESH_64K_P1: Case = fresh(false, true, 1);
+const FRESH_64K_T4: Case = fresh(false, false, 4);
+const FRESH_64K_P4: Case = fresh(false, true, 4);
+const FRESH_4K_T1: Case = Case::FreshCluster4k;
+const FRESH_4K_P1: Case = fresh(true, true, 1);
+const FRESH_4K_T4: Case = fresh(true, false, 4);
+const FRESH_4K_P4: Case = fresh(true, true, 4);
 
 fn criterion_groups(c: &mut Criterion, b: &mut Bench) -> BoxResult<()> {
     for &(group_name, cases) in GROUPS {
@@ -368,7 +480,9 @@ fn criterion_groups(c: &mut Criterion, b: &mut Bench) -> BoxResult<()> {
 /// Time per operation of `case`, from about `budget` of operations after a short warm-up.
 fn measure(b: &mut Bench, case: Case, budget: Duration) -> BoxResult<Duration> {
     let mut runner = Runner::new(b, case)?;
-    let chunk = 256;
+    // Persistent first overwrites wait for a flush each (milliseconds): smaller chunks keep
+    // them near the budget.
+    let chunk = if case.persistent() { 32 } else { 256 };
     let mut warm = Duration::ZERO;
     while warm < Duration::from_millis(100) {
         warm += runner.run(b, chunk)?;
@@ -407,6 +521,12 @@ fn ratios(b: &mut Bench) -> BoxResult<()> {
         ),
         ("read 64K, volume", Case::VolumeRead64k),
         ("read 64K, snapshot, half preserved", Case::SnapshotRead64k),
+        ("first overwrite 64K, persistent, 1 thr", FRESH_64K_P1),
+        ("first overwrite 64K, transient, 4 thr", FRESH_64K_T4),
+        ("first overwrite 64K, persistent, 4 thr", FRESH_64K_P4),
+        ("4K fresh cluster, persistent, 1 thr", FRESH_4K_P1),
+        ("4K fresh cluster, transient, 4 thr", FRESH_4K_T4),
+        ("4K fresh cluster, persistent, 4 thr", FRESH_4K_P4),
     ];
     let mut runs: Vec<Vec<Duration>> = vec![Vec::with_capacity(PASSES); cases.len()];
     for _ in 0..PASSES {
@@ -470,6 +590,26 @@ fn ratios(b: &mut Bench) -> BoxResult<()> {
             "snapshot-read / volume-read",
             Case::SnapshotRead64k,
             Case::VolumeRead64k,
+        ),
+        (
+            "persistent / transient, 64K, 1 thread",
+            FRESH_64K_P1,
+            FRESH_64K_T1,
+        ),
+        (
+            "persistent / transient, 64K, 4 threads",
+            FRESH_64K_P4,
+            FRESH_64K_T4,
+        ),
+        (
+            "persistent / transient, 4K fresh, 1 thread",
+            FRESH_4K_P1,
+            FRESH_4K_T1,
+        ),
+        (
+            "persistent / transient, 4K fresh, 4 threads",
+            FRESH_4K_P4,
+            FRESH_4K_T4,
         ),
     ];
     for (name, case, base) in pairs {

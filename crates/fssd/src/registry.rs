@@ -305,9 +305,24 @@ impl Registry {
             } else {
                 None
             };
-            if let Some(why) = &changed {
+            let has_snapshots = inner.state.snapshots.iter().any(|s| s.volume == v.name);
+            if let (Some(why), true) = (&changed, has_snapshots) {
                 tracing::error!(volume = %v.name, "volume changed while fss was not running ({why}): its snapshots are UNVERIFIED");
-                inner.unverified.insert(v.name.clone(), why.clone());
+                if let Some(sv) = inner.state.volumes.iter_mut().find(|x| x.name == v.name) {
+                    sv.unverified = Some(why.clone());
+                }
+            }
+            if let Some(why) = inner
+                .state
+                .volumes
+                .iter()
+                .find(|x| x.name == v.name)
+                .and_then(|x| x.unverified.clone())
+            {
+                if changed.is_none() {
+                    tracing::warn!(volume = %v.name, "snapshots still UNVERIFIED ({why}); delete them and take new ones");
+                }
+                inner.unverified.insert(v.name.clone(), why);
             }
             let dyn_dev: Arc<dyn BlockDevice> = dev;
             let vol = Volume::with_identity(v.name.clone(), dyn_dev, unhex(&v.id));
@@ -623,6 +638,7 @@ impl Registry {
             path,
             kind,
             size,
+            unverified: None,
         });
         if let Err(e) = self.save(inner) {
             inner.state.volumes.pop();
@@ -901,6 +917,13 @@ impl Registry {
         }
         inner.unavailable.remove(name);
         inner.state.snapshots.retain(|x| x.name != name);
+        // With its last snapshot gone, there is nothing left to be unverified.
+        if !inner.state.snapshots.iter().any(|x| x.volume == s.volume) {
+            inner.unverified.remove(&s.volume);
+            if let Some(v) = inner.state.volumes.iter_mut().find(|v| v.name == s.volume) {
+                v.unverified = None;
+            }
+        }
         self.save(inner)?;
         tracing::info!(snapshot = name, "snapshot deleted");
         Ok(())

@@ -52,6 +52,10 @@ pub struct VolumeState {
     /// Fingerprint at the last clean stop.
     #[serde(default)]
     pub fingerprint: Fingerprint,
+    /// Set when the volume was found changed while fss was not running: its snapshots are
+    /// unverified until they are deleted. Kept across restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unverified: Option<String>,
 }
 
 /// A snapshot, as remembered.
@@ -247,6 +251,7 @@ mod tests {
             kind: VolumeKind::Image,
             size: 1,
             fingerprint: Fingerprint::default(),
+            unverified: None,
         });
         s.save(&p).unwrap();
         assert_eq!(State::load(&p).unwrap(), Some(s));
