@@ -94,7 +94,13 @@ pub mod frontends {
 
     fn start_nbd(registry: &Arc<Registry>, opts: &ServeOptions) -> fssd::Result<Nbd> {
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
-        let server = fss_nbd::Server::new(catalog, fss_nbd::ServerOptions::default());
+        // As many workers as a deep client queue (fio iodepth 16, the kernel client's default
+        // queue): concurrent first overwrites into persistent snapshots then share one flush.
+        let options = fss_nbd::ServerOptions {
+            workers_per_connection: 16,
+            ..Default::default()
+        };
+        let server = fss_nbd::Server::new(catalog, options);
         let stop = server.shutdown_handle();
         let mut threads = Vec::new();
         let unix = bind_socket(&opts.paths.nbd_socket)?;
