@@ -135,7 +135,19 @@ pub fn serve(
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
+                // Wake as soon as a client connects; look at the stop flag and the leases at
+                // least every 50 ms.
+                let mut fds = [rustix::event::PollFd::new(
+                    listener,
+                    rustix::event::PollFlags::IN,
+                )];
+                let timeout = rustix::event::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 50_000_000,
+                };
+                if rustix::event::poll(&mut fds, Some(&timeout)).is_err() {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "control socket accept failed");
