@@ -1027,23 +1027,34 @@ impl Shared {
         let (b0, b1) = block_span(offset, len);
         let clusters = g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1);
         // If every block is in a map, the volume is not needed at all.
-        let all_mapped = clusters.clone().all(|cluster| {
+        // The span of blocks no map holds yet: only those need the volume.
+        let mut unmapped: Option<(u64, u64)> = None;
+        for cluster in clusters.clone() {
             let (_, mut open) = Self::cluster_masks(&g, cluster, b0, b1);
             for s in later {
                 if let Some((_, have)) = s.map().get(cluster as u32) {
                     mask_remove(&mut open, have);
                 }
             }
-            mask_is_empty(&open)
-        });
-        if !all_mapped {
-            // Read the whole range from the volume first, in one I/O, and only then consult
-            // the maps: a block not mapped at that later moment had not been preserved, so it
-            // had not been overwritten either (a volume write waits for its pre-image), and
-            // the volume read saw the snapshot's bytes. Mapped blocks are overlaid from stores.
+            let runs = mask_runs(&open);
+            if let (Some(&(lo, _)), Some(&(hl, hn))) = (runs.first(), runs.last()) {
+                let first = g.first_block(cluster);
+                let (lo, hi) = (first + u64::from(lo), first + u64::from(hl + hn));
+                unmapped = Some(unmapped.map_or((lo, hi), |(a, _)| (a, hi)));
+            }
+        }
+        if let Some((lo, hi)) = unmapped {
+            // Read that span from the volume first, in one I/O, and only then consult the
+            // maps: a block not mapped at that later moment had not been preserved, so it had
+            // not been overwritten either (a volume write waits for its pre-image), and the
+            // volume read saw the snapshot's bytes. Mapped blocks are overlaid from stores.
+            let (start, end) = clip(lo, hi - lo, offset, len);
             self.dev
-                .read_at(buf, offset)
-                .map_err(|e| Error::io("read", object.clone(), e).at(offset))?;
+                .read_at(
+                    &mut buf[(start - offset) as usize..(end - offset) as usize],
+                    start,
+                )
+                .map_err(|e| Error::io("read", object.clone(), e).at(start))?;
         }
         let mut scratch = Vec::new();
         for cluster in clusters {
