@@ -956,6 +956,15 @@ impl Shared {
                 let mut map = snap.map_mut();
                 for p in &written {
                     blocks += u64::from(map.add_blocks(p.cluster as u32, &p.need[c]));
+                    // A cluster the target now holds whole: later rewrites skip every lookup.
+                    let first = g.first_block(p.cluster);
+                    let (full, _) = Self::cluster_masks(g, p.cluster, first, first);
+                    if map
+                        .get(p.cluster as u32)
+                        .is_some_and(|(_, m)| m == full.as_slice())
+                    {
+                        chains.fast[c].set(p.cluster);
+                    }
                 }
                 drop(map);
                 snap.cow_calls.fetch_add(1, Ordering::Relaxed);
