@@ -1,20 +1,17 @@
 //! A transient store on any [`BlockDevice`]: slot `n` at byte `n * cluster_size`, records kept
 //! in memory only (fss(4)'s own semantics). Fast, and gone after a restart.
 
+use super::slots::Slots;
 use super::{Store, StoreParams};
 use crate::device::BlockDevice;
-use crate::error::{Error, ErrorKind, Result};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use crate::error::{Error, Result};
+use std::sync::Arc;
 
 /// A transient store on a device (memory, a file, a raw device).
 pub struct DeviceStore {
     dev: Arc<dyn BlockDevice>,
     cluster_size: u64,
-    slots: AtomicU32,
-    max: Mutex<Option<u64>>,
-    /// The medium's own limit: a fixed-size device cannot grow.
-    medium_max: Option<u64>,
+    slots: Slots,
     /// A file made for this store, removed when the snapshot is deleted.
     owned_path: Option<std::path::PathBuf>,
 }
@@ -36,9 +33,7 @@ impl DeviceStore {
         DeviceStore {
             dev,
             cluster_size: params.cluster_size,
-            slots: AtomicU32::new(0),
-            max: Mutex::new(params.max_bytes),
-            medium_max,
+            slots: Slots::new(0, params.max_bytes, medium_max),
             owned_path: None,
         }
     }
@@ -57,14 +52,6 @@ impl DeviceStore {
         Ok(Box::new(DeviceStore::new(dev, params, false)))
     }
 
-    fn limit(&self) -> Option<u64> {
-        let max = *self.max.lock().unwrap_or_else(PoisonError::into_inner);
-        match (max, self.medium_max) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
     fn slot_offset(&self, slot: u32, offset: u64) -> u64 {
         u64::from(slot) * self.cluster_size + offset
     }
@@ -76,28 +63,8 @@ impl Store for DeviceStore {
     }
 
     fn allocate_slot(&self, _cluster: u32) -> Result<u32> {
-        let limit = self.limit();
-        self.slots
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                let end = (u64::from(n) + 1) * self.cluster_size;
-                match limit {
-                    Some(l) if end > l => None,
-                    _ => n.checked_add(1),
-                }
-            })
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::NoSpace,
-                    "allocate",
-                    self.describe(),
-                    format!(
-                        "the store is full ({} bytes used of at most {}); raise its maximum size or \
-                         give the snapshot a larger store",
-                        self.used_bytes(),
-                        limit.unwrap_or(0)
-                    ),
-                )
-            })
+        let cs = self.cluster_size;
+        self.slots.allocate(&self.describe(), |n| n * cs)
     }
 
     fn write_blocks(&self, _cluster: u32, slot: u32, first_block: u32, data: &[u8]) -> Result<()> {
@@ -119,29 +86,15 @@ impl Store for DeviceStore {
     }
 
     fn used_bytes(&self) -> u64 {
-        u64::from(self.slots.load(Ordering::Acquire)) * self.cluster_size
+        u64::from(self.slots.count()) * self.cluster_size
     }
 
     fn max_bytes(&self) -> Option<u64> {
-        self.limit()
+        self.slots.limit()
     }
 
     fn set_max_bytes(&self, max: Option<u64>) -> Result<()> {
-        if let Some(m) = max {
-            if m < self.used_bytes() {
-                return Err(Error::new(
-                    ErrorKind::InvalidArgument,
-                    "set maximum size of",
-                    self.describe(),
-                    format!(
-                        "{m} bytes is below the {} bytes already used",
-                        self.used_bytes()
-                    ),
-                ));
-            }
-        }
-        *self.max.lock().unwrap_or_else(PoisonError::into_inner) = max;
-        Ok(())
+        self.slots.set_max(&self.describe(), max, self.used_bytes())
     }
 
     fn is_persistent(&self) -> bool {

@@ -2,6 +2,7 @@
 //! log of records, and cluster-sized data slots, on a file or a raw device. Group commit: one
 //! flush covers the data and records of every writer that staged before it.
 
+use super::slots::Slots;
 use super::{MapEntry, Recovered, Store, StoreParams, VerifyReport};
 use crate::cluster_map::{mask_set, mask_words};
 use crate::device::BlockDevice;
@@ -12,7 +13,6 @@ use crate::format::superblock::Superblock;
 use crate::format::{FormatError, BLOCK};
 use rustc_hash::FxHashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,9 +47,7 @@ pub struct FileStore {
     dev: Arc<dyn BlockDevice>,
     sb: Superblock,
     layout: Layout,
-    slots: AtomicU32,
-    max: Mutex<Option<u64>>,
-    medium_max: Option<u64>,
+    slots: Slots,
     commit: Mutex<Commit>,
     committed: Condvar,
     /// A file fss made for this store (inside a store directory), removed on destroy.
@@ -172,9 +170,7 @@ impl FileStore {
         FileStore {
             layout: sb.layout(),
             sb,
-            slots: AtomicU32::new(slots),
-            max: Mutex::new(max),
-            medium_max,
+            slots: Slots::new(slots, max, medium_max),
             commit: Mutex::new(Commit {
                 writer: Some(writer),
                 staged: Vec::new(),
@@ -413,14 +409,6 @@ impl FileStore {
         self.commit.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn limit(&self) -> Option<u64> {
-        let max = *self.max.lock().unwrap_or_else(PoisonError::into_inner);
-        match (max, self.medium_max) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
     fn stage(&self, body: Body) {
         let mut c = self.lock();
         c.staged.push(body);
@@ -495,25 +483,9 @@ impl Store for FileStore {
     }
 
     fn allocate_slot(&self, _cluster: u32) -> Result<u32> {
-        let limit = self.limit();
+        let layout = self.layout;
         self.slots
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| match limit {
-                Some(l) if self.layout.bytes_for_slots(u64::from(n) + 1) > l => None,
-                _ => n.checked_add(1),
-            })
-            .map_err(|_| {
-                Error::new(
-                    ErrorKind::NoSpace,
-                    "allocate",
-                    self.describe(),
-                    format!(
-                        "the store is full ({} bytes used of at most {}); raise its maximum size or \
-                         give the snapshot a larger store",
-                        self.used_bytes(),
-                        limit.unwrap_or(0)
-                    ),
-                )
-            })
+            .allocate(&self.describe(), |n| layout.bytes_for_slots(n))
     }
 
     fn write_blocks(&self, cluster: u32, slot: u32, first_block: u32, data: &[u8]) -> Result<()> {
@@ -588,30 +560,15 @@ impl Store for FileStore {
     }
 
     fn used_bytes(&self) -> u64 {
-        self.layout
-            .bytes_for_slots(u64::from(self.slots.load(Ordering::Acquire)))
+        self.layout.bytes_for_slots(u64::from(self.slots.count()))
     }
 
     fn max_bytes(&self) -> Option<u64> {
-        self.limit()
+        self.slots.limit()
     }
 
     fn set_max_bytes(&self, max: Option<u64>) -> Result<()> {
-        if let Some(m) = max {
-            if m < self.used_bytes() {
-                return Err(Error::new(
-                    ErrorKind::InvalidArgument,
-                    "set maximum size of",
-                    self.describe(),
-                    format!(
-                        "{m} bytes is below the {} bytes already used",
-                        self.used_bytes()
-                    ),
-                ));
-            }
-        }
-        *self.max.lock().unwrap_or_else(PoisonError::into_inner) = max;
-        Ok(())
+        self.slots.set_max(&self.describe(), max, self.used_bytes())
     }
 
     fn is_persistent(&self) -> bool {
@@ -638,7 +595,7 @@ impl Store for FileStore {
         let mut block = vec![0u8; BLOCK];
         let max_blocks = self
             .layout
-            .log_blocks_for_slots(u64::from(self.slots.load(Ordering::Acquire)));
+            .log_blocks_for_slots(u64::from(self.slots.count()));
         let mut j = 0;
         while !replay.ended() && j < max_blocks {
             read_log_block(&*self.dev, &self.layout, j, &mut block)

@@ -7,6 +7,7 @@
 
 mod device_store;
 mod file_store;
+mod slots;
 
 pub use device_store::DeviceStore;
 pub use file_store::{FileStore, StoreIdentity};
