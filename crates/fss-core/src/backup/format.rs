@@ -6,6 +6,7 @@
 //! - [`check_chain`]: the rules a list of backups given to a restore obeys (section 6).
 
 use crate::error::ErrorKind;
+use crate::format::le::{u32_at, u64_at};
 
 /// The magic at offset 0.
 pub const MAGIC: [u8; 8] = *b"FSSBACK\0";
@@ -117,18 +118,6 @@ pub struct BackupHeader {
     pub covered: u64,
     /// When the backup was started, ns since the epoch.
     pub written_ns: u64,
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut x = [0u8; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(x)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 fn name_bytes(what: &str, name: &str) -> Result<usize, Problem> {

@@ -2,9 +2,11 @@
 //!
 //! - [`layout`]: where the superblock, log blocks and data slots lie;
 //! - [`superblock`]: the immutable header of a store;
+//! - [`le`]: little-endian fields at fixed offsets;
 //! - [`record`]: log records, the log-block writer and the replay scanner.
 
 pub mod layout;
+pub mod le;
 pub mod record;
 pub mod superblock;
 

@@ -1,5 +1,6 @@
 //! Log records, the log-block writer and the replay scanner (see `docs/FORMAT.md` section 3).
 
+use super::le::{u16_at, u32_at, u64_at};
 use super::{FormatError, BLOCK};
 
 /// Bytes of a record header.
@@ -42,20 +43,6 @@ pub struct Record {
     pub horizon: u64,
     /// The content.
     pub body: Body,
-}
-
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 fn checksum(nonce: &[u8; 16], header: &[u8], payload: &[u8]) -> u32 {

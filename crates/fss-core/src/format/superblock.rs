@@ -1,6 +1,7 @@
 //! The superblock: block 0 of a store, written once (see `docs/FORMAT.md` section 2).
 
 use super::layout::Layout;
+use super::le::{u32_at, u64_at};
 use super::{FormatError, BLOCK};
 
 /// The magic at offset 0.
@@ -27,18 +28,6 @@ pub struct Superblock {
     pub created_ns: u64,
     /// The snapshot's name.
     pub name: String,
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut x = [0u8; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(x)
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 impl Superblock {
