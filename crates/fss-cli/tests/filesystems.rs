@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::loopdev::{run, sums, Cleanup};
 use common::Daemon;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,71 +16,6 @@ use std::time::{Duration, Instant};
 
 /// Loop devices and mounts are machine-wide: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
-
-fn run(cmd: &str, args: &[&str]) -> String {
-    let o = Command::new(cmd).args(args).output().unwrap_or_else(|e| {
-        panic!("cannot run {cmd} ({e}); install it (apt install e2fsprogs xfsprogs util-linux)")
-    });
-    assert!(
-        o.status.success(),
-        "{cmd} {args:?} failed: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// Detaches loop devices and unmounts, newest first, whatever happens.
-#[derive(Default)]
-struct Cleanup {
-    mounts: Vec<PathBuf>,
-    loops: Vec<String>,
-}
-
-impl Cleanup {
-    fn attach(&mut self, file: &Path, read_only: bool) -> String {
-        let f = file.to_str().unwrap();
-        let args: Vec<&str> = if read_only {
-            vec!["-r", "-f", "--show", f]
-        } else {
-            vec!["--direct-io=on", "-f", "--show", f]
-        };
-        let dev = run("losetup", &args);
-        self.loops.push(dev.clone());
-        dev
-    }
-    fn mount(&mut self, dev: &str, at: &Path, opts: &str) {
-        std::fs::create_dir_all(at).unwrap();
-        run("mount", &["-o", opts, dev, at.to_str().unwrap()]);
-        self.mounts.push(at.to_path_buf());
-    }
-    fn umount(&mut self, at: &Path) {
-        run("umount", &[at.to_str().unwrap()]);
-        self.mounts.retain(|m| m != at);
-    }
-    fn detach(&mut self, dev: &str) {
-        run("losetup", &["-d", dev]);
-        self.loops.retain(|l| l != dev);
-    }
-    fn release_all(&mut self) {
-        for m in self.mounts.drain(..).rev() {
-            let _ = Command::new("fsfreeze")
-                .args(["-u", m.to_str().unwrap()])
-                .stderr(Stdio::null())
-                .status();
-            let _ = Command::new("umount").arg(&m).status();
-        }
-        for l in self.loops.drain(..).rev() {
-            let _ = Command::new("losetup").args(["-d", &l]).status();
-        }
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        self.release_all();
-    }
-}
 
 /// Write a tree of files with varied sizes, fsync each; return name -> sha256.
 fn write_tree(root: &Path, seed: u64, n: usize) -> BTreeMap<String, String> {
@@ -100,30 +36,6 @@ fn write_tree(root: &Path, seed: u64, n: usize) -> BTreeMap<String, String> {
         f.sync_all().unwrap();
     }
     sums(root)
-}
-
-fn sums(root: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                if p.file_name().is_some_and(|n| n == "lost+found") {
-                    continue;
-                }
-                stack.push(p);
-            } else {
-                let s = run("sha256sum", &[p.to_str().unwrap()]);
-                let rel = p.strip_prefix(root).unwrap().display().to_string();
-                out.insert(
-                    rel,
-                    s.split_whitespace().next().unwrap_or_default().to_string(),
-                );
-            }
-        }
-    }
-    out
 }
 
 fn change_tree(root: &Path) {

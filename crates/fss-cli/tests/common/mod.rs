@@ -2,6 +2,8 @@
 //! binaries.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod loopdev;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
