@@ -29,6 +29,7 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod geometry;
+mod held_writes;
 pub mod snapshot;
 pub mod store;
 pub mod volume;

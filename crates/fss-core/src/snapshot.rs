@@ -375,6 +375,8 @@ impl Snapshot {
     /// # Errors
     /// The store could not be read or is corrupt.
     pub fn verify(&self) -> Result<crate::store::VerifyReport> {
+        // Pre-images of held writes are in the store but their records may not be on it yet.
+        self.vol.settle();
         self.snap.store.verify()
     }
 

@@ -19,6 +19,7 @@ use crate::cluster_map::{
 use crate::device::{push_extent, BlockDevice, Extent};
 use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::{block_span, Geometry, BLOCK_SIZE};
+use crate::held_writes::{Held, HeldChange, HeldWrites, StoreSync, MAX_HELD_LEN};
 use crate::snapshot::{
     OnStoreError, SnapState, Snapshot, SnapshotInfo, SnapshotOptions, PERSISTENT, TRANSIENT,
 };
@@ -28,7 +29,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::SystemTime;
 
 /// The most bytes one step of a write, discard or zeroing preserves and applies at once.
-const MAX_PIECE: u64 = 32 << 20;
+const MAX_PIECE: u64 = MAX_HELD_LEN;
 
 /// Counters of one volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -101,6 +102,8 @@ pub(crate) struct Shared {
     pub(crate) len: u64,
     chains: RwLock<Chains>,
     busy: BusyBlocks,
+    /// Writes acknowledged before a persistent store's group commit let them reach `dev`.
+    held: HeldWrites,
     next_id: AtomicU64,
     reads: AtomicU64,
     bytes_read: AtomicU64,
@@ -164,6 +167,10 @@ struct Prepared {
     store: Box<dyn Store>,
 }
 
+/// What [`Shared::preserve`] leaves the origin write: the claims on the blocks it preserved,
+/// and the persistent stores that must be durable before the write reaches the device.
+type Preserved<'a> = (Option<Claims<'a>>, Vec<StoreSync>);
+
 /// A failure to preserve into chain `chain`, and the snapshots it would invalidate.
 struct Failure {
     error: Error,
@@ -180,9 +187,11 @@ impl Volume {
     /// check when they are reopened.
     pub fn with_identity(name: impl Into<String>, dev: Arc<dyn BlockDevice>, id: [u8; 16]) -> Self {
         let len = dev.len();
+        let name = name.into();
         Volume {
             shared: Arc::new(Shared {
-                name: name.into(),
+                held: HeldWrites::new(Arc::clone(&dev), format!("volume '{name}'")),
+                name,
                 id,
                 dev,
                 len,
@@ -237,13 +246,17 @@ impl Volume {
         s.check_range("read", &s.object(), offset, buf.len() as u64)?;
         s.reads.fetch_add(1, Ordering::Relaxed);
         s.bytes_read.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        s.held.wait_clear(offset, buf.len() as u64);
         s.dev
             .read_at(buf, offset)
             .map_err(|e| Error::io("read", s.object(), e).at(offset))
     }
 
     /// Write `buf` at `offset`, preserving pre-images first. Returns once the pre-images that
-    /// protect the snapshots are stored (durably for persistent ones) and the write is done.
+    /// protect the snapshots are in their stores. A write that put pre-images into a
+    /// persistent store reaches the device only once they are durable (the store's next group
+    /// commit, moments later); until then reads of its range wait for it, and
+    /// [`Volume::flush`] waits for it, as a disk's volatile write cache behaves.
     ///
     /// # Errors
     /// `OutOfRange`, `Io`/`NoSpace` from the volume, or the store error when a snapshot with
@@ -269,13 +282,24 @@ impl Volume {
         self.shared.modify(offset, len, Change::Zeroes)
     }
 
-    /// Make every completed write durable.
+    /// Make every completed write durable, with the pre-images and records that protect the
+    /// snapshots from it.
     ///
     /// # Errors
-    /// `Io` from the volume.
+    /// `Io` from the volume, or from applying a write acknowledged earlier.
     pub fn flush(&self) -> Result<()> {
         let s = &self.shared;
+        s.held.wait_all();
+        if let Some(e) = s.held.take_error() {
+            return Err(e);
+        }
         s.dev.flush().map_err(|e| Error::io("flush", s.object(), e))
+    }
+
+    /// Wait until every acknowledged write has reached the device (held writes applied),
+    /// without flushing it.
+    pub fn settle(&self) {
+        self.shared.settle();
     }
 
     /// Take a snapshot named `name`. `make_store` builds its store once the cluster size is
@@ -404,6 +428,7 @@ impl Volume {
     pub fn allocation(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         let s = &self.shared;
         s.check_range("map", &s.object(), offset, len)?;
+        s.held.wait_clear(offset, len);
         s.dev
             .allocation(offset, len)
             .map_err(|e| Error::io("map", s.object(), e).at(offset))
@@ -576,6 +601,11 @@ fn exists(name: &str) -> Error {
 }
 
 impl Shared {
+    /// See [`Volume::settle`].
+    pub(crate) fn settle(&self) {
+        self.held.wait_all();
+    }
+
     fn flush_dev(&self) -> Result<()> {
         self.dev
             .flush()
@@ -668,8 +698,12 @@ impl Shared {
         self.chains.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The barrier: no I/O runs while it is held, and no write is held back either.
     fn chains_mut(&self) -> RwLockWriteGuard<'_, Chains> {
-        self.chains.write().unwrap_or_else(PoisonError::into_inner)
+        let guard = self.chains.write().unwrap_or_else(PoisonError::into_inner);
+        // Held writes need no lock to be applied; what they depend on is already preserved.
+        self.held.wait_all();
+        guard
     }
 
     fn check_range(&self, op: &'static str, object: &str, offset: u64, len: u64) -> Result<()> {
@@ -732,18 +766,34 @@ impl Shared {
         let end = offset + len;
         while pos < end {
             let n = (end - pos).min(MAX_PIECE);
-            if let Some(g) = chains.geometry {
-                self.preserve(&chains, g, pos, n)?;
-            }
-            let r = match change {
-                Change::Write(buf) => {
-                    let at = (pos - offset) as usize;
-                    self.dev.write_at(&buf[at..at + n as usize], pos)
-                }
-                Change::Discard => self.dev.discard(pos, n),
-                Change::Zeroes => self.dev.write_zeroes(pos, n),
+            let (claims, syncs) = match chains.geometry {
+                Some(g) => self.preserve(&chains, g, pos, n)?,
+                None => (None, Vec::new()),
             };
-            r.map_err(|e| Error::io(op, self.object(), e).at(pos))?;
+            let at = (pos - offset) as usize;
+            if syncs.is_empty() {
+                // Behind any held write of the same blocks, which the client sent earlier.
+                self.held.wait_clear(pos, n);
+                let r = match change {
+                    Change::Write(buf) => self.dev.write_at(&buf[at..at + n as usize], pos),
+                    Change::Discard => self.dev.discard(pos, n),
+                    Change::Zeroes => self.dev.write_zeroes(pos, n),
+                };
+                r.map_err(|e| Error::io(op, self.object(), e).at(pos))?;
+            } else {
+                // Held while the claims are: a later writer of these blocks finds it held.
+                self.held.hold(Held {
+                    offset: pos,
+                    len: n,
+                    change: match change {
+                        Change::Write(buf) => HeldChange::Write(buf[at..at + n as usize].to_vec()),
+                        Change::Discard => HeldChange::Discard,
+                        Change::Zeroes => HeldChange::Zeroes,
+                    },
+                    syncs,
+                });
+            }
+            drop(claims);
             pos += n;
         }
         drop(chains);
@@ -780,10 +830,19 @@ impl Shared {
     }
 
     /// Preserve, in each chain's target, every block of the range it does not cover yet.
-    fn preserve(&self, chains: &Chains, g: Geometry, offset: u64, len: u64) -> Result<()> {
+    /// Returns the claims on the preserved blocks (to be dropped once the origin write is
+    /// done or held) and the persistent stores that must be durable before it reaches the
+    /// device.
+    fn preserve(
+        &self,
+        chains: &Chains,
+        g: Geometry,
+        offset: u64,
+        len: u64,
+    ) -> Result<Preserved<'_>> {
         let targets = [chains.target(PERSISTENT), chains.target(TRANSIENT)];
         if targets.iter().all(Option::is_none) {
-            return Ok(());
+            return Ok((None, Vec::new()));
         }
         let (b0, b1) = block_span(offset, len);
         let mut plan = Vec::new();
@@ -812,7 +871,7 @@ impl Shared {
             }
         }
         if plan.is_empty() {
-            return Ok(());
+            return Ok((None, Vec::new()));
         }
 
         // Claim every candidate block in ascending order, then look again (always: someone may
@@ -847,20 +906,25 @@ impl Shared {
         }
         plan.retain(|p| p.need.iter().any(|m| !mask_is_empty(m)));
         if plan.is_empty() {
-            return Ok(());
+            return Ok((Some(claims), Vec::new()));
         }
 
+        // A held write of these blocks (sent earlier) holds the bytes they must keep.
+        self.held.wait_clear(offset, len);
         let pre = self.read_pre_images(&g, &plan)?;
         let mut failures = Vec::new();
+        let mut syncs = Vec::new();
         for (c, t) in targets.iter().enumerate() {
             let Some(t) = *t else { continue };
-            if let Err(f) = self.preserve_chain(chains, c, t, &g, &plan, &pre) {
-                failures.push(f);
+            match self.preserve_chain(chains, c, t, &g, &plan, &pre) {
+                Ok(Some(sync)) => syncs.push(sync),
+                Ok(None) => {}
+                Err(f) => failures.push(f),
             }
         }
         if failures.is_empty() {
             self.cow_calls.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
+            return Ok((Some(claims), syncs));
         }
         // With fail-write on any snapshot that would lose a pre-image, the origin write is
         // refused and nobody is invalidated; otherwise the affected snapshots are invalidated
@@ -887,7 +951,7 @@ impl Shared {
                 s.invalidate(&f.error.to_string());
             }
         }
-        Ok(())
+        Ok((Some(claims), syncs))
     }
 
     /// Read the pre-images of every block any chain needs, in maximal runs.
@@ -916,7 +980,9 @@ impl Shared {
         Ok(PreImages(out))
     }
 
-    /// Store the blocks chain `c` needs in its target `t`, make them durable, then map them.
+    /// Store the blocks chain `c` needs in its target `t` and map them. A persistent store is
+    /// made durable here when a failure must fail the write; otherwise the store is returned,
+    /// to be made durable before the origin write reaches the device.
     fn preserve_chain(
         &self,
         chains: &Chains,
@@ -925,9 +991,23 @@ impl Shared {
         g: &Geometry,
         plan: &[ClusterPlan],
         pre: &PreImages,
-    ) -> std::result::Result<(), Failure> {
+    ) -> std::result::Result<Option<StoreSync>, Failure> {
         let snap = &chains.chain[c][t];
         let mut written = Vec::new();
+        let mut later = None;
+        if snap.store.is_persistent() {
+            let affected = Self::resolving_to(chains, c, t, plan);
+            if snap.on_store_error == OnStoreError::Invalidate
+                && affected
+                    .iter()
+                    .all(|a| a.on_store_error == OnStoreError::Invalidate)
+            {
+                later = Some(StoreSync {
+                    snap: Arc::clone(snap),
+                    affected,
+                });
+            }
+        }
         let result = (|| {
             for p in plan.iter().filter(|p| !mask_is_empty(&p.need[c])) {
                 let cl = p.cluster as u32;
@@ -947,6 +1027,9 @@ impl Shared {
                     snap.store.write_blocks(cl, slot, s, data)?;
                 }
                 written.push(p);
+            }
+            if later.is_some() {
+                return Ok(());
             }
             snap.store.sync()
         })();
@@ -970,29 +1053,45 @@ impl Shared {
                 snap.cow_calls.fetch_add(1, Ordering::Relaxed);
                 self.blocks_preserved.fetch_add(blocks, Ordering::Relaxed);
                 snap.check_low_space();
-                Ok(())
+                Ok(later)
             }
             Err(error) => {
                 let mut affected: Vec<Arc<SnapState>> = vec![Arc::clone(snap)];
-                // Older snapshots whose chain would have resolved a lost block to the target.
-                for p in plan.iter().filter(|p| !mask_is_empty(&p.need[c])) {
-                    let mut lost = p.need[c].clone();
-                    for k in (0..t).rev() {
-                        let older = &chains.chain[c][k];
-                        if let Some((_, have)) = older.map().get(p.cluster as u32) {
-                            mask_remove(&mut lost, have);
-                        }
-                        if mask_is_empty(&lost) {
-                            break;
-                        }
-                        if !affected.iter().any(|a| Arc::ptr_eq(a, older)) {
-                            affected.push(Arc::clone(older));
-                        }
+                for older in Self::resolving_to(chains, c, t, plan) {
+                    if !affected.iter().any(|a| Arc::ptr_eq(a, &older)) {
+                        affected.push(older);
                     }
                 }
                 Err(Failure { error, affected })
             }
         }
+    }
+
+    /// The snapshots older than target `t` of chain `c` whose chain would resolve a block the
+    /// plan preserves there to the target: the ones that lose it if the target does.
+    fn resolving_to(
+        chains: &Chains,
+        c: usize,
+        t: usize,
+        plan: &[ClusterPlan],
+    ) -> Vec<Arc<SnapState>> {
+        let mut affected: Vec<Arc<SnapState>> = Vec::new();
+        for p in plan.iter().filter(|p| !mask_is_empty(&p.need[c])) {
+            let mut lost = p.need[c].clone();
+            for k in (0..t).rev() {
+                let older = &chains.chain[c][k];
+                if let Some((_, have)) = older.map().get(p.cluster as u32) {
+                    mask_remove(&mut lost, have);
+                }
+                if mask_is_empty(&lost) {
+                    break;
+                }
+                if !affected.iter().any(|a| Arc::ptr_eq(a, older)) {
+                    affected.push(Arc::clone(older));
+                }
+            }
+        }
+        affected
     }
 
     pub(crate) fn read_snapshot(

@@ -265,6 +265,7 @@ fn build() -> Fixture {
             let at = (cluster * BPC + first) * BLOCK as u64;
             let len = (n * BLOCK as u64) as usize;
             vol.write(&pattern(2 + first, at, len), at).unwrap();
+            vol.settle();
         }
     }
     // A second overwrite preserves nothing more.
@@ -746,6 +747,8 @@ fn a_torn_batch_is_not_revived_by_the_next_append() {
     // 92 one-block records (44 bytes each): 48 bytes of log block 0 are left.
     for i in 0..92u64 {
         vol.write(&[3; BLOCK], 2 * i * BLOCK as u64).unwrap();
+        // One store batch per write, as the layout above counts.
+        vol.settle();
     }
     let volume_then = all_bytes(&vol_dev);
     // One write across clusters 20 and 21: one batch, record 93 (cluster 20) ends log block 0,

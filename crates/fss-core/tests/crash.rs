@@ -350,7 +350,9 @@ fn persistent() -> SnapshotOptions {
     }
 }
 
-/// Apply `op` to `vol` and, once it is acknowledged, to the model.
+/// Apply `op` to `vol`, and to the model as it is issued: a power cut may come while it is in
+/// flight (the committer of held writes flushes stores meanwhile), and then it may or may not
+/// have reached the device, as any acknowledged write not yet flushed.
 fn apply(world: &Shared, vol: &Volume, op: &Op) {
     let zeroes = |off: u64, n: u64| Pw {
         offset: off,
@@ -358,19 +360,19 @@ fn apply(world: &Shared, vol: &Volume, op: &Op) {
     };
     match op {
         Op::Write(off, data) => {
-            vol.write(data, *off).unwrap();
             lock(world).acked(Pw {
                 offset: *off,
                 data: Arc::clone(data),
             });
+            vol.write(data, *off).unwrap();
         }
         Op::Discard(off, n) => {
-            vol.discard(*off, *n).unwrap();
             lock(world).acked(zeroes(*off, *n));
+            vol.discard(*off, *n).unwrap();
         }
         Op::Zeroes(off, n) => {
-            vol.write_zeroes(*off, *n).unwrap();
             lock(world).acked(zeroes(*off, *n));
+            vol.write_zeroes(*off, *n).unwrap();
         }
         Op::Flush => {
             vol.flush().unwrap();
@@ -944,10 +946,13 @@ fn torn_batch_then_one_record(
     let (vol_dev, store, vol, _) = one_snapshot(unflushed);
     for c in 0..91 {
         vol.write(&[0xEE; BS], c * CL).unwrap();
+        // One store batch per write, as the layout above counts.
+        vol.settle();
     }
     let (vol_point, store_point) = frozen_at_store_flush(&vol_dev, &store, || {
         vol.write(&[0xAA; 14 * BS], 100 * CL + 3 * BS as u64)
             .unwrap();
+        vol.settle();
     });
     drop(vol);
     let pieces = store_point.pieces();
@@ -1003,8 +1008,10 @@ fn a_recovered_snapshot_does_not_change_at_the_next_recovery() {
 fn verify_finds_no_damage_right_after_recovering_a_torn_batch() {
     let (vol_dev, store, vol, contents) = one_snapshot(None);
     vol.write(&[0xEE; BS], 0).unwrap();
+    vol.settle();
     let (vol_point, store_point) = frozen_at_store_flush(&vol_dev, &store, || {
         vol.write(&[0xAA; BS], 5 * CLUSTER).unwrap();
+        vol.settle();
     });
     drop(vol);
     // The record (log block 0, at byte 4096) survives; the pre-image does not.

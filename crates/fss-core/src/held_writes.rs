@@ -1,0 +1,271 @@
+//! Origin writes acknowledged before they reach the volume device.
+//!
+//! A first overwrite that put pre-images into a persistent store must not reach the volume
+//! before those pre-images and their records are durable: a crash could otherwise leave the
+//! volume changed and the snapshot without the old data. Flushing the store inside every write
+//! costs one disk flush per request. Instead the write is acknowledged once its pre-images are
+//! in the store (as a disk acknowledges into its volatile cache), and a committer thread makes
+//! the stores durable (one group commit for everything held meanwhile), then applies the held
+//! writes to the volume in order. Reads and writes of a held range wait until it is applied,
+//! and a volume flush waits for every held write, so FLUSH keeps its meaning: data and the
+//! records that find the pre-images are durable when it returns.
+
+use crate::device::BlockDevice;
+use crate::error::Error;
+use crate::snapshot::SnapState;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+
+/// The most bytes held per volume; a writer past it waits for the committer.
+const MAX_HELD_BYTES: u64 = 64 << 20;
+
+/// The longest single held change: [`crate::volume`] splits larger ones.
+pub(crate) const MAX_HELD_LEN: u64 = 32 << 20;
+
+/// What a held write does to the volume when it is applied.
+pub(crate) enum HeldChange {
+    Write(Vec<u8>),
+    Discard,
+    Zeroes,
+}
+
+/// A persistent snapshot whose store must be durable before a held write is applied, and the
+/// snapshots to invalidate if it cannot be (it and the older ones whose chain resolves the
+/// preserved blocks to it).
+pub(crate) struct StoreSync {
+    pub snap: Arc<SnapState>,
+    pub affected: Vec<Arc<SnapState>>,
+}
+
+/// One held change.
+pub(crate) struct Held {
+    pub offset: u64,
+    pub len: u64,
+    pub change: HeldChange,
+    pub syncs: Vec<StoreSync>,
+}
+
+struct State {
+    /// Waiting for the committer, with their arrival numbers.
+    queue: Vec<(u64, Held)>,
+    /// Every held change not yet applied, by (offset, arrival number) → end.
+    ranges: BTreeMap<(u64, u64), u64>,
+    next: u64,
+    bytes: u64,
+    /// The first change that could not be applied, reported by the next flush.
+    error: Option<Error>,
+    stop: bool,
+}
+
+struct Inner {
+    dev: Arc<dyn BlockDevice>,
+    object: String,
+    state: Mutex<State>,
+    /// The committer waits here for work.
+    work: Condvar,
+    /// Writers, readers and flushes wait here for changes to be applied.
+    applied: Condvar,
+    /// Held changes not yet applied: lets I/O skip the lock when nothing is held.
+    count: AtomicUsize,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every update of the state is completed under the lock before anything can panic.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The held writes of one volume, and their committer thread (started on first use).
+pub(crate) struct HeldWrites {
+    inner: Arc<Inner>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn overlaps(s: &State, offset: u64, len: u64) -> bool {
+    let end = offset + len;
+    let from = offset.saturating_sub(MAX_HELD_LEN);
+    s.ranges
+        .range((from, 0)..(end, 0))
+        .any(|(&(start, _), &e)| start < end && e > offset)
+}
+
+impl HeldWrites {
+    /// Held writes for the volume on `dev`, named `object` in messages.
+    pub fn new(dev: Arc<dyn BlockDevice>, object: String) -> Self {
+        HeldWrites {
+            inner: Arc::new(Inner {
+                dev,
+                object,
+                state: Mutex::new(State {
+                    queue: Vec::new(),
+                    ranges: BTreeMap::new(),
+                    next: 0,
+                    bytes: 0,
+                    error: None,
+                    stop: false,
+                }),
+                work: Condvar::new(),
+                applied: Condvar::new(),
+                count: AtomicUsize::new(0),
+            }),
+            committer: Mutex::new(None),
+        }
+    }
+
+    /// Hold `h` until its stores are durable; returns at once unless too much is held.
+    pub fn hold(&self, h: Held) {
+        let inner = &self.inner;
+        let mut s = inner.lock();
+        while s.bytes > 0 && s.bytes + h.len > MAX_HELD_BYTES {
+            s = inner
+                .applied
+                .wait(s)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        let key = (h.offset, s.next);
+        s.next += 1;
+        s.ranges.insert(key, h.offset + h.len);
+        s.bytes += h.len;
+        s.queue.push((key.1, h));
+        inner.count.fetch_add(1, Ordering::AcqRel);
+        drop(s);
+        self.start_committer();
+        inner.work.notify_one();
+    }
+
+    fn start_committer(&self) {
+        let mut c = self
+            .committer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if c.is_none() {
+            let inner = Arc::clone(&self.inner);
+            *c = Some(std::thread::spawn(move || commit_loop(&inner)));
+        }
+    }
+
+    /// Wait until no held change overlaps `[offset, offset + len)`.
+    pub fn wait_clear(&self, offset: u64, len: u64) {
+        let inner = &self.inner;
+        if inner.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut s = inner.lock();
+        while overlaps(&s, offset, len) {
+            s = inner
+                .applied
+                .wait(s)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Wait until every held change is applied.
+    pub fn wait_all(&self) {
+        let inner = &self.inner;
+        if inner.count.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        let mut s = inner.lock();
+        while !s.ranges.is_empty() {
+            s = inner
+                .applied
+                .wait(s)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// The first held change that could not be applied since the last call, if any.
+    pub fn take_error(&self) -> Option<Error> {
+        self.inner.lock().error.take()
+    }
+}
+
+impl Drop for HeldWrites {
+    fn drop(&mut self) {
+        // Apply what is held, then let the committer end.
+        self.inner.lock().stop = true;
+        self.inner.work.notify_all();
+        let handle = self
+            .committer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+        if let Some(e) = self.inner.lock().error.take() {
+            tracing::error!(error = %e, "a write acknowledged earlier was not applied");
+        }
+    }
+}
+
+fn commit_loop(inner: &Inner) {
+    loop {
+        let batch = {
+            let mut s = inner.lock();
+            while s.queue.is_empty() && !s.stop {
+                s = inner.work.wait(s).unwrap_or_else(PoisonError::into_inner);
+            }
+            if s.queue.is_empty() {
+                return;
+            }
+            std::mem::take(&mut s.queue)
+        };
+        make_durable(&batch);
+        let mut failed = None;
+        for (_, h) in &batch {
+            let r = match &h.change {
+                HeldChange::Write(data) => inner.dev.write_at(data, h.offset),
+                HeldChange::Discard => inner.dev.discard(h.offset, h.len),
+                HeldChange::Zeroes => inner.dev.write_zeroes(h.offset, h.len),
+            };
+            if let Err(e) = r {
+                tracing::error!(volume = %inner.object, offset = h.offset, error = %e,
+                    "a write acknowledged earlier could not be applied to the volume");
+                failed.get_or_insert_with(|| {
+                    Error::io("apply an acknowledged write to", inner.object.clone(), e)
+                        .at(h.offset)
+                });
+            }
+        }
+        let mut s = inner.lock();
+        if s.error.is_none() {
+            s.error = failed;
+        }
+        for (n, h) in &batch {
+            s.ranges.remove(&(h.offset, *n));
+            s.bytes -= h.len;
+        }
+        inner.count.fetch_sub(batch.len(), Ordering::AcqRel);
+        drop(s);
+        inner.applied.notify_all();
+    }
+}
+
+/// Flush every store the batch depends on, once each (group commit); invalidate the snapshots
+/// a failed flush leaves without their pre-images, before any held write reaches the volume.
+fn make_durable(batch: &[(u64, Held)]) {
+    let mut done: Vec<&Arc<SnapState>> = Vec::new();
+    for (_, h) in batch {
+        for s in &h.syncs {
+            if done.iter().any(|d| Arc::ptr_eq(d, &s.snap)) {
+                continue;
+            }
+            done.push(&s.snap);
+            if let Err(e) = s.snap.store.sync() {
+                let reason = format!("its store could not be made durable: {e}");
+                for (_, h2) in batch {
+                    for s2 in h2.syncs.iter().filter(|x| Arc::ptr_eq(&x.snap, &s.snap)) {
+                        for a in &s2.affected {
+                            a.invalidate(&reason);
+                        }
+                    }
+                }
+                s.snap.invalidate(&reason);
+            }
+        }
+    }
+}
