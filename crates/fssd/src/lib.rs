@@ -18,6 +18,7 @@ pub mod control;
 pub mod daemon;
 pub mod error;
 pub mod freeze;
+pub mod heap;
 pub mod names;
 pub mod paths;
 pub mod protocol;

@@ -187,6 +187,8 @@ impl Registry {
             inner.state.boot_id = boot_id();
             reg.save(&inner)?;
         }
+        // Replaying store logs allocated and freed a record per preserved block run.
+        crate::heap::give_back_free_memory();
         Ok(reg)
     }
 
@@ -925,6 +927,8 @@ impl Registry {
             }
         }
         self.save(inner)?;
+        // Its map (and the entries moved into the next older one) freed many small chunks.
+        crate::heap::give_back_free_memory();
         tracing::info!(snapshot = name, "snapshot deleted");
         Ok(())
     }
