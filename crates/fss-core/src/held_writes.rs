@@ -19,7 +19,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 
 /// The most bytes held per volume; a writer past it waits for the committer.
-const MAX_HELD_BYTES: u64 = 64 << 20;
+const MAX_HELD_BYTES: u64 = 16 << 20;
 
 /// The longest single held change: [`crate::volume`] splits larger ones.
 pub(crate) const MAX_HELD_LEN: u64 = 32 << 20;

@@ -160,6 +160,8 @@ impl PreImages {
 
 /// A snapshot made but not yet live: its geometry, store and parameters.
 struct Prepared {
+    /// The new chain's fast bits, made (and their pages touched) outside the barrier.
+    fast: FastBits,
     name: String,
     opts: SnapshotOptions,
     geometry: Geometry,
@@ -335,7 +337,11 @@ impl Volume {
             let _ = p.store.destroy();
             return Err(e);
         }
-        Ok(s.commit_prepared(&mut chains, p))
+        let (snap, old) = s.commit_prepared(&mut chains, p);
+        // Freed after the barrier: a large bitmap's release is not free either.
+        drop(chains);
+        drop(old);
+        Ok(snap)
     }
 
     /// Take snapshots of several volumes at one instant: every volume's barrier is held while
@@ -413,11 +419,16 @@ impl Volume {
             return Err(e);
         }
         let mut out = Vec::with_capacity(members.len());
+        let mut old = Vec::with_capacity(members.len());
         for (i, p) in prepared.into_iter().enumerate() {
             if let Some(g) = guards[i].as_mut() {
-                out.push(members[i].0.shared.commit_prepared(g, p));
+                let (snap, bits) = members[i].0.shared.commit_prepared(g, p);
+                out.push(snap);
+                old.push(bits);
             }
         }
+        drop(guards);
+        drop(old);
         Ok(out)
     }
 
@@ -643,6 +654,7 @@ impl Shared {
             ));
         }
         Ok(Prepared {
+            fast: FastBits::new(geometry.cluster_count()),
             name: name.to_string(),
             opts: opts.clone(),
             geometry,
@@ -668,7 +680,9 @@ impl Shared {
     }
 
     /// Under the barrier: make the snapshot live.
-    fn commit_prepared(self: &Arc<Self>, chains: &mut Chains, p: Prepared) -> Snapshot {
+    /// Make `p` live; returns it and the chain's previous fast bits, to be freed by the
+    /// caller once the barrier is released.
+    fn commit_prepared(self: &Arc<Self>, chains: &mut Chains, p: Prepared) -> (Snapshot, FastBits) {
         chains.geometry = Some(p.geometry);
         let snap = Arc::new(SnapState::new(
             p.params.snapshot_id,
@@ -680,13 +694,14 @@ impl Shared {
         ));
         let c = snap.chain;
         chains.chain[c].push(Arc::clone(&snap));
-        chains.fast[c] = FastBits::new(p.geometry.cluster_count());
+        let old = std::mem::replace(&mut chains.fast[c], p.fast);
         tracing::info!(volume = %self.name, snapshot = %p.name, persistent = p.opts.persistent,
             cluster_size = p.geometry.cluster_size(), "snapshot created");
-        Snapshot {
+        let snap = Snapshot {
             vol: Arc::clone(self),
             snap,
-        }
+        };
+        (snap, old)
     }
 
     fn object(&self) -> String {
