@@ -17,9 +17,17 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 /// The most bytes held per volume; a writer past it waits for the committer.
 const MAX_HELD_BYTES: u64 = 16 << 20;
+
+/// How long the committer lets held writes gather before one store flush covers them all,
+/// unless someone waits for them (a flush, a read or write of a held range, a barrier).
+const GATHER: Duration = Duration::from_millis(2);
+
+/// Held bytes past which the committer starts at once.
+const GATHER_BYTES: u64 = 4 << 20;
 
 /// The longest single held change: [`crate::volume`] splits larger ones.
 pub(crate) const MAX_HELD_LEN: u64 = 32 << 20;
@@ -57,6 +65,8 @@ struct State {
     /// The first change that could not be applied, reported by the next flush.
     error: Option<Error>,
     stop: bool,
+    /// Someone waits for held changes: commit without gathering more.
+    urgent: bool,
 }
 
 struct Inner {
@@ -106,6 +116,7 @@ impl HeldWrites {
                     bytes: 0,
                     error: None,
                     stop: false,
+                    urgent: false,
                 }),
                 work: Condvar::new(),
                 applied: Condvar::new(),
@@ -120,6 +131,7 @@ impl HeldWrites {
         let inner = &self.inner;
         let mut s = inner.lock();
         while s.bytes > 0 && s.bytes + h.len > MAX_HELD_BYTES {
+            s = hurry(inner, s);
             s = inner
                 .applied
                 .wait(s)
@@ -129,11 +141,16 @@ impl HeldWrites {
         s.next += 1;
         s.ranges.insert(key, h.offset + h.len);
         s.bytes += h.len;
+        // The committer sleeps until a first change arrives, then gathers on a timer: wake it
+        // only for the first, or when enough is held to start at once.
+        let wake = s.queue.is_empty() || s.bytes >= GATHER_BYTES;
         s.queue.push((key.1, h));
         inner.count.fetch_add(1, Ordering::AcqRel);
         drop(s);
         self.start_committer();
-        inner.work.notify_one();
+        if wake {
+            inner.work.notify_one();
+        }
     }
 
     fn start_committer(&self) {
@@ -155,6 +172,7 @@ impl HeldWrites {
         }
         let mut s = inner.lock();
         while overlaps(&s, offset, len) {
+            s = hurry(inner, s);
             s = inner
                 .applied
                 .wait(s)
@@ -170,6 +188,7 @@ impl HeldWrites {
         }
         let mut s = inner.lock();
         while !s.ranges.is_empty() {
+            s = hurry(inner, s);
             s = inner
                 .applied
                 .wait(s)
@@ -202,6 +221,15 @@ impl Drop for HeldWrites {
     }
 }
 
+/// Ask the committer not to gather more before its next commit (a waiter is about to sleep).
+fn hurry<'a>(inner: &'a Inner, mut s: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+    if !s.urgent {
+        s.urgent = true;
+        inner.work.notify_one();
+    }
+    s
+}
+
 fn commit_loop(inner: &Inner) {
     loop {
         let batch = {
@@ -212,6 +240,21 @@ fn commit_loop(inner: &Inner) {
             if s.queue.is_empty() {
                 return;
             }
+            // Let more writes gather, so that one store flush covers them (group commit
+            // across requests, not only across concurrent ones).
+            let deadline = Instant::now() + GATHER;
+            while !s.urgent && !s.stop && s.bytes < GATHER_BYTES {
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                s = inner
+                    .work
+                    .wait_timeout(s, deadline - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+            s.urgent = false;
             std::mem::take(&mut s.queue)
         };
         make_durable(&batch);
