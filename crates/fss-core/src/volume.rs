@@ -31,6 +31,10 @@ use std::time::SystemTime;
 /// The most bytes one step of a write, discard or zeroing preserves and applies at once.
 const MAX_PIECE: u64 = MAX_HELD_LEN;
 
+/// Snapshot reads at least this long that need both the volume and a store read the two
+/// in parallel (below it, a thread hand-off costs more than the overlap saves).
+const PARALLEL_SNAPSHOT_READ: u64 = 256 << 10;
+
 /// Counters of one volume.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeStats {
@@ -1152,11 +1156,13 @@ impl Shared {
         // If every block is in a map, the volume is not needed at all.
         // The span of blocks no map holds yet: only those need the volume.
         let mut unmapped: Option<(u64, u64)> = None;
+        let mut any_mapped = false;
         for cluster in clusters.clone() {
             let (_, mut open) = Self::cluster_masks(&g, cluster, b0, b1);
             for s in later {
                 if let Some((_, have)) = s.map().get(cluster as u32) {
                     mask_remove(&mut open, have);
+                    any_mapped = true;
                 }
             }
             let runs = mask_runs(&open);
@@ -1172,6 +1178,13 @@ impl Shared {
             // not been overwritten either (a volume write waits for its pre-image), and the
             // volume read saw the snapshot's bytes. Mapped blocks are overlaid from stores.
             let (start, end) = clip(lo, hi - lo, offset, len);
+            if any_mapped && len >= PARALLEL_SNAPSHOT_READ {
+                self.read_snapshot_parallel(&g, later, buf, offset, (start, end), &object)?;
+                if !snap.is_valid() {
+                    return Err(snap.invalid_error());
+                }
+                return Ok(());
+            }
             self.dev
                 .read_at(
                     &mut buf[(start - offset) as usize..(end - offset) as usize],
@@ -1186,6 +1199,63 @@ impl Shared {
         }
         if !snap.is_valid() {
             return Err(snap.invalid_error());
+        }
+        Ok(())
+    }
+
+    /// A large snapshot read that needs both the volume and the stores: the volume span
+    /// `[start, end)` is read on a second thread into its own buffer while this one reads the
+    /// stores into `buf`, so the two waits overlap. Then the maps are consulted again: a block
+    /// still unmapped after the volume read completed was not overwritten before it (decision
+    /// 5), and is taken from the volume's buffer; one mapped meanwhile is read from its store.
+    fn read_snapshot_parallel(
+        &self,
+        g: &Geometry,
+        later: &[Arc<SnapState>],
+        buf: &mut [u8],
+        offset: u64,
+        (start, end): (u64, u64),
+        object: &str,
+    ) -> Result<()> {
+        let len = buf.len() as u64;
+        let (b0, b1) = block_span(offset, len);
+        let clusters = g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1);
+        let mut from_volume = vec![0u8; (end - start) as usize];
+        let mut scratch = Vec::new();
+        let (stores, volume) = std::thread::scope(|sc| {
+            let reader = sc.spawn(|| self.dev.read_at(&mut from_volume, start));
+            let stores: Result<Vec<Vec<u16>>> = clusters
+                .clone()
+                .map(|cluster| {
+                    let (_, in_range) = Self::cluster_masks(g, cluster, b0, b1);
+                    self.read_from_stores(g, later, cluster, in_range, buf, offset, &mut scratch)
+                })
+                .collect();
+            (stores, reader.join())
+        });
+        let missing = stores?;
+        match volume {
+            Ok(r) => r.map_err(|e| Error::io("read", object.to_string(), e).at(start))?,
+            Err(_) => {
+                return Err(Error::new(
+                    ErrorKind::Io,
+                    "read",
+                    object.to_string(),
+                    "the thread reading the volume failed",
+                ))
+            }
+        }
+        for (cluster, open) in clusters.zip(missing) {
+            if mask_is_empty(&open) {
+                continue;
+            }
+            let open = self.read_from_stores(g, later, cluster, open, buf, offset, &mut scratch)?;
+            let first = g.first_block(cluster);
+            for (b, n) in mask_runs(&open) {
+                let (rs, re) = clip(first + u64::from(b), u64::from(n), offset, len);
+                buf[(rs - offset) as usize..(re - offset) as usize]
+                    .copy_from_slice(&from_volume[(rs - start) as usize..(re - start) as usize]);
+            }
         }
         Ok(())
     }
