@@ -168,6 +168,12 @@ impl Daemon {
         self.spawn();
     }
 
+    /// SIGTERM, then start again on the same state directory.
+    pub fn stop_and_start(&mut self) {
+        assert_eq!(self.stop(), 0, "daemon exit status; log:\n{}", self.log());
+        self.spawn();
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
