@@ -41,8 +41,9 @@ pub struct ServeOptions {
 pub enum VolumeIo {
     /// Reads and writes through the page cache.
     Buffered,
-    /// Aligned reads with O_DIRECT, writes through the page cache: large reads skip the
-    /// page-cache copy, small writes are still absorbed by the cache.
+    /// Aligned reads of at least [`fss_core::device::DIRECT_READ_MIN`] bytes with O_DIRECT,
+    /// writes and smaller reads through the page cache: large reads skip the page-cache copy,
+    /// small writes are still absorbed by the cache.
     #[default]
     DirectReads,
     /// Aligned reads and writes with O_DIRECT.
