@@ -10,6 +10,7 @@ use crate::attr::{self, Owner, TTL};
 use crate::file_io;
 use crate::handles::{Handles, OpenFile};
 use crate::inodes::{InodeTable, ROOT_INO};
+use fss_core::device::AlignedBuf;
 use fss_core::export::{Catalog, Export};
 use fuser::{
     Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -27,8 +28,10 @@ use std::time::SystemTime;
 const NAME_MAX: u32 = 255;
 
 thread_local! {
-    /// Each serving thread's read buffer, reused so large reads do not fault in fresh pages.
-    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    /// Each serving thread's read buffer, reused so large reads do not fault in fresh pages,
+    /// and page-aligned so a volume opened with O_DIRECT reads straight into it instead of
+    /// through a bounce buffer and a copy.
+    static READ_BUF: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::default());
 }
 
 /// The file system served on the mount point.
@@ -297,9 +300,7 @@ impl fuser::Filesystem for FssFs {
             return reply.error(Errno::EINVAL);
         };
         READ_BUF.with_borrow_mut(|buf| {
-            if buf.len() < size {
-                buf.resize(size, 0);
-            }
+            buf.resize(size);
             match file_io::read(&file.export, offset, &mut buf[..size]) {
                 Ok(n) => reply.data(&buf[..n]),
                 Err(e) => {

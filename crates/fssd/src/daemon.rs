@@ -30,6 +30,48 @@ pub struct ServeOptions {
     pub paths: Paths,
     /// TCP address for NBD, if any.
     pub nbd_listen: Option<String>,
+    /// How volumes are opened (page cache or O_DIRECT).
+    pub volume_io: VolumeIo,
+}
+
+/// How the daemon does I/O on its volumes (images and block devices). Stores are not
+/// affected. Every mode is coherent: a direct read of a range first writes back the page
+/// cache's dirty pages of that range (the kernel does this for O_DIRECT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VolumeIo {
+    /// Reads and writes through the page cache.
+    Buffered,
+    /// Aligned reads of at least [`fss_core::device::DIRECT_READ_MIN`] bytes with O_DIRECT,
+    /// writes and smaller reads through the page cache: large reads skip the page-cache copy,
+    /// small writes are still absorbed by the cache.
+    #[default]
+    DirectReads,
+    /// Aligned reads and writes with O_DIRECT.
+    Direct,
+}
+
+impl VolumeIo {
+    /// The mode named `s` (`buffered`, `direct-reads`, `direct`), as `fss serve --volume-io`
+    /// takes it.
+    ///
+    /// # Errors
+    /// Any other name.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "buffered" => Ok(VolumeIo::Buffered),
+            "direct-reads" => Ok(VolumeIo::DirectReads),
+            "direct" => Ok(VolumeIo::Direct),
+            other => Err(format!(
+                "unknown volume I/O mode '{other}': use buffered, direct-reads or direct"
+            )),
+        }
+    }
+
+    /// The device options of this mode.
+    pub(crate) fn apply(self, opts: &mut fss_core::device::OpenOptions) {
+        opts.direct = self == VolumeIo::Direct;
+        opts.direct_reads = self == VolumeIo::DirectReads;
+    }
 }
 
 /// Starts the front-ends once the registry is open.
@@ -116,7 +158,7 @@ pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let force = Arc::new(AtomicBool::new(false));
     install_signals(&stop, &force)?;
-    let registry = Arc::new(Registry::open(paths.clone())?);
+    let registry = Arc::new(Registry::open(paths.clone(), opts.volume_io)?);
     let mut frontends = start(&registry, opts)?;
     let listener = bind_private(&control_path)?;
     let leases = Arc::new(Leases::default());

@@ -1,6 +1,7 @@
 //! The daemon's live objects: volumes and snapshots by name, their persistent state, and the
 //! operations of the control API. Front-ends see it as a [`Catalog`].
 
+use crate::daemon::VolumeIo;
 use crate::error::{DaemonError, Result};
 use crate::names::{check_name, human_size};
 use crate::paths::Paths;
@@ -42,6 +43,8 @@ struct Inner {
 /// Everything the daemon serves.
 pub struct Registry {
     paths: Paths,
+    /// How volumes are opened.
+    volume_io: VolumeIo,
     inner: Mutex<Inner>,
     exports: RwLock<BTreeMap<String, Export>>,
     opens: Mutex<HashMap<String, u64>>,
@@ -109,11 +112,12 @@ fn policy(s: &str) -> Result<OnStoreError> {
     }
 }
 
-fn open_volume_device(path: &Path) -> Result<Arc<FileDevice>> {
-    let opts = OpenOptions {
+fn open_volume_device(path: &Path, io: VolumeIo) -> Result<Arc<FileDevice>> {
+    let mut opts = OpenOptions {
         exclusive: true,
         ..OpenOptions::default()
     };
+    io.apply(&mut opts);
     FileDevice::open(path, &opts).map(Arc::new).map_err(|e| {
         if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(16) {
             DaemonError::busy(format!(
@@ -128,11 +132,12 @@ fn open_volume_device(path: &Path) -> Result<Arc<FileDevice>> {
 
 impl Registry {
     /// Load the state (or start one with a 1 GiB volume `default`), open every volume, bring
-    /// back persistent snapshots, drop transient ones, finish interrupted deletes.
+    /// back persistent snapshots, drop transient ones, finish interrupted deletes. Volumes are
+    /// opened as `volume_io` says.
     ///
     /// # Errors
     /// The state file is unreadable or damaged, or the default volume cannot be made.
-    pub fn open(paths: Paths) -> Result<Registry> {
+    pub fn open(paths: Paths, volume_io: VolumeIo) -> Result<Registry> {
         let state_file = paths.state_file();
         let loaded = State::load(&state_file)?;
         let fresh = loaded.is_none();
@@ -147,6 +152,7 @@ impl Registry {
         }
         let reg = Registry {
             paths,
+            volume_io,
             inner: Mutex::new(Inner {
                 state,
                 volumes: HashMap::new(),
@@ -284,7 +290,7 @@ impl Registry {
         let volumes = inner.state.volumes.clone();
         let clean = inner.state.clean_shutdown;
         for v in &volumes {
-            let dev = match open_volume_device(&v.path) {
+            let dev = match open_volume_device(&v.path, self.volume_io) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(volume = %v.name, error = %e, "volume is offline");
@@ -573,11 +579,12 @@ impl Registry {
             std::fs::create_dir_all(dir)
                 .map_err(|e| DaemonError::io(&format!("cannot create {}", dir.display()), &e))?;
         }
-        let opts = OpenOptions {
+        let mut opts = OpenOptions {
             exclusive: true,
             create_len: Some(size),
             ..OpenOptions::default()
         };
+        self.volume_io.apply(&mut opts);
         let dev = FileDevice::open(&image, &opts).map_err(|e| {
             DaemonError::io(&format!("cannot create image {}", image.display()), &e)
         })?;
@@ -609,7 +616,7 @@ impl Registry {
                 device.display()
             )));
         }
-        let dev = open_volume_device(device)?;
+        let dev = open_volume_device(device, self.volume_io)?;
         if dev.is_empty() {
             return Err(DaemonError::invalid(format!(
                 "{} is empty; a volume needs a size above 0",

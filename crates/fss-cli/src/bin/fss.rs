@@ -108,6 +108,10 @@ struct ServeArgs {
     /// Also serve NBD over TCP at this address (for example 127.0.0.1:10809).
     #[arg(long, value_name = "ADDR:PORT")]
     nbd_listen: Option<String>,
+    /// Volume I/O: buffered, direct-reads (default: O_DIRECT for reads of 64 KiB or more)
+    /// or direct (O_DIRECT for reads and writes). Default from FSS_VOLUME_IO when set.
+    #[arg(long, value_name = "MODE", value_parser = fssd::daemon::VolumeIo::parse)]
+    volume_io: Option<fssd::daemon::VolumeIo>,
 }
 
 #[derive(Subcommand)]
@@ -485,9 +489,17 @@ fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+    let volume_io = match a.volume_io {
+        Some(m) => m,
+        None => match std::env::var("FSS_VOLUME_IO") {
+            Ok(s) => fssd::daemon::VolumeIo::parse(&s).map_err(|e| anyhow::anyhow!(e))?,
+            Err(_) => fssd::daemon::VolumeIo::default(),
+        },
+    };
     let opts = fssd::daemon::ServeOptions {
         paths: fssd::paths::Paths::new(state.to_path_buf(), a.fuse_dir, a.nbd_socket),
         nbd_listen: a.nbd_listen,
+        volume_io,
     };
     fssd::daemon::run(&opts, Box::new(fss_cli::frontends::start))
         .map_err(|e| anyhow::anyhow!(e.message))

@@ -14,14 +14,16 @@
 //!   image a power cut would leave with any subset of them surviving, for crash tests)
 //! ```
 
+mod aligned;
 mod crash;
 mod fault;
 mod file;
 mod memory;
 
+pub use aligned::{is_aligned, AlignedBuf, DIRECT_ALIGN};
 pub use crash::{CrashDevice, CrashHook, CrashOp, CrashPoint, Piece};
 pub use fault::{Fault, FaultDevice};
-pub use file::{FileDevice, OpenOptions};
+pub use file::{FileDevice, OpenOptions, DIRECT_READ_MIN};
 pub use memory::{IoCounters, MemDevice};
 
 use std::io;
