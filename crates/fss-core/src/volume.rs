@@ -992,7 +992,7 @@ impl Shared {
             let start = f * BLOCK_SIZE;
             let end = ((f + n) * BLOCK_SIZE).min(self.len);
             self.dev
-                .read_at(&mut data[..(end - start) as usize], start)
+                .read_at_cached(&mut data[..(end - start) as usize], start)
                 .map_err(|e| Error::io("read pre-image from", self.object(), e).at(start))?;
             out.push((f, data));
         }
@@ -1186,7 +1186,7 @@ impl Shared {
                 return Ok(());
             }
             self.dev
-                .read_at(
+                .read_at_cached(
                     &mut buf[(start - offset) as usize..(end - offset) as usize],
                     start,
                 )
@@ -1223,7 +1223,7 @@ impl Shared {
         let mut from_volume = vec![0u8; (end - start) as usize];
         let mut scratch = Vec::new();
         let (stores, volume) = std::thread::scope(|sc| {
-            let reader = sc.spawn(|| self.dev.read_at(&mut from_volume, start));
+            let reader = sc.spawn(|| self.dev.read_at_cached(&mut from_volume, start));
             let stores: Result<Vec<Vec<u16>>> = clusters
                 .clone()
                 .map(|cluster| {

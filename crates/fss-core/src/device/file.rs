@@ -182,6 +182,14 @@ impl BlockDevice for FileDevice {
         }
     }
 
+    fn read_at_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.direct_writes {
+            // Fully direct: keep the page cache out of it.
+            return self.read_at(buf, offset);
+        }
+        self.file.read_exact_at(buf, offset)
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         match self.direct_for(offset, buf.len(), true) {
             Some(d) if is_aligned(buf) => d.write_all_at(buf, offset)?,

@@ -42,6 +42,14 @@ pub trait BlockDevice: Send + Sync {
     /// Fill `buf` from `offset`. Fails (never short-reads) if the range is not all there.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
 
+    /// As [`BlockDevice::read_at`], but through the page cache where the device can choose:
+    /// for reads whose pages are about to be written (pre-images) or that stream beside reads
+    /// of other files (the volume's part of a snapshot read), where cached pages and readahead
+    /// pay. The default is `read_at`.
+    fn read_at_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_at(buf, offset)
+    }
+
     /// Write all of `buf` at `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
 
