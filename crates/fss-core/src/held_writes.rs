@@ -261,7 +261,8 @@ fn commit_loop(inner: &Inner) {
         let mut failed = None;
         for (_, h) in &batch {
             let r = match &h.change {
-                HeldChange::Write(data) => inner.dev.write_at(data, h.offset),
+                // Its pre-images were just read through the page cache.
+                HeldChange::Write(data) => inner.dev.write_at_cached(data, h.offset),
                 HeldChange::Discard => inner.dev.discard(h.offset, h.len),
                 HeldChange::Zeroes => inner.dev.write_zeroes(h.offset, h.len),
             };

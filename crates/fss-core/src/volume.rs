@@ -794,6 +794,10 @@ impl Shared {
                 // Behind any held write of the same blocks, which the client sent earlier.
                 self.held.wait_clear(pos, n);
                 let r = match change {
+                    // Over pre-images just read through the page cache: overwrite them there.
+                    Change::Write(buf) if claims.is_some() => {
+                        self.dev.write_at_cached(&buf[at..at + n as usize], pos)
+                    }
                     Change::Write(buf) => self.dev.write_at(&buf[at..at + n as usize], pos),
                     Change::Discard => self.dev.discard(pos, n),
                     Change::Zeroes => self.dev.write_zeroes(pos, n),

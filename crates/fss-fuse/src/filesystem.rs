@@ -84,6 +84,10 @@ impl FssFs {
     }
 }
 
+/// The largest write the kernel sends in one request: below
+/// [`fss_core::device::DIRECT_WRITE_MIN`].
+const FUSE_MAX_WRITE: u32 = 128 << 10;
+
 impl fuser::Filesystem for FssFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // Asynchronous direct I/O lets a loop device keep several requests in flight.
@@ -91,6 +95,10 @@ impl fuser::Filesystem for FssFs {
             tracing::warn!("the kernel lacks FUSE_ASYNC_DIO: loop I/O will be serialised");
         }
         let _ = config.set_max_background(self.max_background);
+        // Writes arrive in pieces below the volume's direct-write size, so they land in the
+        // page cache (a loop device's writes complete at copy speed, as over a plain file);
+        // pieces go in parallel with FUSE_ASYNC_DIO.
+        let _ = config.set_max_write(FUSE_MAX_WRITE);
         let _ = config.set_congestion_threshold(self.max_background.saturating_mul(3) / 4);
         Ok(())
     }

@@ -44,14 +44,18 @@ pub enum VolumeIo {
     /// Aligned reads of at least [`fss_core::device::DIRECT_READ_MIN`] bytes with O_DIRECT,
     /// writes and smaller reads through the page cache: large reads skip the page-cache copy,
     /// small writes are still absorbed by the cache.
-    #[default]
     DirectReads,
     /// Aligned reads and writes with O_DIRECT.
     Direct,
+    /// As `DirectReads`, and aligned writes of at least
+    /// [`fss_core::device::DIRECT_WRITE_MIN`] bytes with O_DIRECT too: large transfers skip
+    /// the page-cache copy both ways, small writes are still absorbed by the cache.
+    #[default]
+    DirectLarge,
 }
 
 impl VolumeIo {
-    /// The mode named `s` (`buffered`, `direct-reads`, `direct`), as `fss serve --volume-io`
+    /// The mode named `s` (`buffered`, `direct-reads`, `direct-large`, `direct`), as `fss serve --volume-io`
     /// takes it.
     ///
     /// # Errors
@@ -60,9 +64,10 @@ impl VolumeIo {
         match s {
             "buffered" => Ok(VolumeIo::Buffered),
             "direct-reads" => Ok(VolumeIo::DirectReads),
+            "direct-large" => Ok(VolumeIo::DirectLarge),
             "direct" => Ok(VolumeIo::Direct),
             other => Err(format!(
-                "unknown volume I/O mode '{other}': use buffered, direct-reads or direct"
+                "unknown volume I/O mode '{other}': use buffered, direct-reads, direct-large or direct"
             )),
         }
     }
@@ -71,6 +76,7 @@ impl VolumeIo {
     pub(crate) fn apply(self, opts: &mut fss_core::device::OpenOptions) {
         opts.direct = self == VolumeIo::Direct;
         opts.direct_reads = self == VolumeIo::DirectReads;
+        opts.direct_large = self == VolumeIo::DirectLarge;
     }
 }
 

@@ -108,8 +108,9 @@ struct ServeArgs {
     /// Also serve NBD over TCP at this address (for example 127.0.0.1:10809).
     #[arg(long, value_name = "ADDR:PORT")]
     nbd_listen: Option<String>,
-    /// Volume I/O: buffered, direct-reads (default: O_DIRECT for reads of 64 KiB or more)
-    /// or direct (O_DIRECT for reads and writes). Default from FSS_VOLUME_IO when set.
+    /// Volume I/O: direct-large (default: O_DIRECT for reads of 64 KiB or more and writes of
+    /// 256 KiB or more), direct-reads (O_DIRECT for large reads only), buffered, or direct
+    /// (O_DIRECT for every aligned read and write). Default from FSS_VOLUME_IO when set.
     #[arg(long, value_name = "MODE", value_parser = fssd::daemon::VolumeIo::parse)]
     volume_io: Option<fssd::daemon::VolumeIo>,
 }

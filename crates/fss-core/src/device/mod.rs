@@ -23,7 +23,7 @@ mod memory;
 pub use aligned::{is_aligned, AlignedBuf, DIRECT_ALIGN};
 pub use crash::{CrashDevice, CrashHook, CrashOp, CrashPoint, Piece};
 pub use fault::{Fault, FaultDevice};
-pub use file::{FileDevice, OpenOptions, DIRECT_READ_MIN};
+pub use file::{FileDevice, OpenOptions, DIRECT_READ_MIN, DIRECT_WRITE_MIN};
 pub use memory::{IoCounters, MemDevice};
 
 use std::io;
@@ -48,6 +48,13 @@ pub trait BlockDevice: Send + Sync {
     /// pay. The default is `read_at`.
     fn read_at_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.read_at(buf, offset)
+    }
+
+    /// As [`BlockDevice::write_at`], but through the page cache where the device can choose:
+    /// for writes over pages just read into it (the pre-images of a first overwrite). The
+    /// default is `write_at`.
+    fn write_at_cached(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.write_at(buf, offset)
     }
 
     /// Write all of `buf` at `offset`.
