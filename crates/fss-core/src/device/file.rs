@@ -373,18 +373,28 @@ mod tests {
         d.flush().unwrap();
     }
 
-    #[test]
-    fn direct_io_aligned_and_unaligned_agree() {
+    /// A 1 MiB file device in a fresh temporary directory, opened with `opts` (which ask for
+    /// O_DIRECT). O_DIRECT needs a real file system (not tmpfs): fail loudly rather than skip.
+    fn direct_device(name: &str, opts: OpenOptions) -> (tempfile::TempDir, FileDevice) {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("d.img");
         let opts = OpenOptions {
             create_len: Some(1 << 20),
-            direct: true,
-            ..Default::default()
+            ..opts
         };
-        // tmpfs refuses O_DIRECT; then there is nothing to test here.
-        // O_DIRECT needs a real file system (not tmpfs): fail loudly rather than skip.
-        let d = FileDevice::open(&p, &opts).expect("O_DIRECT open in a temporary directory");
+        let d = FileDevice::open(&dir.path().join(name), &opts)
+            .expect("O_DIRECT open in a temporary directory");
+        (dir, d)
+    }
+
+    #[test]
+    fn direct_io_aligned_and_unaligned_agree() {
+        let (_dir, d) = direct_device(
+            "d.img",
+            OpenOptions {
+                direct: true,
+                ..Default::default()
+            },
+        );
         let data = pattern(3 * 4096, 7);
         d.write_at(&data, 4096).unwrap();
         d.write_at(&[0xAB; 3], 4097).unwrap();
@@ -400,15 +410,13 @@ mod tests {
 
     #[test]
     fn direct_reads_see_buffered_writes() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("r.img");
-        let opts = OpenOptions {
-            create_len: Some(1 << 20),
-            direct_reads: true,
-            ..Default::default()
-        };
-        // O_DIRECT needs a real file system (not tmpfs): fail loudly rather than skip.
-        let d = FileDevice::open(&p, &opts).expect("O_DIRECT open in a temporary directory");
+        let (_dir, d) = direct_device(
+            "r.img",
+            OpenOptions {
+                direct_reads: true,
+                ..Default::default()
+            },
+        );
         // Buffered writes (still dirty in the page cache), then aligned direct reads into an
         // aligned buffer and an unaligned one (bounced): both must see the new bytes.
         let n = DIRECT_READ_MIN;
@@ -433,15 +441,13 @@ mod tests {
 
     #[test]
     fn large_direct_writes_and_small_cached_ones_see_each_other() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("w.img");
-        let opts = OpenOptions {
-            create_len: Some(1 << 20),
-            direct_large: true,
-            ..Default::default()
-        };
-        // O_DIRECT needs a real file system (not tmpfs): fail loudly rather than skip.
-        let d = FileDevice::open(&p, &opts).expect("O_DIRECT open in a temporary directory");
+        let (_dir, d) = direct_device(
+            "w.img",
+            OpenOptions {
+                direct_large: true,
+                ..Default::default()
+            },
+        );
         let n = DIRECT_WRITE_MIN;
         // A small write (page cache, dirty), then a large direct write over it, then a small
         // write inside that: every read, cached or direct, sees the last bytes.
