@@ -129,12 +129,25 @@ pub(crate) fn write_zero_buffers<D: BlockDevice + ?Sized>(
     Ok(())
 }
 
+// Every method is forwarded, including those with defaults: a default here would silently
+// replace the inner device's override (an `Arc<dyn BlockDevice>` resolves to this impl), as
+// happened to `read_at_cached`/`write_at_cached`. The lint makes a forgotten one a build error.
+#[deny(clippy::missing_trait_methods)]
 impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     fn len(&self) -> u64 {
         (**self).len()
     }
+    fn is_empty(&self) -> bool {
+        (**self).is_empty()
+    }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         (**self).read_at(buf, offset)
+    }
+    fn read_at_cached(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (**self).read_at_cached(buf, offset)
+    }
+    fn write_at_cached(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        (**self).write_at_cached(buf, offset)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         (**self).write_at(buf, offset)
@@ -155,3 +168,6 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
         (**self).allocation(offset, len)
     }
 }
+
+#[cfg(test)]
+mod tests;
