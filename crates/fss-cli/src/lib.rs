@@ -42,6 +42,19 @@ pub fn size_arg(s: &str) -> Result<u64, String> {
     fssd::names::parse_size(s).map_err(|e| e.0)
 }
 
+/// Parse a path argument for clap: made absolute against the CLI's own working directory,
+/// because the daemon that opens it runs elsewhere (and refuses relative paths). `-` (standard
+/// input) is kept as it is. Symlinks and `..` are left for the daemon to resolve.
+///
+/// # Errors
+/// The path is empty, or the working directory cannot be read.
+pub fn path_arg(s: &str) -> Result<PathBuf, String> {
+    if s == "-" {
+        return Ok(PathBuf::from(s));
+    }
+    std::path::absolute(s).map_err(|e| format!("cannot make the path '{s}' absolute: {e}"))
+}
+
 /// Call the daemon and turn its error into a message.
 ///
 /// # Errors

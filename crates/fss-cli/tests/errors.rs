@@ -106,6 +106,12 @@ fn sizes() {
     );
     fails(
         &d,
+        &["volume", "create", "v", "--size", "99999999T"],
+        2,
+        "size '99999999T' is too large",
+    );
+    fails(
+        &d,
         &["volume", "create", "v", "--size", "0"],
         1,
         "size above 0",

@@ -50,7 +50,14 @@ pub fn parse_size(text: &str) -> Result<u64, Invalid> {
     if digits.is_empty() {
         return Err(bad());
     }
-    let n: u64 = digits.parse().map_err(|_| bad())?;
+    // Only digits are left, so a parse failure is an overflow.
+    let too_large = || {
+        Invalid(format!(
+            "size '{text}' is too large: sizes must stay below 16 EiB (2^64 bytes); give a \
+             smaller size"
+        ))
+    };
+    let n: u64 = digits.parse().map_err(|_| too_large())?;
     let shift = match suffix {
         "" => 0,
         "k" | "K" => 10,
@@ -59,7 +66,7 @@ pub fn parse_size(text: &str) -> Result<u64, Invalid> {
         "t" | "T" => 40,
         _ => return Err(bad()),
     };
-    n.checked_mul(1u64 << shift).ok_or_else(bad)
+    n.checked_mul(1u64 << shift).ok_or_else(too_large)
 }
 
 /// Format bytes for people: "1.0 GiB", "64 KiB", "512 B".
@@ -107,7 +114,17 @@ mod tests {
         assert_eq!(parse_size("1G"), Ok(1 << 30));
         assert_eq!(parse_size("2GiB"), Ok(2 << 30));
         assert_eq!(parse_size("1T"), Ok(1 << 40));
-        for bad in ["", "G", "1Q", "-1", "1.5G", "99999999999999T"] {
+        for big in [
+            "99999999999999T",
+            "99999999T",
+            "18446744073709551616",
+            "16777216T",
+        ] {
+            let e = parse_size(big).unwrap_err().0;
+            assert!(e.contains("too large"), "{big}: {e}");
+        }
+        assert_eq!(parse_size("16777215T"), Ok(16_777_215 << 40));
+        for bad in ["", "G", "1Q", "-1", "1.5G"] {
             assert!(
                 parse_size(bad).unwrap_err().0.contains("invalid size"),
                 "{bad}"

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use fss_cli::{call, connect, decode, output, size_arg, state_dir, EXIT_FAILED};
+use fss_cli::{call, connect, decode, output, path_arg, size_arg, state_dir, EXIT_FAILED};
 use fssd::protocol::{Request, SnapshotInfo, SnapshotSpec, StatusInfo, VerifyInfo, VolumeInfo};
 use std::path::{Path, PathBuf};
 
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 struct Cli {
     /// State directory (default: FSS_STATE_DIR, else /var/lib/fss for root, else
     /// $XDG_STATE_HOME/fss).
-    #[arg(long, global = true, value_name = "DIR")]
+    #[arg(long, global = true, value_name = "DIR", value_parser = path_arg)]
     state_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -76,7 +76,7 @@ enum Command {
     /// snapshots).
     Restore {
         /// The full backup, then incrementals in order (- reads one from standard input).
-        #[arg(required = true, num_args = 1.., value_name = "BACKUP")]
+        #[arg(required = true, num_args = 1.., value_name = "BACKUP", value_parser = path_arg)]
         backups: Vec<PathBuf>,
         /// A new or existing image file, a block device, or an fss volume name.
         #[arg(value_name = "TARGET")]
@@ -100,10 +100,10 @@ enum Command {
 #[derive(Args)]
 struct ServeArgs {
     /// Directory of the FUSE files (default <state-dir>/dev).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = path_arg)]
     fuse_dir: Option<PathBuf>,
     /// Unix socket for NBD (default <state-dir>/nbd.sock).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = path_arg)]
     nbd_socket: Option<PathBuf>,
     /// Also serve NBD over TCP at this address (for example 127.0.0.1:10809).
     #[arg(long, value_name = "ADDR:PORT")]
@@ -125,7 +125,7 @@ enum VolumeCmd {
         #[arg(long, value_parser = size_arg)]
         size: u64,
         /// Where the image goes (default <state-dir>/volumes/NAME.img).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", value_parser = path_arg)]
         image: Option<PathBuf>,
     },
     /// Serve an existing image file or block device as a volume.
@@ -133,7 +133,7 @@ enum VolumeCmd {
         /// Volume name.
         name: String,
         /// The image or block device; fss holds it exclusively while it serves it.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", value_parser = path_arg)]
         device: PathBuf,
     },
     /// List volumes.
@@ -153,7 +153,7 @@ enum VolumeCmd {
 struct SnapOpts {
     /// Store: a directory (a fresh file is made inside), a file, or a raw device
     /// (default <state-dir>/stores/).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", value_parser = path_arg)]
     store: Option<PathBuf>,
     /// Cluster size (first snapshot of the volume only): 4K to 16M, default 64K.
     #[arg(long, value_parser = size_arg, value_name = "SIZE")]
@@ -267,7 +267,7 @@ fn resolve(
         let fuse = st.fuse_dir.clone().context(
             "the daemon has no FUSE directory, so no file system can be on one of its volumes",
         )?;
-        let mp = PathBuf::from(&s.volume);
+        let mp = path_arg(&s.volume).map_err(anyhow::Error::msg)?;
         let volume = fss_cli::mounts::volume_of_mount(&mp, &fuse)?;
         if let Some(store) = &s.store {
             fss_cli::mounts::check_store_not_on(store, &mp)?;

@@ -8,7 +8,7 @@
 
 use fss_cli::{call, connect, decode, output::ctime, state_dir};
 use fssd::protocol::{Request, SnapshotInfo, SnapshotSpec, StatusInfo};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 const USAGE: &str = "usage: fssconfig [-cxv] device path backup [cluster [size]]\n       fssconfig -u [-v] device\n       fssconfig -l [-v] [device]";
 
@@ -126,7 +126,9 @@ fn configure(
     args: &[String],
     flags: &Flags,
 ) -> anyhow::Result<()> {
-    let (dev, path, backup) = (&args[0], &args[1], PathBuf::from(&args[2]));
+    // The daemon opens the store, so a relative backup path means the caller's directory.
+    let backup = fss_cli::path_arg(&args[2]).map_err(anyhow::Error::msg)?;
+    let (dev, path) = (&args[0], &args[1]);
     let cluster = args.get(3).and_then(|a| size(a, "cluster"));
     let max = args.get(4).and_then(|a| size(a, "size"));
     let mut spec = SnapshotSpec {
@@ -145,7 +147,7 @@ fn configure(
     let result = if is_mount {
         let st: StatusInfo = decode(call(client, Request::Status)?)?;
         let fuse = st.fuse_dir.unwrap_or_default();
-        let mp = PathBuf::from(path);
+        let mp = fss_cli::path_arg(path).map_err(anyhow::Error::msg)?;
         spec.volume = fss_cli::mounts::volume_of_mount(&mp, &fuse)?;
         fss_cli::mounts::check_store_not_on(&backup, &mp)?;
         spec.mount_point = Some(mp.display().to_string());
