@@ -18,7 +18,7 @@ use fssd::protocol::{
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Read};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// `fss diff A [B] [--json]`.
@@ -65,6 +65,23 @@ fn partial_path(path: &Path) -> PathBuf {
     let mut s: OsString = path.as_os_str().to_owned();
     s.push(".partial");
     PathBuf::from(s)
+}
+
+/// Create `path` fresh, mode 0600 (backups hold volume data), never through a link planted at
+/// the name; a `.partial` left by an interrupted run is replaced.
+fn create_private(path: &Path) -> anyhow::Result<File> {
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(fss_core::device::FILE_MODE)
+        .custom_flags(nofollow_flag())
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))
+}
+
+fn nofollow_flag() -> i32 {
+    i32::try_from(rustix::fs::OFlags::NOFOLLOW.bits()).unwrap_or(0)
 }
 
 /// Flush a file's directory entry (after a rename into it).
@@ -146,15 +163,14 @@ pub fn backup(state: &Path, snapshot: &str, dest: &str, since: Option<&str>) -> 
         return Ok(());
     }
     let path = PathBuf::from(dest);
-    if path.exists() {
+    if std::fs::symlink_metadata(&path).is_ok() {
         bail!(
             "{} exists; remove it or choose another name (fss does not overwrite a backup)",
             path.display()
         );
     }
     let partial = partial_path(&path);
-    let file =
-        File::create(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+    let file = create_private(&partial)?;
     let cleanup = RemoveOnSignal::new(&partial);
     let mut out = BufWriter::with_capacity(1 << 20, file);
     let result = client
@@ -343,6 +359,7 @@ pub fn restore(state: &Path, backups: &[PathBuf], target: &str) -> anyhow::Resul
                 &OpenOptions {
                     exclusive: true,
                     create_len: Some(len),
+                    create_new: true,
                     ..OpenOptions::default()
                 },
             )

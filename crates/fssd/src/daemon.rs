@@ -7,7 +7,7 @@ use crate::paths::{check_socket_path, Paths};
 use crate::registry::Registry;
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -95,7 +95,7 @@ pub struct StateLock {
 /// `already-running` if another daemon holds it, `io` otherwise.
 pub fn lock_state_dir(paths: &Paths) -> Result<StateLock> {
     let dir = &paths.state_dir;
-    std::fs::create_dir_all(dir).map_err(|e| {
+    crate::paths::own_private_dir(dir).map_err(|e| {
         DaemonError::io(
             &format!("cannot create state directory {}", dir.display()),
             &e,
@@ -107,6 +107,7 @@ pub fn lock_state_dir(paths: &Paths) -> Result<StateLock> {
         .write(true)
         .create(true)
         .truncate(false)
+        .mode(fss_core::device::FILE_MODE)
         .open(&lock_path)
         .map_err(|e| DaemonError::io(&format!("cannot open {}", lock_path.display()), &e))?;
     if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
@@ -122,6 +123,18 @@ pub fn lock_state_dir(paths: &Paths) -> Result<StateLock> {
     }
     let _ = file.set_len(0);
     let _ = writeln!(file, "{}", std::process::id());
+    // Directories and files an older release made readable by everyone.
+    let _ = file.set_permissions(std::fs::Permissions::from_mode(fss_core::device::FILE_MODE));
+    for own in [paths.volumes_dir(), paths.stores_dir()] {
+        if own.is_dir() {
+            crate::paths::own_private_dir(&own).map_err(|e| {
+                DaemonError::io(
+                    &format!("cannot restrict {} to mode 0700", own.display()),
+                    &e,
+                )
+            })?;
+        }
+    }
     Ok(StateLock { _file: file })
 }
 

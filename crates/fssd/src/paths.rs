@@ -1,5 +1,6 @@
 //! Where the daemon keeps things, as DESIGN fixes: the state directory and what is inside it.
 
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The most bytes of a unix socket path (sun_path minus its terminating NUL).
@@ -90,4 +91,35 @@ pub fn check_socket_path(p: &Path) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// The mode of the directories fss makes: volume data and pre-images are nobody else's
+/// business, whatever the umask.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Create `dir` and its missing parents, each new one mode [`DIR_MODE`]; an existing one is
+/// left as it is (it may be the administrator's).
+///
+/// # Errors
+/// The directory could not be made.
+pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+}
+
+/// Create one of fss's own directories (the state directory, `volumes/`, `stores/`) if
+/// missing, and make it mode [`DIR_MODE`] even if it exists: releases before 0.2 made them
+/// 0755 under the usual umask, which let any user read images and stores.
+///
+/// # Errors
+/// The directory could not be made or its mode set.
+pub fn own_private_dir(dir: &Path) -> std::io::Result<()> {
+    create_private_dir(dir)?;
+    let m = std::fs::metadata(dir)?;
+    if m.permissions().mode() & 0o777 != DIR_MODE {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))?;
+    }
+    Ok(())
 }

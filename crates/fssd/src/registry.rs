@@ -360,6 +360,7 @@ impl Registry {
                 path: s.store.clone(),
                 owned: s.store_owned,
                 is_device: s.store_is_device,
+                fresh: false,
             };
             let expect = StoreIdentity {
                 volume_id: vol.identity(),
@@ -568,7 +569,7 @@ impl Registry {
             ));
         }
         let image = image.unwrap_or_else(|| self.paths.volumes_dir().join(format!("{name}.img")));
-        if image.exists() {
+        if std::fs::symlink_metadata(&image).is_ok() {
             return Err(DaemonError::exists(format!(
                 "{} already exists; serve it with `fss volume add {name} --device {}` or choose another --image",
                 image.display(),
@@ -576,12 +577,13 @@ impl Registry {
             )));
         }
         if let Some(dir) = image.parent() {
-            std::fs::create_dir_all(dir)
+            crate::paths::create_private_dir(dir)
                 .map_err(|e| DaemonError::io(&format!("cannot create {}", dir.display()), &e))?;
         }
         let mut opts = OpenOptions {
             exclusive: true,
             create_len: Some(size),
+            create_new: true,
             ..OpenOptions::default()
         };
         self.volume_io.apply(&mut opts);
@@ -762,7 +764,7 @@ impl Registry {
             .clone()
             .unwrap_or_else(|| self.paths.stores_dir());
         if spec.store.is_none() {
-            std::fs::create_dir_all(&store_arg).map_err(|e| {
+            crate::paths::own_private_dir(&store_arg).map_err(|e| {
                 DaemonError::io(&format!("cannot create {}", store_arg.display()), &e)
             })?;
         }

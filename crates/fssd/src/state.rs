@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The state file's format version.
@@ -219,7 +220,15 @@ impl State {
             path: path.into(),
             detail: e.to_string(),
         })?;
-        let mut f = File::create(&tmp).map_err(|e| io("create", e))?;
+        // Made fresh with mode 0600 (a leftover temp file keeps its old mode otherwise); the
+        // rename then replaces an older state.json's mode too.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(fss_core::device::FILE_MODE)
+            .open(&tmp)
+            .map_err(|e| io("create", e))?;
         f.write_all(text.as_bytes()).map_err(|e| io("write", e))?;
         f.write_all(b"\n").map_err(|e| io("write", e))?;
         f.sync_all().map_err(|e| io("fsync", e))?;

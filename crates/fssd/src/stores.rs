@@ -17,38 +17,59 @@ pub struct StorePlace {
     pub owned: bool,
     /// A raw block device (fixed size).
     pub is_device: bool,
+    /// fss creates the file (O_EXCL, never through a link); otherwise it is an existing empty
+    /// file or a device.
+    pub fresh: bool,
+}
+
+impl StorePlace {
+    fn file(path: PathBuf, owned: bool, fresh: bool) -> Self {
+        StorePlace {
+            path,
+            owned,
+            is_device: false,
+            fresh,
+        }
+    }
 }
 
 /// Decide where the store of snapshot `snap` of `volume` goes, given `--store` (or the default
 /// store directory).
 ///
+/// A link is followed only to a directory or a block device (`/dev/disk/by-id/...`): a store
+/// file is never written through a link, which someone else may have planted in a directory
+/// they can write to.
+///
 /// # Errors
-/// The path does not exist (nor its parent), or is an existing non-empty file.
+/// The path does not exist (nor its parent), is a link to a file, or is an existing non-empty
+/// file.
 pub fn place(arg: &Path, volume: &str, snap: &str) -> Result<StorePlace> {
+    let link = std::fs::symlink_metadata(arg).is_ok_and(|m| m.file_type().is_symlink());
     match std::fs::metadata(arg) {
         Ok(m) if m.is_dir() => {
             let mut path = arg.join(format!("{volume}.{snap}.fss"));
             let mut n = 1;
-            while path.exists() {
+            // symlink_metadata: a dangling link counts as taken too.
+            while std::fs::symlink_metadata(&path).is_ok() {
                 path = arg.join(format!("{volume}.{snap}.{n}.fss"));
                 n += 1;
             }
-            Ok(StorePlace {
-                path,
-                owned: true,
-                is_device: false,
-            })
+            Ok(StorePlace::file(path, true, true))
         }
         Ok(m) if m.file_type().is_block_device() => Ok(StorePlace {
             path: arg.to_path_buf(),
             owned: false,
             is_device: true,
+            fresh: false,
         }),
-        Ok(m) if m.is_file() && m.len() == 0 => Ok(StorePlace {
-            path: arg.to_path_buf(),
-            owned: false,
-            is_device: false,
-        }),
+        _ if link => Err(DaemonError::invalid(format!(
+            "store {} is a symbolic link; fss does not write a store through a link to a file \
+             (give the file's own path, a directory, or a block device)",
+            arg.display()
+        ))),
+        Ok(m) if m.is_file() && m.len() == 0 => {
+            Ok(StorePlace::file(arg.to_path_buf(), false, false))
+        }
         Ok(m) if m.is_file() => Err(DaemonError::exists(format!(
             "store file {} already exists and is not empty ({} bytes); give a new file name, a \
              directory, or delete it first",
@@ -59,26 +80,31 @@ pub fn place(arg: &Path, volume: &str, snap: &str) -> Result<StorePlace> {
             "store {} is neither a directory, a regular file nor a block device",
             arg.display()
         ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let parent = arg
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            if parent.is_dir() {
-                Ok(StorePlace {
-                    path: arg.to_path_buf(),
-                    owned: false,
-                    is_device: false,
-                })
-            } else {
-                Err(DaemonError::not_found(format!(
-                    "store path {}: directory {} does not exist; create it or choose another store",
-                    arg.display(),
-                    parent.display()
-                )))
-            }
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => new_file_place(arg),
         Err(e) => Err(DaemonError::io(&format!("store {}", arg.display()), &e)),
+    }
+}
+
+/// A `--store` path that does not exist yet: a new file, if its directory exists.
+fn new_file_place(arg: &Path) -> Result<StorePlace> {
+    if arg.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(DaemonError::not_found(format!(
+            "store directory {} does not exist; create it (mkdir -p) or choose another store",
+            arg.display()
+        )));
+    }
+    let parent = arg
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if parent.is_dir() {
+        Ok(StorePlace::file(arg.to_path_buf(), false, true))
+    } else {
+        Err(DaemonError::not_found(format!(
+            "store path {}: directory {} does not exist; create it or choose another store",
+            arg.display(),
+            parent.display()
+        )))
     }
 }
 
@@ -86,6 +112,7 @@ fn open_device(place: &StorePlace, create: bool) -> Result<Arc<FileDevice>> {
     let opts = OpenOptions {
         exclusive: true,
         create_len: (create && !place.is_device).then_some(0),
+        create_new: create && place.fresh,
         ..OpenOptions::default()
     };
     FileDevice::open(&place.path, &opts)

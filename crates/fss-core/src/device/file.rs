@@ -1,6 +1,7 @@
 //! Regular files and raw block devices, with pread/pwrite and optional O_DIRECT.
 
 use super::aligned::{is_aligned, AlignedBuf, DIRECT_ALIGN};
+use super::create::{create_fresh, same_file, CreatedFile};
 use super::BlockDevice;
 use rustix::fs::{FallocateFlags, FlockOperation, OFlags};
 use std::fs::File;
@@ -42,7 +43,17 @@ pub struct OpenOptions {
     pub exclusive: bool,
     /// Create a regular file of this many bytes (sparse) if it does not exist.
     pub create_len: Option<u64>,
+    /// Create the file fresh: fail if anything is at the path already, even a dangling
+    /// symbolic link (O_CREAT | O_EXCL | O_NOFOLLOW, through the parent directory). For files
+    /// fss makes in directories others may write to, where a planted link would redirect the
+    /// write. A file made this way is removed again if sizing it fails. Its length is
+    /// `create_len` (0 when unset).
+    pub create_new: bool,
 }
+
+/// The mode of every file fss creates: volume data and pre-images are nobody else's business,
+/// whatever the umask.
+pub const FILE_MODE: u32 = 0o600;
 
 /// A regular file or a raw block device.
 #[derive(Debug)]
@@ -75,13 +86,18 @@ impl FileDevice {
         }
         let base = || {
             let mut o = std::fs::OpenOptions::new();
-            o.read(true).write(!opts.read_only);
-            if opts.create_len.is_some() && !is_block {
+            o.read(true).write(!opts.read_only).mode(FILE_MODE);
+            if opts.create_len.is_some() && !is_block && !opts.create_new {
                 o.create(true);
             }
             o
         };
-        let file = base().custom_flags(flag_bits(flags)).open(path)?;
+        let file = if opts.create_new {
+            create_fresh(path, opts.read_only)?
+        } else {
+            base().custom_flags(flag_bits(flags)).open(path)?
+        };
+        let removal = CreatedFile(opts.create_new.then_some(path));
         if opts.exclusive && !is_block {
             rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive).map_err(|e| {
                 if e == rustix::io::Errno::WOULDBLOCK {
@@ -102,14 +118,22 @@ impl FileDevice {
             }
         }
         let direct = if opts.direct || opts.direct_reads || opts.direct_large {
-            Some(
-                base()
-                    .custom_flags(flag_bits(OFlags::CLOEXEC | OFlags::DIRECT))
-                    .open(path)?,
-            )
+            // Reopened by path: a link swapped in since must not be followed, and it must be
+            // the same file.
+            let nofollow = if opts.create_new {
+                OFlags::NOFOLLOW
+            } else {
+                OFlags::empty()
+            };
+            let d = base()
+                .custom_flags(flag_bits(OFlags::CLOEXEC | OFlags::DIRECT | nofollow))
+                .open(path)?;
+            same_file(&file, &d, path)?;
+            Some(d)
         } else {
             None
         };
+        removal.keep();
         Ok(FileDevice {
             path: path.to_path_buf(),
             file,

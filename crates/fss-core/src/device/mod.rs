@@ -16,6 +16,7 @@
 
 mod aligned;
 mod crash;
+mod create;
 mod fault;
 mod file;
 mod memory;
@@ -23,7 +24,7 @@ mod memory;
 pub use aligned::{is_aligned, AlignedBuf, DIRECT_ALIGN};
 pub use crash::{CrashDevice, CrashHook, CrashOp, CrashPoint, Piece};
 pub use fault::{Fault, FaultDevice};
-pub use file::{FileDevice, OpenOptions, DIRECT_READ_MIN, DIRECT_WRITE_MIN};
+pub use file::{FileDevice, OpenOptions, DIRECT_READ_MIN, DIRECT_WRITE_MIN, FILE_MODE};
 pub use memory::{IoCounters, MemDevice};
 
 use std::io;
