@@ -116,6 +116,52 @@ fn a_failed_volume_create_leaves_no_image() {
 }
 
 #[test]
+fn a_store_maximum_below_one_cluster_is_refused_naming_the_minimum() {
+    let (_t, d) = daemon();
+    for (extra, kind) in [
+        (&[][..], "persistent"),
+        (&["--transient"][..], "transient"),
+        (&["--cluster-size", "1M"][..], "persistent"),
+    ] {
+        let mut args = vec![
+            "snapshot",
+            "create",
+            "default",
+            "s",
+            "--max-store-size",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        let r = d.fss(&args);
+        assert_eq!(r.status, 1, "{extra:?}: {}{}", r.stdout, r.stderr);
+        assert!(
+            r.stderr.contains(kind) && r.stderr.contains("too small"),
+            "{}",
+            r.stderr
+        );
+        // The minimum it names is accepted, and one byte less is not.
+        let min: u64 = r
+            .stderr
+            .split("--max-store-size ")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let below = (min - 1).to_string();
+        args[5] = &below;
+        assert_eq!(d.fss(&args).status, 1, "{extra:?}: {below} accepted");
+        let exact = min.to_string();
+        args[5] = &exact;
+        d.ok(&args);
+        d.ok(&["snapshot", "delete", "s"]);
+    }
+    assert_eq!(d.json(&["snapshot", "list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
 fn sizes() {
     let (_t, d) = daemon();
     fails(&d, &["volume", "create", "v"], 2, "--size");

@@ -2,7 +2,9 @@
 //! and reopening it after a restart.
 
 use crate::error::{DaemonError, Result};
+use crate::names::human_size;
 use fss_core::device::{BlockDevice, FileDevice, OpenOptions};
+use fss_core::format::layout::Layout;
 use fss_core::store::{DeviceStore, FileStore, Recovered, Store, StoreIdentity, StoreParams};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -130,6 +132,7 @@ pub fn create(
     params: &StoreParams,
     unlink: bool,
 ) -> fss_core::Result<Box<dyn Store>> {
+    check_max_bytes(params)?;
     let to_core = |e: DaemonError| {
         fss_core::Error::new(
             fss_core::ErrorKind::Io,
@@ -167,6 +170,41 @@ pub fn create(
             cleanup();
             Err(e)
         }
+    }
+}
+
+/// The smallest maximum size a store may have: an empty store and room for one cluster. A
+/// smaller one would invalidate the snapshot at the first write that needs a pre-image.
+#[must_use]
+pub fn min_max_bytes(params: &StoreParams) -> u64 {
+    if params.persistent {
+        Layout::new(params.cluster_size).bytes_for_slots(1)
+    } else {
+        params.cluster_size
+    }
+}
+
+fn check_max_bytes(params: &StoreParams) -> fss_core::Result<()> {
+    let min = min_max_bytes(params);
+    match params.max_bytes {
+        Some(max) if max < min => Err(fss_core::Error::new(
+            fss_core::ErrorKind::InvalidArgument,
+            "create store",
+            format!("of snapshot '{}'", params.snapshot),
+            format!(
+                "a maximum store size of {max} bytes is too small: an empty {} store with {} \
+                 clusters and one cluster of pre-images need at least {min} bytes ({}); give \
+                 --max-store-size {min} or more",
+                if params.persistent {
+                    "persistent"
+                } else {
+                    "transient"
+                },
+                human_size(params.cluster_size),
+                human_size(min),
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 
