@@ -11,6 +11,7 @@
 //! - [`state`]: the persistent state file;
 //! - [`stores`]: where snapshot stores go;
 //! - [`freeze`]: freezing and thawing file systems;
+//! - [`own_files`]: refusing volumes and stores that are, or live on, fss's own files and exports;
 //! - [`names`], [`paths`], [`error`].
 
 pub mod client;
@@ -20,6 +21,7 @@ pub mod error;
 pub mod freeze;
 pub mod heap;
 pub mod names;
+pub mod own_files;
 pub mod paths;
 pub mod protocol;
 pub mod registry;

@@ -4,6 +4,7 @@
 use crate::daemon::VolumeIo;
 use crate::error::{DaemonError, Result};
 use crate::names::{check_name, human_size};
+use crate::own_files;
 use crate::paths::Paths;
 use crate::protocol::{
     DiffExtent, Request, SnapshotInfo, SnapshotSpec, StatusInfo, VerifyInfo, VolumeInfo,
@@ -576,6 +577,7 @@ impl Registry {
                 image.display()
             )));
         }
+        self.check_not_own(inner, &image, own_files::Use::Volume)?;
         if let Some(dir) = image.parent() {
             crate::paths::create_private_dir(dir)
                 .map_err(|e| DaemonError::io(&format!("cannot create {}", dir.display()), &e))?;
@@ -593,6 +595,17 @@ impl Registry {
         self.register_volume(inner, name, image, VolumeKind::CreatedImage, Arc::new(dev))
     }
 
+    /// Refuse a volume or store path that is, or lives on, something this daemon serves.
+    fn check_not_own(&self, inner: &Inner, path: &Path, used_as: own_files::Use) -> Result<()> {
+        let stores: Vec<PathBuf> = inner
+            .state
+            .snapshots
+            .iter()
+            .map(|s| s.store.clone())
+            .collect();
+        own_files::check(&self.paths, path, used_as, &stores)
+    }
+
     fn volume_add(&self, inner: &mut Inner, name: &str, device: &Path) -> Result<()> {
         check_name(name)?;
         if Self::name_taken(inner, name) {
@@ -600,6 +613,7 @@ impl Registry {
                 "the name '{name}' is taken by a volume or snapshot; choose another"
             )));
         }
+        self.check_not_own(inner, device, own_files::Use::Volume)?;
         let meta = std::fs::metadata(device)
             .map_err(|e| DaemonError::io(&format!("cannot add {}", device.display()), &e))?;
         let kind = if meta.file_type().is_block_device() {
@@ -768,6 +782,7 @@ impl Registry {
                 DaemonError::io(&format!("cannot create {}", store_arg.display()), &e)
             })?;
         }
+        self.check_not_own(inner, &store_arg, own_files::Use::Store)?;
         let place = stores::place(&store_arg, &spec.volume, &spec.name)?;
         let on_err = spec
             .on_store_error

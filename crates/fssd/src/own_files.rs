@@ -1,0 +1,188 @@
+//! Refusing paths that would make fss serve or store through itself.
+//!
+//! A volume or store that is one of the daemon's own files, one of its exports (a file in its
+//! FUSE directory, or a loop device over one), or that lives on a file system mounted from an
+//! fss volume, makes fss's I/O wait on fss's own I/O: the first request deadlocks, and a stop
+//! hangs for ever on its own FUSE connection. Files are compared by device and inode, so a
+//! link or a bind mount does not slip through.
+
+use crate::error::{DaemonError, Result};
+use crate::paths::Paths;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+/// Loop devices nest at most this deep before we stop looking (a loop over a file on a file
+/// system on a loop ...).
+const MAX_DEPTH: usize = 4;
+
+/// The major number of loop devices.
+const LOOP_MAJOR: u32 = 7;
+
+/// What a path is checked as, for the message.
+#[derive(Debug, Clone, Copy)]
+pub enum Use {
+    /// A volume's image or device.
+    Volume,
+    /// A snapshot's store (a file, a directory to make one in, or a device).
+    Store,
+}
+
+impl Use {
+    fn what(self) -> &'static str {
+        match self {
+            Use::Volume => "a volume",
+            Use::Store => "a store",
+        }
+    }
+}
+
+/// Refuse `path` as a volume or store if it is, or lives on, something fss serves.
+///
+/// `stores` are the store files of existing snapshots, `volumes` the images being served.
+/// A path that does not exist yet is judged by its directory.
+///
+/// # Errors
+/// `invalid`, naming what the path resolves to and what to do instead.
+pub fn check(paths: &Paths, path: &Path, used_as: Use, stores: &[PathBuf]) -> Result<()> {
+    let refuse = |why: String| {
+        Err(DaemonError::invalid(format!(
+            "{} cannot be {}: {why}; fss would wait on its own I/O. Choose a path outside fss's \
+             state directory and off every file system served by fss",
+            path.display(),
+            used_as.what()
+        )))
+    };
+    if let Ok(meta) = std::fs::metadata(path) {
+        if let Some(why) = own_file(paths, &meta, used_as, stores) {
+            return refuse(why);
+        }
+    }
+    if matches!(used_as, Use::Volume) && under(path, &paths.stores_dir()) {
+        return refuse("it lies in the store directory".into());
+    }
+    // A path not made yet lives on the file system of its nearest existing ancestor.
+    let Some(meta) = existing(path) else {
+        return Ok(());
+    };
+    let fuse_dev = fuse_device(&paths.fuse_dir);
+    if let Some(why) = on_export(&meta, fuse_dev, &paths.fuse_dir, 0) {
+        return refuse(why);
+    }
+    Ok(())
+}
+
+/// Whether `path` (existing or not) lies inside the existing directory `dir`.
+fn under(path: &Path, dir: &Path) -> bool {
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    let resolved = path.canonicalize().ok().or_else(|| {
+        let parent = path.parent()?.canonicalize().ok()?;
+        Some(parent.join(path.file_name()?))
+    });
+    resolved.is_some_and(|p| p.starts_with(dir))
+}
+
+/// The metadata of `path`, or of its nearest existing ancestor when it does not exist yet.
+fn existing(path: &Path) -> Option<std::fs::Metadata> {
+    let mut p = Some(path);
+    while let Some(at) = p {
+        if let Ok(m) = std::fs::metadata(at) {
+            return Some(m);
+        }
+        p = at.parent().filter(|q| !q.as_os_str().is_empty());
+    }
+    None
+}
+
+/// The device number of the FUSE directory's file system, if it is mounted there.
+fn fuse_device(fuse_dir: &Path) -> Option<u64> {
+    let dir = std::fs::metadata(fuse_dir).ok()?;
+    let parent = std::fs::metadata(fuse_dir.join("..")).ok()?;
+    (dir.dev() != parent.dev()).then_some(dir.dev())
+}
+
+fn same(a: &std::fs::Metadata, b: &Path) -> bool {
+    std::fs::metadata(b).is_ok_and(|m| m.dev() == a.dev() && m.ino() == a.ino())
+}
+
+/// Whether `meta` is one of the daemon's own files or directories.
+fn own_file(
+    paths: &Paths,
+    meta: &std::fs::Metadata,
+    used_as: Use,
+    stores: &[PathBuf],
+) -> Option<String> {
+    let named = [
+        (paths.state_dir.clone(), "the state directory"),
+        (paths.lock_file(), "the daemon's lock file"),
+        (paths.state_file(), "the daemon's state file"),
+        (
+            paths.state_file().with_extension("json.tmp"),
+            "the daemon's state file",
+        ),
+        (paths.control_socket(), "the control socket"),
+        (paths.nbd_socket.clone(), "the NBD socket"),
+        (paths.stores_dir(), "the store directory"),
+        (paths.fuse_dir.clone(), "the FUSE directory"),
+    ];
+    // A store directory is fine as a store; a volume's default place is fine for a volume.
+    for (p, what) in named {
+        let allowed = matches!(used_as, Use::Store) && p == paths.stores_dir();
+        if !allowed && same(meta, &p) {
+            return Some(format!("it is {what}"));
+        }
+    }
+    if stores.iter().any(|s| same(meta, s)) {
+        return Some("it is the store of a snapshot".into());
+    }
+    None
+}
+
+/// Whether `meta` is an fss export: a file on the FUSE directory's file system, a loop device
+/// over one, or a file on a file system whose device is such a loop device.
+fn on_export(
+    meta: &std::fs::Metadata,
+    fuse_dev: Option<u64>,
+    fuse_dir: &Path,
+    depth: usize,
+) -> Option<String> {
+    if depth > MAX_DEPTH {
+        return Some("it sits under too many loop devices to check".into());
+    }
+    if fuse_dev == Some(meta.dev()) {
+        return Some(format!(
+            "it is in fss's FUSE directory {}",
+            fuse_dir.display()
+        ));
+    }
+    // A block device is judged by itself, anything else by the file system it lives on.
+    let dev = if meta.file_type().is_block_device() {
+        meta.rdev()
+    } else {
+        meta.dev()
+    };
+    let backing = loop_backing_file(dev)?;
+    let inner = std::fs::metadata(&backing).ok()?;
+    on_export(&inner, fuse_dev, fuse_dir, depth + 1).map(|why| {
+        format!(
+            "it is on loop device {}:{} backed by {}, and {why}",
+            rustix::fs::major(dev),
+            rustix::fs::minor(dev),
+            backing.display()
+        )
+    })
+}
+
+/// The file behind loop device `dev`, if it is an attached loop device.
+fn loop_backing_file(dev: u64) -> Option<PathBuf> {
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    if major != LOOP_MAJOR {
+        return None;
+    }
+    let f = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/loop/backing_file"))
+        .ok()?;
+    // The kernel appends " (deleted)" to an unlinked backing file.
+    let f = f.trim_end_matches('\n');
+    Some(PathBuf::from(f.strip_suffix(" (deleted)").unwrap_or(f)))
+}
