@@ -126,6 +126,7 @@ pub mod frontends {
         if let Some(addr) = &opts.nbd_listen {
             let tcp = std::net::TcpListener::bind(addr)
                 .map_err(|e| DaemonError::io(&format!("cannot listen for NBD on {addr}"), &e))?;
+            crate::warn_if_exposed(&tcp);
             let s = server.clone();
             threads.push(spawn("fss-nbd-tcp", move || {
                 if let Err(e) = s.serve_tcp(tcp) {
@@ -208,5 +209,19 @@ pub mod frontends {
             opts.nbd_listen.clone(),
         );
         Ok(vec![Box::new(nbd), Box::new(fuse)])
+    }
+}
+
+/// Plain NBD over TCP has neither authentication nor encryption: say so loudly when the
+/// listener is reachable from other machines.
+fn warn_if_exposed(tcp: &std::net::TcpListener) {
+    if let Ok(local) = tcp.local_addr() {
+        if !local.ip().is_loopback() {
+            tracing::warn!(
+                "NBD over TCP on {local} serves every volume read-write, unencrypted and without \
+                 authentication, to anyone who can reach that address; listen on 127.0.0.1 (or \
+                 use the unix socket) unless the network is trusted"
+            );
+        }
     }
 }

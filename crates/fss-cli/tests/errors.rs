@@ -378,3 +378,23 @@ fn fssconfig_usage_and_errors_exit_1() {
     assert_eq!(r.status, 1);
     assert!(r.stderr.contains("not on an fss volume"), "{}", r.stderr);
 }
+
+#[test]
+fn nbd_over_tcp_on_every_address_is_logged_as_exposed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_with(&tmp.path().join("s"), &["--nbd-listen", "0.0.0.0:0"]);
+    // The log is read by another thread: give it a moment.
+    let t = std::time::Instant::now();
+    while !d.log().contains("unencrypted") && t.elapsed().as_secs() < 5 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        d.log().contains("unencrypted and without authentication"),
+        "no warning in:\n{}",
+        d.log()
+    );
+    assert_eq!(d.stop(), 0);
+    let mut quiet = Daemon::start_with(&tmp.path().join("q"), &["--nbd-listen", "127.0.0.1:0"]);
+    assert!(!quiet.log().contains("unencrypted"), "{}", quiet.log());
+    assert_eq!(quiet.stop(), 0);
+}
