@@ -4,6 +4,7 @@
 //! 16 MiB) is the unit of allocation and mapping in a store. The cluster size belongs to the
 //! volume and is grown automatically so that no volume needs more than 2^24 clusters.
 
+use crate::cluster_map::{mask_range, mask_words};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The unit of preservation, in bytes.
@@ -114,6 +115,25 @@ impl Geometry {
     pub fn block_in_cluster(&self, block: u64) -> u32 {
         (block & (u64::from(self.blocks_per_cluster()) - 1)) as u32
     }
+
+    /// The blocks of `cluster` inside the volume and inside blocks `[b0, b1)`, as masks:
+    /// (whole cluster, the part in range).
+    pub(crate) fn cluster_masks(&self, cluster: u64, b0: u64, b1: u64) -> (Vec<u16>, Vec<u16>) {
+        let words = mask_words(self.blocks_per_cluster());
+        let first = self.first_block(cluster);
+        let end = (first + u64::from(self.blocks_per_cluster())).min(self.block_count());
+        let full = mask_range(words, 0, (end - first) as u32);
+        let from = b0.max(first) - first;
+        let to = b1.min(end) - first;
+        (full, mask_range(words, from as u32, to as u32))
+    }
+}
+
+/// The bytes of blocks `[first, first + count)` that lie in `[offset, offset + len)`.
+pub(crate) fn clip(first: u64, count: u64, offset: u64, len: u64) -> (u64, u64) {
+    let start = (first * BLOCK_SIZE).max(offset);
+    let end = ((first + count) * BLOCK_SIZE).min(offset + len);
+    (start, end)
 }
 
 /// The blocks `[first, end)` touched by the byte range `[offset, offset + len)`.

@@ -10,9 +10,9 @@
 //! and a volume flush waits for every held write, so FLUSH keeps its meaning: data and the
 //! records that find the pre-images are durable when it returns.
 
+use crate::chain::SnapState;
 use crate::device::BlockDevice;
 use crate::error::Error;
-use crate::snapshot::SnapState;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
