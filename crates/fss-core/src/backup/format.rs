@@ -236,84 +236,10 @@ impl BackupHeader {
     /// A [`Problem`]: not a backup (`InvalidArgument`), another version (`UnsupportedFormat`),
     /// or damaged (`CorruptStore`).
     pub fn decode(b: &[u8]) -> Result<Self, Problem> {
-        if b.len() < MAGIC.len() && MAGIC.starts_with(b) {
-            return Err(Problem::corrupt(format!(
-                "the stream ends after {} bytes, inside the magic; the backup is truncated",
-                b.len()
-            )));
-        }
-        if b.len() < MAGIC.len() || b[0..8] != MAGIC {
-            return Err(Problem {
-                kind: ErrorKind::InvalidArgument,
-                detail: "not an fss backup (no FSSBACK magic at its start)".into(),
-            });
-        }
-        if b.len() < HEADER_LEN {
-            return Err(Problem::corrupt(format!(
-                "the stream ends after {} bytes, inside the {HEADER_LEN}-byte header; \
-                 the backup is truncated",
-                b.len()
-            )));
-        }
-        let version = u32_at(b, 8);
-        if version != VERSION {
-            return Err(Problem {
-                kind: ErrorKind::UnsupportedFormat,
-                detail: format!(
-                    "backup format version {version} is not supported (this fss reads version \
-                     {VERSION}); if the backup was not written by a newer fss, it is damaged"
-                ),
-            });
-        }
-        if crc32c::crc32c(&b[..HEADER_CRC_AT]) != u32_at(b, HEADER_CRC_AT) {
-            return Err(Problem::corrupt(
-                "header checksum mismatch: the header is damaged",
-            ));
-        }
-        let header_len = u32_at(b, 12);
-        if header_len as usize != HEADER_LEN {
-            return Err(Problem::corrupt(format!(
-                "header: length {header_len} is not {HEADER_LEN}"
-            )));
-        }
-        let block = u32_at(b, 20);
-        if u64::from(block) != BLOCK {
-            return Err(Problem::corrupt(format!(
-                "header: block size {block} is not {BLOCK}"
-            )));
-        }
-        if b[115..128]
-            .iter()
-            .chain(&b[320..HEADER_CRC_AT])
-            .any(|&x| x != 0)
-        {
-            return Err(Problem::corrupt("header: reserved bytes are not zero"));
-        }
+        check_framing(b)?;
         let volume_name = decode_name(b, 112, 128, "volume")?;
         let snapshot_name = decode_name(b, 113, 192, "snapshot")?;
-        let base_name = decode_name(b, 114, 256, "base snapshot")?;
-        let base_id = u64_at(b, 80);
-        let base_created = u64_at(b, 88);
-        let base = match u32_at(b, 16) {
-            1 => {
-                if base_id != 0 || base_created != 0 || !base_name.is_empty() {
-                    return Err(Problem::corrupt(
-                        "header: a full backup names a base snapshot",
-                    ));
-                }
-                None
-            }
-            2 => Some(SnapshotRef {
-                name: base_name,
-                id: base_id,
-                created_ns: base_created,
-            }),
-            k => {
-                return Err(Problem::corrupt(format!(
-                    "header: kind {k} is neither 1 (full) nor 2 (incremental)"
-                )))
-            }
-        };
+        let base = decode_base(b)?;
         let mut backup_id = [0u8; 16];
         backup_id.copy_from_slice(&b[24..40]);
         let mut volume_id = [0u8; 16];
@@ -334,6 +260,90 @@ impl BackupHeader {
         };
         h.check()?;
         Ok(h)
+    }
+}
+
+/// The parts of a header that say whether it is one, of this version, and intact: magic,
+/// length, version, checksum, block size and reserved bytes.
+fn check_framing(b: &[u8]) -> Result<(), Problem> {
+    if b.len() < MAGIC.len() && MAGIC.starts_with(b) {
+        return Err(Problem::corrupt(format!(
+            "the stream ends after {} bytes, inside the magic; the backup is truncated",
+            b.len()
+        )));
+    }
+    if b.len() < MAGIC.len() || b[0..8] != MAGIC {
+        return Err(Problem {
+            kind: ErrorKind::InvalidArgument,
+            detail: "not an fss backup (no FSSBACK magic at its start)".into(),
+        });
+    }
+    if b.len() < HEADER_LEN {
+        return Err(Problem::corrupt(format!(
+            "the stream ends after {} bytes, inside the {HEADER_LEN}-byte header; \
+             the backup is truncated",
+            b.len()
+        )));
+    }
+    let version = u32_at(b, 8);
+    if version != VERSION {
+        return Err(Problem {
+            kind: ErrorKind::UnsupportedFormat,
+            detail: format!(
+                "backup format version {version} is not supported (this fss reads version \
+                 {VERSION}); if the backup was not written by a newer fss, it is damaged"
+            ),
+        });
+    }
+    if crc32c::crc32c(&b[..HEADER_CRC_AT]) != u32_at(b, HEADER_CRC_AT) {
+        return Err(Problem::corrupt(
+            "header checksum mismatch: the header is damaged",
+        ));
+    }
+    let header_len = u32_at(b, 12);
+    if header_len as usize != HEADER_LEN {
+        return Err(Problem::corrupt(format!(
+            "header: length {header_len} is not {HEADER_LEN}"
+        )));
+    }
+    let block = u32_at(b, 20);
+    if u64::from(block) != BLOCK {
+        return Err(Problem::corrupt(format!(
+            "header: block size {block} is not {BLOCK}"
+        )));
+    }
+    if b[115..128]
+        .iter()
+        .chain(&b[320..HEADER_CRC_AT])
+        .any(|&x| x != 0)
+    {
+        return Err(Problem::corrupt("header: reserved bytes are not zero"));
+    }
+    Ok(())
+}
+
+/// The base snapshot a header names: none for a full backup, one for an incremental.
+fn decode_base(b: &[u8]) -> Result<Option<SnapshotRef>, Problem> {
+    let base_name = decode_name(b, 114, 256, "base snapshot")?;
+    let base_id = u64_at(b, 80);
+    let base_created = u64_at(b, 88);
+    match u32_at(b, 16) {
+        1 => {
+            if base_id != 0 || base_created != 0 || !base_name.is_empty() {
+                return Err(Problem::corrupt(
+                    "header: a full backup names a base snapshot",
+                ));
+            }
+            Ok(None)
+        }
+        2 => Ok(Some(SnapshotRef {
+            name: base_name,
+            id: base_id,
+            created_ns: base_created,
+        })),
+        k => Err(Problem::corrupt(format!(
+            "header: kind {k} is neither 1 (full) nor 2 (incremental)"
+        ))),
     }
 }
 

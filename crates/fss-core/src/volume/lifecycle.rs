@@ -75,22 +75,7 @@ impl Volume {
         members: &[(&Volume, &str, &SnapshotOptions)],
         mut make_store: impl FnMut(&StoreParams) -> Result<Box<dyn Store>>,
     ) -> Result<Vec<Snapshot>> {
-        for (i, (v, name, _)) in members.iter().enumerate() {
-            if members[..i]
-                .iter()
-                .any(|(o, _, _)| Arc::ptr_eq(&o.core, &v.core))
-            {
-                return Err(Error::new(
-                    ErrorKind::InvalidArgument,
-                    "create snapshot group",
-                    format!("'{name}'"),
-                    format!(
-                        "volume '{}' appears twice; one snapshot per volume",
-                        v.name()
-                    ),
-                ));
-            }
-        }
+        check_distinct(members)?;
         let mut prepared = Vec::with_capacity(members.len());
         let destroy = |ps: &[Prepared]| {
             for p in ps {
@@ -236,6 +221,27 @@ impl Volume {
     pub fn delete_snapshot(&self, name: &str) -> Result<()> {
         self.core.delete_snapshot(name)
     }
+}
+
+/// `InvalidArgument` if a volume appears twice among the members of a group.
+fn check_distinct(members: &[(&Volume, &str, &SnapshotOptions)]) -> Result<()> {
+    for (i, (v, name, _)) in members.iter().enumerate() {
+        if members[..i]
+            .iter()
+            .any(|(o, _, _)| Arc::ptr_eq(&o.core, &v.core))
+        {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "create snapshot group",
+                format!("'{name}'"),
+                format!(
+                    "volume '{}' appears twice; one snapshot per volume",
+                    v.name()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The store map of a recovered snapshot, checked against the volume's geometry.
