@@ -4,7 +4,7 @@
 
 use crate::cluster_map::{mask_is_empty, mask_remove, ClusterMap};
 use crate::error::{Error, ErrorKind, Result};
-use crate::geometry::Geometry;
+use crate::geometry::{Cluster, Geometry};
 use crate::snapshot_types::{OnStoreError, SnapshotOptions, SnapshotState, SnapshotStats};
 use crate::store::Store;
 use std::ops::{Index, IndexMut};
@@ -85,14 +85,16 @@ impl FastBits {
                 .collect(),
         )
     }
-    pub fn get(&self, cluster: u64) -> bool {
+    pub fn get(&self, cluster: Cluster) -> bool {
+        let c = cluster.key();
         self.0
-            .get((cluster / 64) as usize)
-            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (cluster % 64)) != 0)
+            .get((c / 64) as usize)
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (c % 64)) != 0)
     }
-    pub fn set(&self, cluster: u64) {
-        if let Some(w) = self.0.get((cluster / 64) as usize) {
-            w.fetch_or(1 << (cluster % 64), Ordering::Relaxed);
+    pub fn set(&self, cluster: Cluster) {
+        let c = cluster.key();
+        if let Some(w) = self.0.get((c / 64) as usize) {
+            w.fetch_or(1 << (c % 64), Ordering::Relaxed);
         }
     }
 }
@@ -167,10 +169,10 @@ impl Chains {
 
 /// The blocks of `cluster` not covered by the maps of `snaps` (a chain from its target to its
 /// newest), limited to `within`.
-pub(crate) fn uncovered(snaps: &[Arc<SnapState>], cluster: u32, within: &[u16]) -> Vec<u16> {
+pub(crate) fn uncovered(snaps: &[Arc<SnapState>], cluster: Cluster, within: &[u16]) -> Vec<u16> {
     let mut m = within.to_vec();
     for s in snaps {
-        if let Some((_, have)) = s.map().get(cluster) {
+        if let Some((_, have)) = s.map().get(cluster.key()) {
             mask_remove(&mut m, have);
             if mask_is_empty(&m) {
                 break;
@@ -185,13 +187,13 @@ pub(crate) fn uncovered(snaps: &[Arc<SnapState>], cluster: u32, within: &[u16]) 
 /// that lose them if it does. `each` is called with each, in that order.
 pub(crate) fn losing_blocks<'a>(
     older: &'a [Arc<SnapState>],
-    cluster: u32,
+    cluster: Cluster,
     blocks: &[u16],
     mut each: impl FnMut(&'a Arc<SnapState>),
 ) {
     let mut lost = blocks.to_vec();
     for s in older.iter().rev() {
-        if let Some((_, have)) = s.map().get(cluster) {
+        if let Some((_, have)) = s.map().get(cluster.key()) {
             mask_remove(&mut lost, have);
         }
         if mask_is_empty(&lost) {
@@ -276,7 +278,8 @@ impl SnapState {
     }
 
     /// The store slot of `cluster`, allocated (and mapped) if the cluster has none yet.
-    pub fn slot_for(&self, cluster: u32) -> Result<u32> {
+    pub fn slot_for(&self, cluster: Cluster) -> Result<u32> {
+        let cluster = cluster.key();
         let mut map = self.map_mut();
         match map.slot(cluster) {
             Some(s) => Ok(s),

@@ -116,11 +116,22 @@ impl Geometry {
         (block & (u64::from(self.blocks_per_cluster()) - 1)) as u32
     }
 
+    /// The clusters holding blocks `[b0, b1)` (not empty), in order.
+    pub(crate) fn clusters_of(&self, b0: u64, b1: u64) -> impl Iterator<Item = Cluster> + Clone {
+        // At most MAX_CLUSTERS (2^24) clusters: every index fits in u32.
+        (self.cluster_of_block(b0)..=self.cluster_of_block(b1 - 1)).map(|c| Cluster(c as u32))
+    }
+
+    /// The first block of `cluster`.
+    pub(crate) fn first_block_of(&self, cluster: Cluster) -> u64 {
+        self.first_block(cluster.index())
+    }
+
     /// The blocks of `cluster` inside the volume and inside blocks `[b0, b1)`, as masks:
     /// (whole cluster, the part in range).
-    pub(crate) fn cluster_masks(&self, cluster: u64, b0: u64, b1: u64) -> (Vec<u16>, Vec<u16>) {
+    pub(crate) fn cluster_masks(&self, cluster: Cluster, b0: u64, b1: u64) -> (Vec<u16>, Vec<u16>) {
         let words = mask_words(self.blocks_per_cluster());
-        let first = self.first_block(cluster);
+        let first = self.first_block_of(cluster);
         let end = (first + u64::from(self.blocks_per_cluster())).min(self.block_count());
         let full = mask_range(words, 0, (end - first) as u32);
         let from = b0.max(first) - first;
@@ -129,11 +140,53 @@ impl Geometry {
     }
 }
 
+/// A cluster of the volume, by index. A volume has at most [`MAX_CLUSTERS`] (2^24) clusters,
+/// so every index fits the `u32` by which cluster maps and stores key clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Cluster(u32);
+
+impl Cluster {
+    /// The cluster a map or store keys by `key`.
+    pub(crate) fn from_key(key: u32) -> Self {
+        Cluster(key)
+    }
+
+    /// Its key in a cluster map or store.
+    pub(crate) fn key(self) -> u32 {
+        self.0
+    }
+
+    /// Its index among the volume's clusters.
+    pub(crate) fn index(self) -> u64 {
+        u64::from(self.0)
+    }
+}
+
+/// A byte range `[start, end)` of the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Span {
+    /// Its place in a buffer that holds the volume's bytes from byte `base` on.
+    pub(crate) fn in_buf(self, base: u64) -> std::ops::Range<usize> {
+        (self.start - base) as usize..(self.end - base) as usize
+    }
+
+    /// Its length in bytes.
+    pub(crate) fn len(self) -> u64 {
+        self.end - self.start
+    }
+}
+
 /// The bytes of blocks `[first, first + count)` that lie in `[offset, offset + len)`.
-pub(crate) fn clip(first: u64, count: u64, offset: u64, len: u64) -> (u64, u64) {
-    let start = (first * BLOCK_SIZE).max(offset);
-    let end = ((first + count) * BLOCK_SIZE).min(offset + len);
-    (start, end)
+pub(crate) fn clip(first: u64, count: u64, offset: u64, len: u64) -> Span {
+    Span {
+        start: (first * BLOCK_SIZE).max(offset),
+        end: ((first + count) * BLOCK_SIZE).min(offset + len),
+    }
 }
 
 /// The blocks `[first, end)` touched by the byte range `[offset, offset + len)`.

@@ -7,7 +7,7 @@ use crate::cluster_map::{mask_keep, mask_remove, mask_runs};
 use crate::core::VolumeCore;
 use crate::device::{push_extent, Extent};
 use crate::error::{Error, ErrorKind, Result};
-use crate::geometry::{block_span, clip, Geometry};
+use crate::geometry::{block_span, clip, Cluster, Geometry};
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -107,7 +107,7 @@ pub(super) fn changed_since(
     }
     let later = &chains.chain[snap.chain][span];
     let (b0, b1) = block_span(offset, len);
-    for cluster in g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1) {
+    for cluster in g.clusters_of(b0, b1) {
         cluster_changes(&g, later, cluster, (b0, b1), (offset, len), &mut out);
     }
     Ok(out)
@@ -148,7 +148,7 @@ fn chain_span(
 fn cluster_changes(
     g: &Geometry,
     later: &[Arc<SnapState>],
-    cluster: u64,
+    cluster: Cluster,
     (b0, b1): (u64, u64),
     (offset, len): (u64, u64),
     out: &mut Vec<Extent>,
@@ -156,7 +156,7 @@ fn cluster_changes(
     let (_, in_range) = g.cluster_masks(cluster, b0, b1);
     let mut changed = vec![0u16; in_range.len()];
     for s in later {
-        s.map().or_mask_into(cluster as u32, &mut changed);
+        s.map().or_mask_into(cluster.key(), &mut changed);
     }
     mask_keep(&mut changed, &in_range);
     let mut unchanged = in_range.clone();
@@ -171,14 +171,14 @@ fn cluster_changes(
         )
         .collect();
     runs.sort_unstable();
-    let first = g.first_block(cluster);
+    let first = g.first_block_of(cluster);
     for (a, n, data) in runs {
-        let (start, end) = clip(first + u64::from(a), u64::from(n), offset, len);
+        let run = clip(first + u64::from(a), u64::from(n), offset, len);
         push_extent(
             out,
             Extent {
-                offset: start,
-                len: end - start,
+                offset: run.start,
+                len: run.len(),
                 data,
             },
         );

@@ -5,7 +5,7 @@ use crate::chain::SnapState;
 use crate::cluster_map::{mask_is_empty, mask_keep, mask_remove, mask_runs};
 use crate::core::VolumeCore;
 use crate::error::{Error, ErrorKind, Result};
-use crate::geometry::{block_span, clip, Geometry, BLOCK_SIZE};
+use crate::geometry::{block_span, clip, Cluster, Geometry, Span, BLOCK_SIZE};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -41,27 +41,24 @@ pub(super) fn read(
     let later = &chains.chain[snap.chain][idx..];
     let len = buf.len() as u64;
     let (b0, b1) = block_span(offset, len);
-    let clusters = g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1);
+    let clusters = g.clusters_of(b0, b1);
     let (unmapped, any_mapped) = unmapped_span(&g, later, b0, b1);
     if let Some((lo, hi)) = unmapped {
         // Read that span from the volume first, in one I/O, and only then consult the
         // maps: a block not mapped at that later moment had not been preserved, so it had
         // not been overwritten either (a volume write waits for its pre-image), and the
         // volume read saw the snapshot's bytes. Mapped blocks are overlaid from stores.
-        let (start, end) = clip(lo, hi - lo, offset, len);
+        let span = clip(lo, hi - lo, offset, len);
         if any_mapped && len >= PARALLEL_SNAPSHOT_READ {
-            read_parallel(core, &g, later, buf, offset, (start, end), &object)?;
+            read_parallel(core, &g, later, buf, offset, span, &object)?;
             if !snap.is_valid() {
                 return Err(snap.invalid_error());
             }
             return Ok(());
         }
         core.dev
-            .read_at_cached(
-                &mut buf[(start - offset) as usize..(end - offset) as usize],
-                start,
-            )
-            .map_err(|e| Error::io("read", object.clone(), e).at(start))?;
+            .read_at_cached(&mut buf[span.in_buf(offset)], span.start)
+            .map_err(|e| Error::io("read", object.clone(), e).at(span.start))?;
     }
     let mut scratch = Vec::new();
     for cluster in clusters {
@@ -84,17 +81,17 @@ fn unmapped_span(
 ) -> (Option<(u64, u64)>, bool) {
     let mut unmapped: Option<(u64, u64)> = None;
     let mut any_mapped = false;
-    for cluster in g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1) {
+    for cluster in g.clusters_of(b0, b1) {
         let (_, mut open) = g.cluster_masks(cluster, b0, b1);
         for s in later {
-            if let Some((_, have)) = s.map().get(cluster as u32) {
+            if let Some((_, have)) = s.map().get(cluster.key()) {
                 mask_remove(&mut open, have);
                 any_mapped = true;
             }
         }
         let runs = mask_runs(&open);
         if let (Some(&(lo, _)), Some(&(hl, hn))) = (runs.first(), runs.last()) {
-            let first = g.first_block(cluster);
+            let first = g.first_block_of(cluster);
             let (lo, hi) = (first + u64::from(lo), first + u64::from(hl + hn));
             unmapped = Some(unmapped.map_or((lo, hi), |(a, _)| (a, hi)));
         }
@@ -113,16 +110,16 @@ fn read_parallel(
     later: &[Arc<SnapState>],
     buf: &mut [u8],
     offset: u64,
-    (start, end): (u64, u64),
+    span: Span,
     object: &str,
 ) -> Result<()> {
     let len = buf.len() as u64;
     let (b0, b1) = block_span(offset, len);
-    let clusters = g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1);
-    let mut from_volume = vec![0u8; (end - start) as usize];
+    let clusters = g.clusters_of(b0, b1);
+    let mut from_volume = vec![0u8; span.in_buf(span.start).len()];
     let mut scratch = Vec::new();
     let (stores, volume) = std::thread::scope(|sc| {
-        let reader = sc.spawn(|| core.dev.read_at_cached(&mut from_volume, start));
+        let reader = sc.spawn(|| core.dev.read_at_cached(&mut from_volume, span.start));
         let stores: Result<Vec<Vec<u16>>> = clusters
             .clone()
             .map(|cluster| {
@@ -134,7 +131,7 @@ fn read_parallel(
     });
     let missing = stores?;
     match volume {
-        Ok(r) => r.map_err(|e| Error::io("read", object.to_string(), e).at(start))?,
+        Ok(r) => r.map_err(|e| Error::io("read", object.to_string(), e).at(span.start))?,
         Err(_) => {
             return Err(Error::new(
                 ErrorKind::Io,
@@ -149,11 +146,10 @@ fn read_parallel(
             continue;
         }
         let open = read_from_stores(g, later, cluster, open, buf, offset, &mut scratch)?;
-        let first = g.first_block(cluster);
+        let first = g.first_block_of(cluster);
         for (b, n) in mask_runs(&open) {
-            let (rs, re) = clip(first + u64::from(b), u64::from(n), offset, len);
-            buf[(rs - offset) as usize..(re - offset) as usize]
-                .copy_from_slice(&from_volume[(rs - start) as usize..(re - start) as usize]);
+            let run = clip(first + u64::from(b), u64::from(n), offset, len);
+            buf[run.in_buf(offset)].copy_from_slice(&from_volume[run.in_buf(span.start)]);
         }
     }
     Ok(())
@@ -167,18 +163,18 @@ fn read_parallel(
 fn read_from_stores(
     g: &Geometry,
     snaps: &[Arc<SnapState>],
-    cluster: u64,
+    cluster: Cluster,
     mut open: Vec<u16>,
     buf: &mut [u8],
     offset: u64,
     scratch: &mut Vec<u8>,
 ) -> Result<Vec<u16>> {
     let len = buf.len() as u64;
-    let first = g.first_block(cluster);
+    let first = g.first_block_of(cluster);
     for s in snaps {
         let (slot, hit) = {
             let map = s.map();
-            let Some((slot, have)) = map.get(cluster as u32) else {
+            let Some((slot, have)) = map.get(cluster.key()) else {
                 continue;
             };
             let mut hit = open.clone();
@@ -189,21 +185,16 @@ fn read_from_stores(
         let (Some(&(lo, _)), Some(&(hl, hn))) = (runs.first(), runs.last()) else {
             continue;
         };
-        let (start, end) = clip(first + u64::from(lo), u64::from(hl + hn - lo), offset, len);
-        let in_slot = start - first * BLOCK_SIZE;
+        let span = clip(first + u64::from(lo), u64::from(hl + hn - lo), offset, len);
+        let in_slot = span.start - first * BLOCK_SIZE;
         if runs.len() == 1 {
-            s.store.read(
-                slot,
-                in_slot,
-                &mut buf[(start - offset) as usize..(end - offset) as usize],
-            )?;
+            s.store.read(slot, in_slot, &mut buf[span.in_buf(offset)])?;
         } else {
-            scratch.resize((end - start) as usize, 0);
+            scratch.resize(span.in_buf(span.start).len(), 0);
             s.store.read(slot, in_slot, scratch)?;
             for (b, n) in runs {
-                let (rs, re) = clip(first + u64::from(b), u64::from(n), offset, len);
-                buf[(rs - offset) as usize..(re - offset) as usize]
-                    .copy_from_slice(&scratch[(rs - start) as usize..(re - start) as usize]);
+                let run = clip(first + u64::from(b), u64::from(n), offset, len);
+                buf[run.in_buf(offset)].copy_from_slice(&scratch[run.in_buf(span.start)]);
             }
         }
         mask_remove(&mut open, &hit);

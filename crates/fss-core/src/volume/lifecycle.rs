@@ -6,7 +6,7 @@ use crate::chain::{losing_blocks, ChainKind, Chains, FastBits, SnapState};
 use crate::cluster_map::{mask_is_empty, mask_remove, mask_runs, mask_words, ClusterMap};
 use crate::core::VolumeCore;
 use crate::error::{Error, ErrorKind, Result};
-use crate::geometry::{Geometry, BLOCK_SIZE};
+use crate::geometry::{Cluster, Geometry, BLOCK_SIZE};
 use crate::snapshot::{Snapshot, SnapshotOptions};
 use crate::store::{Recovered, Store, StoreParams};
 use std::sync::atomic::Ordering;
@@ -428,7 +428,7 @@ impl VolumeCore {
     /// `older` (all snapshots before `gone` in its chain) still resolve every block.
     fn move_entries(older: &[Arc<SnapState>], gone: &SnapState) {
         let Some(prev) = older.last() else { return };
-        let todo: Vec<(u32, u32, Vec<u16>)> = {
+        let todo: Vec<(Cluster, u32, Vec<u16>)> = {
             let theirs = gone.map();
             let mine = prev.map();
             theirs
@@ -438,7 +438,7 @@ impl VolumeCore {
                     if let Some((_, have)) = mine.get(cl) {
                         mask_remove(&mut missing, have);
                     }
-                    (!mask_is_empty(&missing)).then_some((cl, slot, missing))
+                    (!mask_is_empty(&missing)).then_some((Cluster::from_key(cl), slot, missing))
                 })
                 .collect()
         };
@@ -453,7 +453,7 @@ impl VolumeCore {
                     buf.resize((u64::from(n) * BLOCK_SIZE) as usize, 0);
                     gone.store
                         .read(*from_slot, u64::from(s) * BLOCK_SIZE, &mut buf)?;
-                    prev.store.write_blocks(*cl, slot, s, &buf)?;
+                    prev.store.write_blocks(cl.key(), slot, s, &buf)?;
                 }
             }
             prev.store.sync()
@@ -462,7 +462,7 @@ impl VolumeCore {
             Ok(()) => {
                 let mut map = prev.map_mut();
                 for (cl, _, missing) in &todo {
-                    map.add_blocks(*cl, missing);
+                    map.add_blocks(cl.key(), missing);
                 }
             }
             Err(e) => {

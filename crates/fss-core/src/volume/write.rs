@@ -8,7 +8,7 @@ use crate::chain::{losing_blocks, uncovered, ChainKind, Chains, PerChain, SnapSt
 use crate::cluster_map::{mask_add, mask_is_empty, mask_keep, mask_runs};
 use crate::core::VolumeCore;
 use crate::error::{Error, Result};
-use crate::geometry::{block_span, Geometry, BLOCK_SIZE};
+use crate::geometry::{block_span, Cluster, Geometry, Span, BLOCK_SIZE};
 use crate::held_writes::{Held, HeldChange, StoreSync, MAX_HELD_LEN};
 use crate::snapshot_types::OnStoreError;
 use std::sync::atomic::Ordering;
@@ -27,7 +27,7 @@ pub(super) enum Change<'a> {
 
 /// What one request must preserve in one cluster, per chain.
 struct ClusterPlan {
-    cluster: u64,
+    cluster: Cluster,
     need: PerChain<Vec<u16>>,
 }
 
@@ -86,16 +86,20 @@ impl VolumeCore {
                 Some(g) => self.preserve(&chains, g, pos, n)?,
                 None => (None, Vec::new()),
             };
-            let at = (pos - offset) as usize;
+            let piece = Span {
+                start: pos,
+                end: pos + n,
+            }
+            .in_buf(offset);
             if syncs.is_empty() {
                 // Behind any held write of the same blocks, which the client sent earlier.
                 self.held.wait_clear(pos, n);
                 let r = match change {
                     // Over pre-images just read through the page cache: overwrite them there.
                     Change::Write(buf) if claims.is_some() => {
-                        self.dev.write_at_cached(&buf[at..at + n as usize], pos)
+                        self.dev.write_at_cached(&buf[piece], pos)
                     }
-                    Change::Write(buf) => self.dev.write_at(&buf[at..at + n as usize], pos),
+                    Change::Write(buf) => self.dev.write_at(&buf[piece], pos),
                     Change::Discard => self.dev.discard(pos, n),
                     Change::Zeroes => self.dev.write_zeroes(pos, n),
                 };
@@ -106,7 +110,7 @@ impl VolumeCore {
                     offset: pos,
                     len: n,
                     change: match change {
-                        Change::Write(buf) => HeldChange::Write(buf[at..at + n as usize].to_vec()),
+                        Change::Write(buf) => HeldChange::Write(buf[piece].to_vec()),
                         Change::Discard => HeldChange::Discard,
                         Change::Zeroes => HeldChange::Zeroes,
                     },
@@ -183,7 +187,7 @@ impl VolumeCore {
     ) -> Vec<ClusterPlan> {
         let (b0, b1) = block_span(offset, len);
         let mut plan = Vec::new();
-        for cluster in g.cluster_of_block(b0)..=g.cluster_of_block(b1 - 1) {
+        for cluster in g.clusters_of(b0, b1) {
             let mut need: PerChain<Vec<u16>> = PerChain::default();
             let mut any = false;
             for (c, t) in targets.each() {
@@ -192,7 +196,7 @@ impl VolumeCore {
                     continue;
                 }
                 let (full, in_range) = g.cluster_masks(cluster, b0, b1);
-                let mut open = uncovered(&chains.chain[c][t..], cluster as u32, &full);
+                let mut open = uncovered(&chains.chain[c][t..], cluster, &full);
                 if mask_is_empty(&open) {
                     chains.fast[c].set(cluster);
                     continue;
@@ -223,7 +227,7 @@ impl VolumeCore {
         let mut claims = Claims::new(&self.busy);
         let mut waits = 0u64;
         for p in plan.iter_mut() {
-            let first = g.first_block(p.cluster);
+            let first = g.first_block_of(p.cluster);
             for (s, n) in union_runs(&p.need) {
                 for i in s..s + n {
                     if claims.claim(first + u64::from(i)) {
@@ -233,7 +237,7 @@ impl VolumeCore {
             }
             for (c, t) in targets.each() {
                 if let (Some(t), false) = (t, p.need[c].is_empty()) {
-                    p.need[c] = uncovered(&chains.chain[c][*t..], p.cluster as u32, &p.need[c]);
+                    p.need[c] = uncovered(&chains.chain[c][*t..], p.cluster, &p.need[c]);
                 }
             }
         }
@@ -283,7 +287,7 @@ impl VolumeCore {
     fn read_pre_images(&self, g: &Geometry, plan: &[ClusterPlan]) -> Result<PreImages> {
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for p in plan {
-            let first = g.first_block(p.cluster);
+            let first = g.first_block_of(p.cluster);
             for (s, n) in union_runs(&p.need) {
                 let b = first + u64::from(s);
                 match runs.last_mut() {
@@ -295,11 +299,13 @@ impl VolumeCore {
         let mut out = Vec::with_capacity(runs.len());
         for (f, n) in runs {
             let mut data = vec![0u8; (n * BLOCK_SIZE) as usize];
-            let start = f * BLOCK_SIZE;
-            let end = ((f + n) * BLOCK_SIZE).min(self.len);
+            let run = Span {
+                start: f * BLOCK_SIZE,
+                end: ((f + n) * BLOCK_SIZE).min(self.len),
+            };
             self.dev
-                .read_at_cached(&mut data[..(end - start) as usize], start)
-                .map_err(|e| Error::io("read pre-image from", self.object(), e).at(start))?;
+                .read_at_cached(&mut data[run.in_buf(run.start)], run.start)
+                .map_err(|e| Error::io("read pre-image from", self.object(), e).at(run.start))?;
             out.push((f, data));
         }
         Ok(PreImages(out))
@@ -335,11 +341,10 @@ impl VolumeCore {
         }
         let result = (|| {
             for p in plan.iter().filter(|p| !mask_is_empty(&p.need[c])) {
-                let cl = p.cluster as u32;
-                let slot = snap.slot_for(cl)?;
+                let slot = snap.slot_for(p.cluster)?;
                 for (s, n) in mask_runs(&p.need[c]) {
-                    let data = pre.blocks(g.first_block(p.cluster) + u64::from(s), u64::from(n));
-                    snap.store.write_blocks(cl, slot, s, data)?;
+                    let data = pre.blocks(g.first_block_of(p.cluster) + u64::from(s), u64::from(n));
+                    snap.store.write_blocks(p.cluster.key(), slot, s, data)?;
                 }
                 written.push(p);
             }
@@ -377,12 +382,12 @@ impl VolumeCore {
         let mut blocks = 0u64;
         let mut map = snap.map_mut();
         for p in written {
-            blocks += u64::from(map.add_blocks(p.cluster as u32, &p.need[c]));
+            blocks += u64::from(map.add_blocks(p.cluster.key(), &p.need[c]));
             // A cluster the target now holds whole: later rewrites skip every lookup.
-            let first = g.first_block(p.cluster);
+            let first = g.first_block_of(p.cluster);
             let (full, _) = g.cluster_masks(p.cluster, first, first);
             if map
-                .get(p.cluster as u32)
+                .get(p.cluster.key())
                 .is_some_and(|(_, m)| m == full.as_slice())
             {
                 chains.fast[c].set(p.cluster);
@@ -406,16 +411,11 @@ impl VolumeCore {
     ) -> Vec<Arc<SnapState>> {
         let mut affected: Vec<Arc<SnapState>> = Vec::new();
         for p in plan.iter().filter(|p| !mask_is_empty(&p.need[c])) {
-            losing_blocks(
-                &chains.chain[c][..t],
-                p.cluster as u32,
-                &p.need[c],
-                |older| {
-                    if !affected.iter().any(|a| Arc::ptr_eq(a, older)) {
-                        affected.push(Arc::clone(older));
-                    }
-                },
-            );
+            losing_blocks(&chains.chain[c][..t], p.cluster, &p.need[c], |older| {
+                if !affected.iter().any(|a| Arc::ptr_eq(a, older)) {
+                    affected.push(Arc::clone(older));
+                }
+            });
         }
         affected
     }
