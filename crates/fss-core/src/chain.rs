@@ -99,7 +99,7 @@ impl FastBits {
     }
 }
 
-/// The snapshot chains and what depends on them; see [`crate::core`] for the locking.
+/// The snapshot chains and what depends on them; `core.rs` describes the locking.
 pub(crate) struct Chains {
     /// Fixed by the first live snapshot; `None` while there is none.
     pub geometry: Option<Geometry>,

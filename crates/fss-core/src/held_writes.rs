@@ -29,7 +29,7 @@ const GATHER: Duration = Duration::from_millis(2);
 /// Held bytes past which the committer starts at once.
 const GATHER_BYTES: u64 = 4 << 20;
 
-/// The longest single held change: [`crate::volume`] splits larger ones.
+/// The longest single held change: the write path (`volume/write.rs`) splits larger ones.
 pub(crate) const MAX_HELD_LEN: u64 = 32 << 20;
 
 /// What a held write does to the volume when it is applied.
