@@ -4,6 +4,7 @@
 //! 16 MiB) is the unit of allocation and mapping in a store. The cluster size belongs to the
 //! volume and is grown automatically so that no volume needs more than 2^24 clusters.
 
+use crate::cluster_map::{mask_range, mask_words};
 use crate::error::{Error, ErrorKind, Result};
 
 /// The unit of preservation, in bytes.
@@ -113,6 +114,78 @@ impl Geometry {
     #[must_use]
     pub fn block_in_cluster(&self, block: u64) -> u32 {
         (block & (u64::from(self.blocks_per_cluster()) - 1)) as u32
+    }
+
+    /// The clusters holding blocks `[b0, b1)` (not empty), in order.
+    pub(crate) fn clusters_of(&self, b0: u64, b1: u64) -> impl Iterator<Item = Cluster> + Clone {
+        // At most MAX_CLUSTERS (2^24) clusters: every index fits in u32.
+        (self.cluster_of_block(b0)..=self.cluster_of_block(b1 - 1)).map(|c| Cluster(c as u32))
+    }
+
+    /// The first block of `cluster`.
+    pub(crate) fn first_block_of(&self, cluster: Cluster) -> u64 {
+        self.first_block(cluster.index())
+    }
+
+    /// The blocks of `cluster` inside the volume and inside blocks `[b0, b1)`, as masks:
+    /// (whole cluster, the part in range).
+    pub(crate) fn cluster_masks(&self, cluster: Cluster, b0: u64, b1: u64) -> (Vec<u16>, Vec<u16>) {
+        let words = mask_words(self.blocks_per_cluster());
+        let first = self.first_block_of(cluster);
+        let end = (first + u64::from(self.blocks_per_cluster())).min(self.block_count());
+        let full = mask_range(words, 0, (end - first) as u32);
+        let from = b0.max(first) - first;
+        let to = b1.min(end) - first;
+        (full, mask_range(words, from as u32, to as u32))
+    }
+}
+
+/// A cluster of the volume, by index. A volume has at most [`MAX_CLUSTERS`] (2^24) clusters,
+/// so every index fits the `u32` by which cluster maps and stores key clusters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Cluster(u32);
+
+impl Cluster {
+    /// The cluster a map or store keys by `key`.
+    pub(crate) fn from_key(key: u32) -> Self {
+        Cluster(key)
+    }
+
+    /// Its key in a cluster map or store.
+    pub(crate) fn key(self) -> u32 {
+        self.0
+    }
+
+    /// Its index among the volume's clusters.
+    pub(crate) fn index(self) -> u64 {
+        u64::from(self.0)
+    }
+}
+
+/// A byte range `[start, end)` of the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl Span {
+    /// Its place in a buffer that holds the volume's bytes from byte `base` on.
+    pub(crate) fn in_buf(self, base: u64) -> std::ops::Range<usize> {
+        (self.start - base) as usize..(self.end - base) as usize
+    }
+
+    /// Its length in bytes.
+    pub(crate) fn len(self) -> u64 {
+        self.end - self.start
+    }
+}
+
+/// The bytes of blocks `[first, first + count)` that lie in `[offset, offset + len)`.
+pub(crate) fn clip(first: u64, count: u64, offset: u64, len: u64) -> Span {
+    Span {
+        start: (first * BLOCK_SIZE).max(offset),
+        end: ((first + count) * BLOCK_SIZE).min(offset + len),
     }
 }
 

@@ -10,9 +10,9 @@
 //! and a volume flush waits for every held write, so FLUSH keeps its meaning: data and the
 //! records that find the pre-images are durable when it returns.
 
+use crate::chain::SnapState;
 use crate::device::BlockDevice;
 use crate::error::Error;
-use crate::snapshot::SnapState;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -29,7 +29,7 @@ const GATHER: Duration = Duration::from_millis(2);
 /// Held bytes past which the committer starts at once.
 const GATHER_BYTES: u64 = 4 << 20;
 
-/// The longest single held change: [`crate::volume`] splits larger ones.
+/// The longest single held change: the write path (`volume/write.rs`) splits larger ones.
 pub(crate) const MAX_HELD_LEN: u64 = 32 << 20;
 
 /// What a held write does to the volume when it is applied.

@@ -23,7 +23,9 @@
 
 pub mod backup;
 pub mod busy;
+mod chain;
 pub mod cluster_map;
+mod core;
 pub mod device;
 pub mod error;
 pub mod export;
@@ -31,6 +33,7 @@ pub mod format;
 pub mod geometry;
 mod held_writes;
 pub mod snapshot;
+mod snapshot_types;
 pub mod store;
 pub mod volume;
 

@@ -14,6 +14,7 @@ use fss_core::backup::{
     BackupSummary, RestoreSummary,
 };
 use fss_core::device::{BlockDevice, MemDevice};
+use fss_core::snapshot::PairUse;
 use fss_core::store::DeviceStore;
 use fss_core::{Error, ErrorKind, Snapshot, SnapshotOptions, Volume};
 use proptest::prelude::*;
@@ -169,6 +170,45 @@ fn full_and_incrementals_restore_each_snapshot_byte_for_byte() {
         let r = BackupReader::open("x", Box::new(std::io::Cursor::new(bytes.clone()))).unwrap();
         assert_eq!(&r.verify(&mut |_, _| {}).unwrap(), sum);
     }
+}
+
+#[test]
+fn the_pair_check_of_diffs_and_incremental_backups() {
+    let f = StoreFactory::default();
+    let vol = volume("vol0", MIB, VOL_ID);
+    let p1 = persistent_snap(&vol, "p1", &f);
+    let t1 = snap(&vol, "t1");
+    let t2 = snap(&vol, "t2");
+    let other = volume("vol1", MIB, *b"backup-volume-02");
+    let o1 = snap(&other, "o1");
+    let refused = |older: &Snapshot, newer: &Snapshot, purpose, words: &[&str]| {
+        let e = older.check_older_than(newer, purpose).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+        for w in words {
+            assert!(e.to_string().contains(w), "'{w}' not in: {e}");
+        }
+    };
+    for purpose in [PairUse::Diff, PairUse::IncrementalBackup] {
+        t1.check_older_than(&t2, purpose).unwrap();
+        refused(
+            &t2,
+            &t1,
+            purpose,
+            &["'t2' (id 3) is not older than 't1' (id 2)"],
+        );
+        refused(&t1, &o1, purpose, &["volume 'vol0', not of 'vol1'"]);
+    }
+    refused(&t1, &t1, PairUse::Diff, &["the same snapshot"]);
+    refused(&t1, &t1, PairUse::IncrementalBackup, &["not older"]);
+    // Across the persistent and transient chains: an incremental backup, not an exact diff.
+    p1.check_older_than(&t2, PairUse::IncrementalBackup)
+        .unwrap();
+    refused(
+        &p1,
+        &t2,
+        PairUse::Diff,
+        &["not both persistent or both transient"],
+    );
 }
 
 #[test]

@@ -285,6 +285,61 @@ pub fn restore(
     restore_readers(readers, target, progress)
 }
 
+/// Check the chain of `readers` and that `target` (named `target_name`) is as long as their
+/// volume; returns the full backup's header.
+fn check_restore(
+    readers: &[BackupReader],
+    target: &dyn BlockDevice,
+    target_name: &str,
+) -> Result<BackupHeader> {
+    let chain: Vec<(&str, &BackupHeader)> =
+        readers.iter().map(|r| (r.name(), r.header())).collect();
+    check_chain(&chain).map_err(|p| Error::new(p.kind, "restore", "backup chain", p.detail))?;
+    let Some(first) = readers.first().map(|r| r.header().clone()) else {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "restore",
+            "backup chain",
+            "no backup to restore was given",
+        ));
+    };
+    if target.len() != first.volume_len {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "restore onto",
+            target_name,
+            format!(
+                "the target is {} bytes but volume '{}' of '{}' is {} bytes; restore onto a \
+                 device or image of exactly that size",
+                target.len(),
+                first.volume_name,
+                readers[0].name(),
+                first.volume_len
+            ),
+        ));
+    }
+    Ok(first)
+}
+
+/// `e`, met while applying backup `name` after `applied` of `count` backups were applied and
+/// something was written: says the target is now partially restored and must not be used.
+fn partially_restored(e: &Error, name: &str, applied: usize, count: usize) -> Error {
+    let source = std::error::Error::source(e)
+        .map(|s| format!(" ({s})"))
+        .unwrap_or_default();
+    let detail = format!(
+        "{}{source}; the target is now partially restored ({applied} of {count} backups \
+         applied, '{name}' in part) and must not be used: restore again from the full \
+         backup",
+        e.detail()
+    );
+    let new = Error::new(e.kind(), e.op(), e.object(), detail);
+    match e.offset() {
+        Some(o) => new.at(o),
+        None => new,
+    }
+}
+
 /// Restore opened backups onto `target`, which must be exactly as long as the volume.
 ///
 /// Before anything is written, every header is checked and the chain must be a full backup
@@ -302,33 +357,8 @@ pub fn restore_readers(
     target: &dyn BlockDevice,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RestoreSummary> {
-    let chain: Vec<(&str, &BackupHeader)> =
-        readers.iter().map(|r| (r.name(), r.header())).collect();
-    check_chain(&chain).map_err(|p| Error::new(p.kind, "restore", "backup chain", p.detail))?;
-    let Some(first) = readers.first().map(|r| r.header().clone()) else {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "restore",
-            "backup chain",
-            "no backup to restore was given",
-        ));
-    };
     let target_name = format!("target '{}'", target.describe());
-    if target.len() != first.volume_len {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "restore onto",
-            target_name,
-            format!(
-                "the target is {} bytes but volume '{}' of '{}' is {} bytes; restore onto a \
-                 device or image of exactly that size",
-                target.len(),
-                first.volume_name,
-                readers[0].name(),
-                first.volume_len
-            ),
-        ));
-    }
+    let first = check_restore(&readers, target, &target_name)?;
     let count = readers.len();
     let total: u64 = readers.iter().map(|r| r.header().covered).sum();
     let mut summary = RestoreSummary {
@@ -346,22 +376,10 @@ pub fn restore_readers(
     for mut r in readers {
         let name = r.name().to_string();
         let partial = |e: Error, wrote: bool, applied: usize| {
-            if !wrote {
-                return e;
-            }
-            let source = std::error::Error::source(&e)
-                .map(|s| format!(" ({s})"))
-                .unwrap_or_default();
-            let detail = format!(
-                "{}{source}; the target is now partially restored ({applied} of {count} backups \
-                 applied, '{name}' in part) and must not be used: restore again from the full \
-                 backup",
-                e.detail()
-            );
-            let new = Error::new(e.kind(), e.op(), e.object(), detail);
-            match e.offset() {
-                Some(o) => new.at(o),
-                None => new,
+            if wrote {
+                partially_restored(&e, &name, applied, count)
+            } else {
+                e
             }
         };
         loop {

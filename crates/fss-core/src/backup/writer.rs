@@ -3,10 +3,8 @@
 use super::format::{BackupHeader, Record, SnapshotRef, Trailer, BLOCK, MAX_DATA};
 use super::BackupSummary;
 use crate::error::{Error, ErrorKind, Result};
-use crate::snapshot::{Snapshot, SnapshotInfo};
+use crate::snapshot::{PairUse, Snapshot, SnapshotInfo};
 use std::io::{BufWriter, Write};
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How much of the snapshot is read at once; also the largest `DATA` record written.
@@ -69,31 +67,7 @@ pub fn write_incremental(
 ) -> Result<BackupSummary> {
     let base = readable(older)?;
     let info = readable(snapshot)?;
-    let object = format!("snapshot '{}'", info.name);
-    if !Arc::ptr_eq(&older.vol, &snapshot.vol) {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "back up",
-            object,
-            format!(
-                "'{}' is a snapshot of volume '{}', not of '{}': an incremental backup needs \
-                 an older snapshot of the same volume",
-                base.name, base.volume, info.volume
-            ),
-        ));
-    }
-    if base.id >= info.id {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "back up",
-            object,
-            format!(
-                "'{}' (id {}) is not older than '{}' (id {}): an incremental backup goes from \
-                 an older snapshot to a newer one",
-                base.name, base.id, info.name, info.id
-            ),
-        ));
-    }
+    older.check_older_than(snapshot, PairUse::IncrementalBackup)?;
     let len = info.len;
     let changed = if base.persistent == info.persistent {
         older.changed_until(snapshot, 0, len)?
@@ -118,17 +92,7 @@ pub fn write_incremental(
 
 /// The snapshot's description, if it can be read now.
 fn readable(snapshot: &Snapshot) -> Result<SnapshotInfo> {
-    if snapshot.snap.deleted.load(Ordering::Acquire) {
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            "back up",
-            format!("snapshot '{}'", snapshot.name()),
-            "the snapshot was deleted",
-        ));
-    }
-    if !snapshot.snap.is_valid() {
-        return Err(snapshot.snap.invalid_error());
-    }
+    snapshot.check_readable("back up")?;
     Ok(snapshot.info())
 }
 

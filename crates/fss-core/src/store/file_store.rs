@@ -2,19 +2,18 @@
 //! log of records, and cluster-sized data slots, on a file or a raw device. Group commit: one
 //! flush covers the data and records of every writer that staged before it.
 
+use super::replay::{self, format_error, read_log_block};
 use super::slots::Slots;
-use super::{MapEntry, Recovered, Store, StoreParams, VerifyReport};
-use crate::cluster_map::{mask_set, mask_words};
+use super::{Recovered, Store, StoreParams, VerifyReport};
 use crate::device::BlockDevice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::layout::Layout;
-use crate::format::record::{self, Body, Bounds, LogWriter, Replay, MAX_RUN};
+use crate::format::record::{Body, Bounds, LogWriter, Replay, MAX_RUN};
 use crate::format::superblock::Superblock;
-use crate::format::{FormatError, BLOCK};
-use rustc_hash::FxHashMap;
+use crate::format::BLOCK;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Who a store must belong to, checked when it is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,29 +64,6 @@ impl std::fmt::Debug for FileStore {
 fn ns(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn format_error(e: FormatError, object: String) -> Error {
-    let (kind, detail) = match &e {
-        FormatError::NotAStore => (
-            ErrorKind::ForeignStore,
-            "this is not an fss store (or it was deleted); give the right file or device"
-                .to_string(),
-        ),
-        FormatError::UnsupportedVersion(_) => (
-            ErrorKind::UnsupportedFormat,
-            format!("{e}; use the fss release that made it"),
-        ),
-        FormatError::Corrupt(_) => (
-            ErrorKind::CorruptStore,
-            format!("{e}; the snapshot cannot be trusted, delete it and take a new one"),
-        ),
-    };
-    Error::new(kind, "open", object, detail)
 }
 
 impl FileStore {
@@ -199,209 +175,11 @@ impl FileStore {
         owned_path: Option<PathBuf>,
     ) -> Result<(Self, Recovered)> {
         let object = format!("store {}", dev.describe());
-        let io = |e| Error::io("open", object.clone(), e);
-        let mut block = vec![0u8; BLOCK];
-        if dev.len() < BLOCK as u64 {
-            return Err(format_error(FormatError::NotAStore, object));
-        }
-        dev.read_at(&mut block, 0).map_err(io)?;
-        let sb = Superblock::decode(&block).map_err(|e| format_error(e, object.clone()))?;
-        let foreign = |detail: String| {
-            Err(Error::new(
-                ErrorKind::ForeignStore,
-                "open",
-                object.clone(),
-                detail,
-            ))
-        };
-        if sb.volume_id != expect.volume_id {
-            return foreign(format!(
-                "the store belongs to another volume (volume id {}, this volume is {}); give this \
-                 volume's store",
-                hex(&sb.volume_id),
-                hex(&expect.volume_id)
-            ));
-        }
-        if sb.volume_len != expect.volume_len {
-            return foreign(format!(
-                "the volume changed size since the snapshot was taken (the store says {} bytes, the \
-                 volume has {}); delete the snapshot, or give the volume its old size back",
-                sb.volume_len, expect.volume_len
-            ));
-        }
-        if sb.snapshot_id != expect.snapshot_id {
-            return foreign(format!(
-                "the store belongs to snapshot #{} of this volume, not #{}; give the right store",
-                sb.snapshot_id, expect.snapshot_id
-            ));
-        }
-        let layout = sb.layout();
-        let bpc = (u64::from(sb.cluster_size) / BLOCK as u64) as u32;
-        let clusters = sb.volume_len.div_ceil(u64::from(sb.cluster_size));
-        let mut replay = Replay::new(
-            sb.nonce,
-            Bounds {
-                clusters,
-                blocks_per_cluster: bpc,
-            },
-        );
-        let corrupt = |e| format_error(e, object.clone());
-        let max_blocks = layout.log_blocks_for_slots(clusters);
-        let mut j = 0u64;
-        while !replay.ended() && j < max_blocks {
-            read_log_block(&*dev, &layout, j, &mut block).map_err(io)?;
-            replay.feed(&block).map_err(corrupt)?;
-            j += 1;
-        }
-        // Records past the last durable horizon may lack their data (a crash before their
-        // flush completed): keep them only if their blocks match their checksums.
-        let positions = record::record_positions(&replay.records);
-        let mut data = Vec::new();
-        let first_unsure = replay.records.iter().position(|r| r.seq > replay.horizon);
-        if let Some(from) = first_unsure {
-            for i in from..replay.records.len() {
-                if let Body::Preserve {
-                    slot,
-                    first_block,
-                    crcs,
-                    ..
-                } = &replay.records[i].body
-                {
-                    data.resize(crcs.len() * BLOCK, 0);
-                    let off = layout.slot_offset(*slot) + u64::from(*first_block) * BLOCK as u64;
-                    let ok = off + data.len() as u64 <= dev.len()
-                        && dev.read_at(&mut data, off).is_ok()
-                        && data
-                            .chunks(BLOCK)
-                            .zip(crcs)
-                            .all(|(b, c)| crc32c::crc32c(b) == *c);
-                    if !ok {
-                        replay.truncate(i, &positions);
-                        break;
-                    }
-                }
-            }
-        }
-        // A valid record beyond the end means damage in the middle, not a torn tail. Records of
-        // a torn last batch left beyond the end are cleared below, before anything is
-        // appended: otherwise a later, shorter batch could make them the next in sequence.
-        let (end_block, end_pos) = replay.end;
-        let scan_to = (end_block + 1024).min(max_blocks);
-        let mut stale = Vec::new();
-        for k in end_block..scan_to {
-            if layout.log_block_offset(k) >= dev.len() {
-                break;
-            }
-            read_log_block(&*dev, &layout, k, &mut block).map_err(io)?;
-            if k == end_block {
-                if block[end_pos..].iter().any(|&b| b != 0) {
-                    stale.push(k);
-                }
-                block[..end_pos].fill(0);
-            }
-            if replay.finds_later_record(&block) {
-                return Err(corrupt(FormatError::Corrupt(format!(
-                    "the log is damaged near log block {end_block}: records follow a record that does \
-                     not check out"
-                ))));
-            }
-            if k > end_block && replay.holds_any_record(&block) {
-                stale.push(k);
-            }
-        }
-        // Durable records whose data lies past the end of the medium: the store was truncated.
-        for r in replay.records.iter().filter(|r| r.seq <= replay.horizon) {
-            if let Body::Preserve {
-                slot,
-                first_block,
-                crcs,
-                ..
-            } = &r.body
-            {
-                let end = layout.slot_offset(*slot)
-                    + (u64::from(*first_block) + crcs.len() as u64) * BLOCK as u64;
-                if end > dev.len() {
-                    return Err(corrupt(FormatError::Corrupt(format!(
-                        "the store is truncated: log record {} describes data up to byte {end}, but the \
-                         store has only {} bytes",
-                        r.seq,
-                        dev.len()
-                    ))));
-                }
-            }
-        }
-        // Assemble the map.
-        let words = mask_words(bpc);
-        let mut by_cluster: FxHashMap<u32, usize> = FxHashMap::default();
-        let mut slot_owner: FxHashMap<u32, u32> = FxHashMap::default();
-        let mut entries: Vec<MapEntry> = Vec::new();
-        let mut invalid = None;
-        let mut slots = 0u32;
-        for r in &replay.records {
-            match &r.body {
-                Body::Preserve {
-                    cluster,
-                    slot,
-                    first_block,
-                    crcs,
-                } => {
-                    if *slot_owner.entry(*slot).or_insert(*cluster) != *cluster {
-                        return Err(corrupt(FormatError::Corrupt(format!(
-                            "slot {slot} is claimed by two clusters"
-                        ))));
-                    }
-                    let i = *by_cluster.entry(*cluster).or_insert_with(|| {
-                        entries.push(MapEntry {
-                            cluster: *cluster,
-                            slot: *slot,
-                            mask: vec![0; words],
-                        });
-                        entries.len() - 1
-                    });
-                    if entries[i].slot != *slot {
-                        return Err(corrupt(FormatError::Corrupt(format!(
-                            "cluster {cluster} is mapped to two slots"
-                        ))));
-                    }
-                    for b in 0..crcs.len() as u32 {
-                        mask_set(&mut entries[i].mask, u32::from(*first_block) + b);
-                    }
-                    slots = slots.max(slot + 1);
-                }
-                Body::Invalidate { reason } => invalid = Some(reason.clone()),
-            }
-        }
-        let last_seq = replay.records.last().map_or(0, |r| r.seq);
-        let (end_block, end_pos) = replay.end;
-        read_log_block(&*dev, &layout, end_block, &mut block).map_err(io)?;
-        if !stale.is_empty() {
-            let zero = vec![0u8; BLOCK];
-            for &k in &stale {
-                let mut bytes = zero.clone();
-                if k == end_block {
-                    bytes[..end_pos].copy_from_slice(&block[..end_pos]);
-                }
-                let off = layout.log_block_offset(k);
-                let n = (dev.len() - off).min(BLOCK as u64) as usize;
-                dev.write_at(&bytes[..n], off)
-                    .map_err(|e| Error::io("clear the torn tail of", object.clone(), e))?;
-            }
-            dev.flush()
-                .map_err(|e| Error::io("flush", object.clone(), e))?;
-        }
-        let writer = LogWriter::new(sb.nonce, end_block, block, end_pos, last_seq);
-        let recovered = Recovered {
-            name: sb.name.clone(),
-            snapshot_id: sb.snapshot_id,
-            created: UNIX_EPOCH + Duration::from_nanos(sb.created_ns),
-            cluster_size: u64::from(sb.cluster_size),
-            entries,
-            invalid,
-        };
+        let o = replay::open(&*dev, expect, &object)?;
         let store = Self::assemble(
-            dev, sb, slots, writer, last_seq, max, fixed_size, owned_path,
+            dev, o.sb, o.slots, o.writer, o.last_seq, max, fixed_size, owned_path,
         );
-        Ok((store, recovered))
+        Ok((store, o.recovered))
     }
 
     fn lock(&self) -> MutexGuard<'_, Commit> {
@@ -455,26 +233,6 @@ impl FileStore {
         })();
         (writer, result)
     }
-}
-
-fn read_log_block(
-    dev: &dyn BlockDevice,
-    layout: &Layout,
-    j: u64,
-    buf: &mut [u8],
-) -> std::io::Result<()> {
-    let off = layout.log_block_offset(j);
-    let len = dev.len();
-    if off + BLOCK as u64 > len {
-        // Past the end of a sparse file: never written. A block the medium holds only in part
-        // reads as what is there, then zeroes.
-        buf.fill(0);
-        if off < len {
-            dev.read_at(&mut buf[..(len - off) as usize], off)?;
-        }
-        return Ok(());
-    }
-    dev.read_at(buf, off)
 }
 
 impl Store for FileStore {

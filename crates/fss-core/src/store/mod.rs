@@ -7,6 +7,7 @@
 
 mod device_store;
 mod file_store;
+mod replay;
 mod slots;
 
 pub use device_store::DeviceStore;
