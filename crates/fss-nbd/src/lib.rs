@@ -29,6 +29,7 @@
 //! [`ServerOptions::workers_per_connection`] workers per connection started on demand; replies
 //! are written under one mutex per connection. See the crate README for the reasons.
 
+mod admission;
 mod catalog;
 mod errno;
 mod error;

@@ -1,9 +1,10 @@
-//! Per-connection concurrency: an in-flight budget (requests and buffer bytes) that the reader
-//! takes before it reads a payload or queues a request, and a small pool of worker threads,
-//! started on demand, that run the queued requests.
+//! Concurrency: an in-flight budget (requests and buffer bytes) per connection, inside a
+//! daemon-wide budget of bytes, that the reader takes before it reads a payload or queues a
+//! request; and a small pool of worker threads per connection, started on demand, that run the
+//! queued requests.
 //!
-//! The budget is what bounds a connection's memory whatever the client sends: when it is spent,
-//! the reader stops reading the socket until replies go out, and the client's sends block.
+//! The budgets are what bound memory whatever clients send: when either is spent, the reader
+//! stops reading its socket until replies go out, and the client's sends block.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -15,35 +16,97 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Limits on what one connection may have in flight.
+/// Requests of at most this many bytes, when their connection has nothing else in flight, do
+/// not wait for the [`SharedBudget`]: a client that sends one small request at a time is served
+/// even while stalled clients hold the whole shared budget. Bounded by the connection limit
+/// (256 connections x 256 KiB = 64 MiB).
+pub(crate) const UNSHARED_MAX: usize = 256 << 10;
+
+/// The daemon-wide budget of buffer bytes (write payloads read, read buffers), shared by every
+/// connection: what bounds the memory of many clients that pipeline large requests and never
+/// read the replies.
+#[derive(Debug)]
+pub(crate) struct SharedBudget {
+    max_bytes: usize,
+    used: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl SharedBudget {
+    /// At most `max_bytes` at once (a request larger than that runs alone).
+    pub fn new(max_bytes: usize) -> Arc<Self> {
+        Arc::new(SharedBudget {
+            max_bytes: max_bytes.max(1),
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+        })
+    }
+
+    /// Wait until `bytes` more fit (or nothing is in use), and take them.
+    fn acquire(&self, bytes: usize) {
+        let mut used = lock(&self.used);
+        while *used != 0 && used.saturating_add(bytes) > self.max_bytes {
+            used = self
+                .freed
+                .wait(used)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *used += bytes;
+    }
+
+    fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let mut used = lock(&self.used);
+        *used = used.saturating_sub(bytes);
+        drop(used);
+        self.freed.notify_all();
+    }
+
+    /// Bytes in use now, across every connection.
+    pub fn in_use(&self) -> usize {
+        *lock(&self.used)
+    }
+}
+
+/// Limits on what one connection may have in flight; its bytes also come out of the
+/// [`SharedBudget`]. The per-connection cap, below the shared one, keeps one stalled client
+/// from taking the whole shared budget.
 #[derive(Debug)]
 pub(crate) struct Budget {
     max_requests: usize,
     max_bytes: usize,
     used: Mutex<(usize, usize)>,
     freed: Condvar,
+    shared: Arc<SharedBudget>,
 }
 
-/// A share of a [`Budget`], returned when dropped.
+/// A share of a [`Budget`] (and of its [`SharedBudget`]), returned when dropped.
 #[derive(Debug)]
 pub(crate) struct Permit {
     budget: Arc<Budget>,
     bytes: usize,
+    shared_bytes: usize,
 }
 
 impl Budget {
-    /// At most `max_requests` requests and `max_bytes` buffer bytes at once.
-    pub fn new(max_requests: usize, max_bytes: usize) -> Arc<Self> {
+    /// At most `max_requests` requests and `max_bytes` buffer bytes at once, the bytes also
+    /// taken from `shared`.
+    pub fn new(max_requests: usize, max_bytes: usize, shared: Arc<SharedBudget>) -> Arc<Self> {
         Arc::new(Budget {
             max_requests: max_requests.max(1),
             max_bytes: max_bytes.max(1),
             used: Mutex::new((0, 0)),
             freed: Condvar::new(),
+            shared,
         })
     }
 
-    /// Wait until one more request of `bytes` fits. A request larger than the whole byte
-    /// budget waits until nothing else is in flight, then goes alone.
+    /// Wait until one more request of `bytes` fits, on this connection and then in the shared
+    /// budget. A request larger than the whole byte budget waits until nothing else is in
+    /// flight, then goes alone. Only the connection's reader calls this, so while it waits the
+    /// socket is not read: the client's sends block (back-pressure).
     pub fn acquire(self: &Arc<Self>, bytes: usize) -> Permit {
         let mut used = lock(&self.used);
         loop {
@@ -51,15 +114,21 @@ impl Budget {
             let fits_bytes = b == 0 || b.saturating_add(bytes) <= self.max_bytes;
             if reqs < self.max_requests && fits_bytes {
                 *used = (reqs + 1, b + bytes);
-                return Permit {
-                    budget: Arc::clone(self),
-                    bytes,
-                };
+                break;
             }
             used = self
                 .freed
                 .wait(used)
                 .unwrap_or_else(PoisonError::into_inner);
+        }
+        let unshared = used.0 == 1 && bytes <= UNSHARED_MAX;
+        drop(used);
+        let shared_bytes = if unshared { 0 } else { bytes };
+        self.shared.acquire(shared_bytes);
+        Permit {
+            budget: Arc::clone(self),
+            bytes,
+            shared_bytes,
         }
     }
 
@@ -76,6 +145,7 @@ impl Drop for Permit {
         used.0 = used.0.saturating_sub(1);
         used.1 = used.1.saturating_sub(self.bytes);
         drop(used);
+        self.budget.shared.release(self.shared_bytes);
         self.budget.freed.notify_all();
     }
 }
@@ -205,9 +275,13 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
+    fn budget(max_requests: usize, max_bytes: usize) -> Arc<Budget> {
+        Budget::new(max_requests, max_bytes, SharedBudget::new(usize::MAX))
+    }
+
     #[test]
     fn budget_blocks_until_released() {
-        let b = Budget::new(2, 100);
+        let b = budget(2, 100);
         let p1 = b.acquire(60);
         let p2 = b.acquire(0);
         assert_eq!(b.in_use(), (2, 60));
@@ -227,10 +301,42 @@ mod tests {
 
     #[test]
     fn oversized_request_goes_alone() {
-        let b = Budget::new(4, 10);
+        let b = budget(4, 10);
         let p = b.acquire(1000);
         assert_eq!(b.in_use(), (1, 1000));
         drop(p);
+    }
+
+    #[test]
+    fn shared_budget_bounds_connections_together_but_not_a_lone_small_request() {
+        const MIB: usize = 1 << 20;
+        let shared = SharedBudget::new(2 * MIB);
+        let a = Budget::new(8, 4 * MIB, Arc::clone(&shared));
+        let b = Budget::new(8, 4 * MIB, Arc::clone(&shared));
+        let c = Budget::new(8, 4 * MIB, Arc::clone(&shared));
+        let pa = a.acquire(MIB);
+        let pa2 = a.acquire(MIB);
+        assert_eq!(shared.in_use(), 2 * MIB);
+        let t = std::thread::spawn(move || drop(b.acquire(MIB)));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !t.is_finished(),
+            "the shared budget is spent: another connection waits"
+        );
+        // A small request alone on its connection does not wait, nor count.
+        let small = c.acquire(4096);
+        assert_eq!(shared.in_use(), 2 * MIB);
+        // A second one on the same connection waits like any other (not small and alone).
+        let c2 = Arc::clone(&c);
+        let t2 = std::thread::spawn(move || drop(c2.acquire(4096)));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!t2.is_finished());
+        drop(pa);
+        t.join().unwrap();
+        t2.join().unwrap();
+        drop((pa2, small));
+        assert_eq!(shared.in_use(), 0);
+        assert_eq!(c.in_use(), (0, 0));
     }
 
     #[test]
