@@ -16,11 +16,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Requests of at most this many bytes, when their connection has nothing else in flight, do
-/// not wait for the [`SharedBudget`]: a client that sends one small request at a time is served
-/// even while stalled clients hold the whole shared budget. Bounded by the connection limit
+/// Each connection may have this many bytes of small requests in flight outside the
+/// [`SharedBudget`]: a client that sends small requests one at a time (or a few) is served even
+/// while stalled clients hold the whole shared budget. Bounded by the connection limit
 /// (256 connections x 256 KiB = 64 MiB).
 pub(crate) const UNSHARED_MAX: usize = 256 << 10;
+
+/// How often a small request that fits neither its connection's unshared allowance nor the
+/// shared budget looks at both again (it waits on its connection, not on the shared budget).
+const RETRY_SHARED: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// The daemon-wide budget of buffer bytes (write payloads read, read buffers), shared by every
 /// connection: what bounds the memory of many clients that pipeline large requests and never
@@ -42,16 +46,30 @@ impl SharedBudget {
         })
     }
 
+    fn fits(&self, used: usize, bytes: usize) -> bool {
+        used == 0 || used.saturating_add(bytes) <= self.max_bytes
+    }
+
     /// Wait until `bytes` more fit (or nothing is in use), and take them.
     fn acquire(&self, bytes: usize) {
         let mut used = lock(&self.used);
-        while *used != 0 && used.saturating_add(bytes) > self.max_bytes {
+        while !self.fits(*used, bytes) {
             used = self
                 .freed
                 .wait(used)
                 .unwrap_or_else(PoisonError::into_inner);
         }
         *used += bytes;
+    }
+
+    /// Take `bytes` if they fit now.
+    fn try_acquire(&self, bytes: usize) -> bool {
+        let mut used = lock(&self.used);
+        let fits = self.fits(*used, bytes);
+        if fits {
+            *used += bytes;
+        }
+        fits
     }
 
     fn release(&self, bytes: usize) {
@@ -77,9 +95,18 @@ impl SharedBudget {
 pub(crate) struct Budget {
     max_requests: usize,
     max_bytes: usize,
-    used: Mutex<(usize, usize)>,
+    used: Mutex<Used>,
     freed: Condvar,
     shared: Arc<SharedBudget>,
+}
+
+/// What one connection has in flight.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Used {
+    requests: usize,
+    bytes: usize,
+    /// The part of `bytes` not taken from the shared budget (at most [`UNSHARED_MAX`]).
+    unshared: usize,
 }
 
 /// A share of a [`Budget`] (and of its [`SharedBudget`]), returned when dropped.
@@ -97,53 +124,73 @@ impl Budget {
         Arc::new(Budget {
             max_requests: max_requests.max(1),
             max_bytes: max_bytes.max(1),
-            used: Mutex::new((0, 0)),
+            used: Mutex::new(Used::default()),
             freed: Condvar::new(),
             shared,
         })
     }
 
-    /// Wait until one more request of `bytes` fits, on this connection and then in the shared
-    /// budget. A request larger than the whole byte budget waits until nothing else is in
-    /// flight, then goes alone. Only the connection's reader calls this, so while it waits the
-    /// socket is not read: the client's sends block (back-pressure).
+    /// Wait until one more request of `bytes` fits on this connection, then take its bytes
+    /// from the connection's unshared allowance (small requests) or from the shared budget. A
+    /// request larger than a whole byte budget waits until nothing else is in flight there,
+    /// then goes alone. Only the connection's reader calls this, so while it waits the socket
+    /// is not read: the client's sends block (back-pressure).
     pub fn acquire(self: &Arc<Self>, bytes: usize) -> Permit {
         let mut used = lock(&self.used);
-        loop {
-            let (reqs, b) = *used;
-            let fits_bytes = b == 0 || b.saturating_add(bytes) <= self.max_bytes;
-            if reqs < self.max_requests && fits_bytes {
-                *used = (reqs + 1, b + bytes);
-                break;
-            }
+        while used.requests >= self.max_requests
+            || (used.bytes != 0 && used.bytes.saturating_add(bytes) > self.max_bytes)
+        {
             used = self
                 .freed
                 .wait(used)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        let unshared = used.0 == 1 && bytes <= UNSHARED_MAX;
-        drop(used);
-        let shared_bytes = if unshared { 0 } else { bytes };
-        self.shared.acquire(shared_bytes);
-        Permit {
+        used.requests += 1;
+        used.bytes += bytes;
+        let permit = |shared_bytes| Permit {
             budget: Arc::clone(self),
             bytes,
             shared_bytes,
+        };
+        if bytes > UNSHARED_MAX {
+            drop(used);
+            self.shared.acquire(bytes);
+            return permit(bytes);
+        }
+        loop {
+            if used.unshared + bytes <= UNSHARED_MAX {
+                used.unshared += bytes;
+                return permit(0);
+            }
+            if self.shared.try_acquire(bytes) {
+                return permit(bytes);
+            }
+            // This connection's own small requests free the allowance: wait for those (and
+            // look at the shared budget again now and then).
+            used = self
+                .freed
+                .wait_timeout(used, RETRY_SHARED)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
     /// Requests and bytes in flight now.
     #[cfg(test)]
     pub fn in_use(&self) -> (usize, usize) {
-        *lock(&self.used)
+        let u = *lock(&self.used);
+        (u.requests, u.bytes)
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         let mut used = lock(&self.budget.used);
-        used.0 = used.0.saturating_sub(1);
-        used.1 = used.1.saturating_sub(self.bytes);
+        used.requests = used.requests.saturating_sub(1);
+        used.bytes = used.bytes.saturating_sub(self.bytes);
+        if self.shared_bytes == 0 {
+            used.unshared = used.unshared.saturating_sub(self.bytes);
+        }
         drop(used);
         self.budget.shared.release(self.shared_bytes);
         self.budget.freed.notify_all();
@@ -308,7 +355,7 @@ mod tests {
     }
 
     #[test]
-    fn shared_budget_bounds_connections_together_but_not_a_lone_small_request() {
+    fn shared_budget_bounds_connections_together_but_not_small_requests() {
         const MIB: usize = 1 << 20;
         let shared = SharedBudget::new(2 * MIB);
         let a = Budget::new(8, 4 * MIB, Arc::clone(&shared));
@@ -323,18 +370,27 @@ mod tests {
             !t.is_finished(),
             "the shared budget is spent: another connection waits"
         );
-        // A small request alone on its connection does not wait, nor count.
-        let small = c.acquire(4096);
+        // Small requests use their connection's allowance, not the shared budget.
+        let small = c.acquire(UNSHARED_MAX / 2);
+        let small2 = c.acquire(UNSHARED_MAX / 2);
         assert_eq!(shared.in_use(), 2 * MIB);
-        // A second one on the same connection waits like any other (not small and alone).
+        // Past the allowance a small request waits for either: here its own connection.
         let c2 = Arc::clone(&c);
-        let t2 = std::thread::spawn(move || drop(c2.acquire(4096)));
+        let t2 = std::thread::spawn(move || drop(c2.acquire(UNSHARED_MAX)));
         std::thread::sleep(Duration::from_millis(50));
         assert!(!t2.is_finished());
-        drop(pa);
-        t.join().unwrap();
+        drop((small, small2));
         t2.join().unwrap();
-        drop((pa2, small));
+        // ... or the shared budget.
+        let full = c.acquire(UNSHARED_MAX);
+        let c2 = Arc::clone(&c);
+        let t3 = std::thread::spawn(move || drop(c2.acquire(4096)));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!t3.is_finished());
+        drop((pa, pa2));
+        t.join().unwrap();
+        t3.join().unwrap();
+        drop(full);
         assert_eq!(shared.in_use(), 0);
         assert_eq!(c.in_use(), (0, 0));
     }

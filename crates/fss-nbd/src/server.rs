@@ -437,8 +437,8 @@ impl Server {
     }
 
     /// Request and reply buffer bytes in flight now, across every connection, as counted
-    /// against [`ServerOptions::max_total_bytes_in_flight`] (a small request alone on its
-    /// connection is not counted: see the crate README).
+    /// against [`ServerOptions::max_total_bytes_in_flight`] (each connection's first 256 KiB
+    /// of small requests are not counted: see the crate README).
     #[must_use]
     pub fn bytes_in_flight(&self) -> usize {
         self.inner.shared.in_use()

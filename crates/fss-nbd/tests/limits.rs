@@ -98,14 +98,25 @@ fn stalled_clients_stay_within_the_shared_budget_and_others_are_served() {
     let peak = peak_over(Duration::from_secs(2), || h.server.bytes_in_flight());
     assert!(peak <= 48 << 20, "{} MiB in flight", peak >> 20);
     assert!(peak >= 40 << 20, "the hogs got only {} MiB", peak >> 20);
-    // A client sending one small request at a time is served meanwhile, at once.
+    // A client sending small requests one at a time, or a few at once, is served meanwhile,
+    // at once (up to 256 KiB in flight per connection need no share of the shared budget).
     let t = Instant::now();
     let mut c = Client::open(&h.socket, "default", true, &[]);
-    for i in 0..20u64 {
-        let off = i * 3 * MIB + 17;
-        let r = c.read(off, 65536);
+    for i in 0..40u64 {
+        let (off, len) = (
+            i * 1536 * 1024 + 17,
+            [4096, 65536, 256 << 10][i as usize % 3],
+        );
+        let r = c.read(off, len);
         assert_eq!(r.error, 0);
-        assert!(r.data == data[off as usize..off as usize + 65536]);
+        assert!(r.data == data[off as usize..off as usize + len as usize]);
+    }
+    let cookies: Vec<u64> = (0..8u64)
+        .map(|i| c.send(0, CMD_READ, i * 65536, 65536, &[]))
+        .collect();
+    for (i, cookie) in cookies.into_iter().enumerate() {
+        let at = i * 65536;
+        assert!(c.reply(cookie).data == data[at..at + 65536]);
     }
     assert_eq!(c.write(5 * MIB, &[7; 4096]).error, 0);
     assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
