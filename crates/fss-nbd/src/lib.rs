@@ -33,6 +33,8 @@ mod admission;
 mod catalog;
 mod errno;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod meta_context;
 mod pool;

@@ -57,7 +57,7 @@ struct Conn {
 
 /// A checked request, ready to run.
 #[derive(Debug)]
-enum Op {
+pub(crate) enum Op {
     Read { df: bool },
     Write { data: Vec<u8>, fua: bool },
     Flush,
@@ -69,9 +69,11 @@ enum Op {
 
 /// A request refused before it runs.
 #[derive(Debug)]
-struct Reject {
-    errno: NbdErrno,
-    message: String,
+pub(crate) struct Reject {
+    /// The error to answer.
+    pub errno: NbdErrno,
+    /// Why, for structured replies and the log.
+    pub message: String,
 }
 
 fn reject(errno: NbdErrno, message: String) -> Reject {
@@ -208,28 +210,40 @@ fn allowed_flags(cmd: Command, structured: bool) -> u16 {
 
 /// Check a request against the export and what was negotiated.
 fn plan(req: &Request, conn: &Conn) -> Plan {
-    match check(req, conn) {
+    match check(
+        req,
+        &conn.export,
+        !conn.contexts.is_empty(),
+        conn.writer.structured(),
+    ) {
         Ok(Some((op, bytes))) => Plan::Run(op, bytes),
         Ok(None) => Plan::Disconnect,
         Err(r) => Plan::Reject(r),
     }
 }
 
-fn check(req: &Request, conn: &Conn) -> Result<Option<(Op, usize)>, Reject> {
-    let structured = conn.writer.structured();
-    let size = conn.export.len();
+/// Check a request against `export` and what was negotiated (structured replies, whether a
+/// metadata context was selected): what to run and with how many budget bytes, `None` to end
+/// the connection, or why it is refused.
+pub(crate) fn check(
+    req: &Request,
+    export: &Export,
+    has_contexts: bool,
+    structured: bool,
+) -> Result<Option<(Op, usize)>, Reject> {
+    let size = export.len();
     let len = u64::from(req.length);
     let off = req.offset;
     let what = |verb: &str| format!("{verb} of {len} bytes at offset {off}");
     let in_range = off.checked_add(len).is_some_and(|end| end <= size);
     let past_end = |verb: &str| format!("{} ends past the export's {size} bytes", what(verb));
-    let read_only = conn.export.is_read_only();
+    let read_only = export.is_read_only();
     let ro = |verb: &str| {
         reject(
             NbdErrno::Perm,
             format!(
                 "export '{}' is a snapshot and read-only; {verb} the volume instead",
-                conn.export.name()
+                export.name()
             ),
         )
     };
@@ -321,7 +335,7 @@ fn check(req: &Request, conn: &Conn) -> Result<Option<(Op, usize)>, Reject> {
             (Op::WriteZeroes { fua }, zero_budget(len))
         }
         Command::BlockStatus => {
-            if !structured || conn.contexts.is_empty() {
+            if !structured || !has_contexts {
                 return Err(reject(
                     NbdErrno::Inval,
                     "block status needs a metadata context selected with \
