@@ -32,6 +32,16 @@ fn filled(size: u64, options: ServerOptions) -> (Harness, Vec<u8>) {
     (h, data)
 }
 
+/// Server options with these budgets (per connection, shared) and reply timeout.
+fn budgets(per_connection: usize, total: usize, reply_timeout: Option<Duration>) -> ServerOptions {
+    ServerOptions {
+        max_bytes_in_flight: per_connection,
+        max_total_bytes_in_flight: total,
+        reply_timeout,
+        ..ServerOptions::default()
+    }
+}
+
 /// Send as many read requests of `len` bytes as the socket takes within `limit` (the server
 /// stops reading it when its budget is spent); returns their cookies and offsets.
 fn pipeline_reads(s: &mut UnixStream, len: u32, size: u64, max: u64) -> Vec<(u64, u64)> {
@@ -79,13 +89,7 @@ fn closed_within(s: &mut UnixStream, limit: Duration) -> bool {
 
 #[test]
 fn stalled_clients_stay_within_the_shared_budget_and_others_are_served() {
-    let options = ServerOptions {
-        max_bytes_in_flight: 16 << 20,
-        max_total_bytes_in_flight: 48 << 20,
-        reply_timeout: None,
-        ..ServerOptions::default()
-    };
-    let (h, data) = filled(64 * MIB, options);
+    let (h, data) = filled(64 * MIB, budgets(16 << 20, 48 << 20, None));
     // Eight clients pipeline 8 MiB reads and never read a reply: 128 MiB of per-connection
     // budgets against 48 MiB shared.
     let mut hogs = Vec::new();
@@ -135,13 +139,10 @@ fn stalled_clients_stay_within_the_shared_budget_and_others_are_served() {
 
 #[test]
 fn clients_that_stall_then_resume_get_every_reply() {
-    let options = ServerOptions {
-        max_bytes_in_flight: 16 << 20,
-        max_total_bytes_in_flight: 24 << 20,
-        reply_timeout: Some(Duration::from_secs(20)),
-        ..ServerOptions::default()
-    };
-    let (h, data) = filled(64 * MIB, options);
+    let (h, data) = filled(
+        64 * MIB,
+        budgets(16 << 20, 24 << 20, Some(Duration::from_secs(20))),
+    );
     // Two clients at once, one with simple and one with structured replies, compete for the
     // shared budget while neither reads.
     let mut clients: Vec<(Client, Vec<(u64, u64)>)> = [false, true]
@@ -191,13 +192,10 @@ fn clients_that_stall_then_resume_get_every_reply() {
 
 #[test]
 fn a_client_that_never_reads_is_closed_after_the_reply_timeout() {
-    let options = ServerOptions {
-        max_bytes_in_flight: 32 << 20,
-        max_total_bytes_in_flight: 32 << 20,
-        reply_timeout: Some(Duration::from_millis(500)),
-        ..ServerOptions::default()
-    };
-    let (h, data) = filled(64 * MIB, options);
+    let (h, data) = filled(
+        64 * MIB,
+        budgets(32 << 20, 32 << 20, Some(Duration::from_millis(500))),
+    );
     let mut hog = Client::open(&h.socket, "default", false, &[]);
     let sent = pipeline_reads(&mut hog.s, (8 * MIB) as u32, 64 * MIB, 32);
     assert!(sent.len() >= 4);
