@@ -24,7 +24,9 @@ const ACCEPT_POLL: Duration = Duration::from_millis(100);
 /// Tunables. The defaults suit a daemon serving a handful of clients on a small machine.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Connections at once; more are closed right after accept (with a warning).
+    /// Connections at once. At the limit the oldest unfinished handshake is closed to admit a
+    /// new client; when every connection is serving an export, the new one is closed right
+    /// after accept (with a warning).
     pub max_connections: usize,
     /// Worker threads per connection (started on demand): how many of one client's requests
     /// run at once.
