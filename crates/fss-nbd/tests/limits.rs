@@ -381,3 +381,78 @@ fn oversized_write_headers_get_einval_and_the_connection_goes_on() {
     }
     assert_eq!(h.server.bytes_in_flight(), 0);
 }
+
+#[test]
+fn over_tcp_a_peer_is_its_address_and_its_idle_sockets_are_closed_first() {
+    use fss_core::device::MemDevice;
+    use fss_core::export::Export;
+    use fss_core::Volume;
+    use fss_nbd::{Server, StaticCatalog};
+    use std::net::TcpStream;
+    use std::sync::Arc;
+
+    let catalog = Arc::new(StaticCatalog::new());
+    catalog.insert(Export::Volume(Volume::new(
+        "default",
+        Arc::new(MemDevice::new(MIB)),
+    )));
+    let server = Server::new(
+        catalog,
+        ServerOptions {
+            max_handshakes_per_peer: 3,
+            handshake_timeout: Some(Duration::from_secs(60)),
+            ..ServerOptions::default()
+        },
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = server.clone();
+    let t = std::thread::spawn(move || s.serve_tcp(listener));
+    // Twenty idle sockets from 127.0.0.1, each from its own port.
+    let mut idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // A client from the same address still gets through the handshake.
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut greeting = [0u8; 18];
+    c.read_exact(&mut greeting).unwrap();
+    assert_eq!(&greeting[..8], b"NBDMAGIC");
+    c.write_all(&p::FLAG_C_FIXED_NEWSTYLE.to_be_bytes())
+        .unwrap();
+    let mut abort = p::IHAVEOPT.to_be_bytes().to_vec();
+    abort.extend_from_slice(&p::OPT_ABORT.to_be_bytes());
+    abort.extend_from_slice(&0u32.to_be_bytes());
+    c.write_all(&abort).unwrap();
+    let mut reply = [0u8; 20];
+    c.read_exact(&mut reply).unwrap();
+    assert_eq!(
+        u32::from_be_bytes(reply[12..16].try_into().unwrap()),
+        p::REP_ACK
+    );
+    // The oldest idle ones were closed, the newest kept (the client itself has gone).
+    let closed = |s: &mut TcpStream, limit: Duration| {
+        s.set_read_timeout(Some(limit)).unwrap();
+        let mut b = [0u8; 64];
+        let t = Instant::now();
+        loop {
+            match s.read(&mut b) {
+                Ok(0) => return true,
+                Ok(_) if t.elapsed() < limit => {}
+                Ok(_) => return false,
+                Err(e) => return !matches!(e.kind(), std::io::ErrorKind::WouldBlock),
+            }
+        }
+    };
+    assert!(closed(&mut idle[0], Duration::from_secs(5)));
+    assert!(closed(&mut idle[16], Duration::from_secs(5)));
+    assert!(!closed(&mut idle[19], Duration::from_millis(100)));
+    let half_open = server
+        .connections()
+        .iter()
+        .filter(|c| c.export.is_none())
+        .count();
+    assert!(half_open <= 3, "{:?}", server.connections());
+    server.shutdown_handle().shutdown();
+    t.join().unwrap().unwrap();
+    drop(idle);
+    assert!(server.wait_idle(Duration::from_secs(10)));
+}
