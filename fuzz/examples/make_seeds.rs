@@ -1,5 +1,6 @@
 //! Write the seed corpora: `cargo run --release --example make_seeds` (from `fuzz/`).
-//! Seeds are real stores made by today's code for the fuzz identity; the fuzzer mutates them.
+//! Seeds are real stores made by today's code for the fuzz identity, and NBD and control
+//! sessions as clients send them; the fuzzer mutates them.
 
 use std::path::Path;
 
@@ -8,6 +9,8 @@ fn main() -> std::io::Result<()> {
     for (target, seeds) in [
         ("store_open", fss_fuzz::store_seeds()),
         ("log_replay", fss_fuzz::log_seeds()),
+        ("nbd_request", fss_fuzz::nbd::nbd_seeds()),
+        ("control_request", fss_fuzz::control::control_seeds()),
     ] {
         let dir = root.join(target);
         std::fs::create_dir_all(&dir)?;

@@ -11,6 +11,9 @@
 //! came back after the next append, see `tests/corrupt_store.rs`); it is fixed (open clears
 //! them), and those checks are on unless `FSS_FUZZ_STRICT=0`.
 
+pub mod control;
+pub mod nbd;
+
 use fss_core::device::{BlockDevice, MemDevice};
 use fss_core::format::layout::Layout;
 use fss_core::format::record::{record_positions, Body, Bounds, LogWriter, Replay, HEADER};

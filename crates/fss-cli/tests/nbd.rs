@@ -1059,3 +1059,88 @@ fn differential_against_nbdkit_memory() {
     }
     drop(kit);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory under clients that pipeline large reads and never read the replies.
+
+/// A line of `/proc/PID/status` (`VmRSS`, `VmHWM`), in bytes.
+fn proc_status_bytes(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("cannot parse {line:?}"));
+    kib * KIB
+}
+
+/// 16 clients each pipeline 32 MiB reads and never read a reply: the daemon's shared budget
+/// for request and reply buffers stops reading their sockets, so its peak RSS stays under
+/// 512 MiB (before the budget it was about 65 MiB per connection), and a 17th client with
+/// small reads is still served meanwhile.
+#[test]
+fn stalled_pipelining_clients_keep_the_daemon_under_512_mib() {
+    const CLIENTS: usize = 16;
+    const READ: u32 = 32 << 20;
+    let mut f = Fixture::new();
+    f.d.ok(&["volume", "create", "big", "--size", "64M"]);
+    let socket = f.socket();
+    let data = pattern(READ as usize, 7);
+    let (mut w, _) = raw_open(&socket, "big");
+    for (i, piece) in data.chunks(4 * MIB as usize).enumerate() {
+        raw_write(&mut w, i as u64 + 1, i as u64 * 4 * MIB, piece);
+    }
+    drop(w);
+    let pid = f.d.child.as_ref().unwrap().id();
+    let before = proc_status_bytes(pid, "VmRSS");
+    let mut stalled = Vec::new();
+    for c in 0..CLIENTS {
+        let (mut s, _) = raw_open(&socket, "big");
+        s.set_nonblocking(true).unwrap();
+        // As many requests as the socket takes without blocking (the server stops reading).
+        let mut sent = 0u64;
+        for k in 0..64u64 {
+            let h = raw_header(0, CMD_READ, (c as u64) << 32 | k, 0, READ);
+            match s.write(&h) {
+                Ok(n) if n == h.len() => sent += 1,
+                _ => break,
+            }
+        }
+        assert!(sent > 2, "client {c} could pipeline only {sent} reads");
+        stalled.push(s);
+    }
+    let mut peak_rss = 0;
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(8) {
+        peak_rss = peak_rss.max(proc_status_bytes(pid, "VmRSS"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Meanwhile a well-behaved client is served.
+    let (mut ok, _) = raw_open(&socket, "big");
+    let t = Instant::now();
+    assert_eq!(raw_read(&mut ok, 1, 4096, 4096), data[4096..8192]);
+    let small_read = t.elapsed();
+    let hwm = proc_status_bytes(pid, "VmHWM");
+    eprintln!(
+        "{CLIENTS} stalled clients pipelining {} MiB reads: daemon VmRSS {} MiB before, \
+         {} MiB at most while stalled, VmHWM {} MiB; a 4 KiB read of another client took {small_read:?}",
+        READ >> 20,
+        before / MIB,
+        peak_rss / MIB,
+        hwm / MIB,
+    );
+    assert!(
+        hwm < 512 * MIB,
+        "the daemon's peak RSS reached {} MiB; log:\n{}",
+        hwm / MIB,
+        f.d.log()
+    );
+    assert!(small_read < Duration::from_secs(5), "{small_read:?}");
+    drop(stalled);
+    drop(ok);
+    assert_eq!(f.d.stop(), 0, "{}", f.d.log());
+}

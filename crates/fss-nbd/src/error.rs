@@ -44,7 +44,10 @@ pub(crate) enum ConnError {
     /// An option too large even to skip.
     #[error("an option of {0} bytes is too large")]
     OptionTooLarge(u32),
-    /// A write payload too large even to skip.
-    #[error("a write payload of {0} bytes is too large to accept or skip")]
-    PayloadTooLarge(u32),
+    /// The handshake went on longer than the handshake timeout (formatted).
+    #[error("handshake not finished within {0}, closing")]
+    HandshakeTimeout(String),
+    /// The handshake was closed to make room for a new client.
+    #[error("unfinished handshake closed to make room for a new client: {0}")]
+    Evicted(String),
 }

@@ -10,10 +10,10 @@
 use crate::error::ConnError;
 use crate::meta_context::{self, MetaContext};
 use crate::protocol::{self as p, InfoRequest, MetaRequest, OptionHeader};
-use crate::stream::{discard, read_message, Stream};
+use crate::stream::{discard, read_message};
 use crate::{MAX_PAYLOAD, MIN_BLOCK_SIZE, PREFERRED_BLOCK_SIZE};
 use fss_core::export::{Catalog, Export};
-use std::io::{BufReader, Read, Write};
+use std::io::{Read, Write};
 
 /// The largest option this server reads whole. Its largest real options are a GO with a
 /// 4096-byte name, or a meta-context request with a few queries.
@@ -119,11 +119,11 @@ impl Haggle {
     }
 }
 
-fn reply(w: &mut Stream, option: u32, kind: u32, data: &[u8]) -> std::io::Result<()> {
+fn reply(w: &mut impl Write, option: u32, kind: u32, data: &[u8]) -> std::io::Result<()> {
     w.write_all(&p::option_reply(option, kind, data))
 }
 
-fn refuse(w: &mut Stream, option: u32, kind: u32, message: &str) -> std::io::Result<()> {
+fn refuse(w: &mut impl Write, option: u32, kind: u32, message: &str) -> std::io::Result<()> {
     reply(
         w,
         option,
@@ -137,8 +137,8 @@ fn refuse(w: &mut Stream, option: u32, kind: u32, message: &str) -> std::io::Res
 /// # Errors
 /// The stream broke, or the client broke a rule that ends the session.
 pub(crate) fn negotiate(
-    rd: &mut BufReader<Stream>,
-    w: &mut Stream,
+    rd: &mut impl Read,
+    w: &mut impl Write,
     ctx: &Context<'_>,
 ) -> Result<Outcome, ConnError> {
     w.write_all(&p::greeting(p::FLAG_FIXED_NEWSTYLE | p::FLAG_NO_ZEROES))?;
@@ -255,7 +255,7 @@ fn known(opt: u32) -> bool {
 }
 
 fn export_name(
-    w: &mut Stream,
+    w: &mut impl Write,
     ctx: &Context<'_>,
     st: Haggle,
     data: &[u8],
@@ -270,7 +270,7 @@ fn export_name(
     Ok(Outcome::Transmission(st.finish(export)))
 }
 
-fn list(w: &mut Stream, ctx: &Context<'_>, data: &[u8]) -> std::io::Result<()> {
+fn list(w: &mut impl Write, ctx: &Context<'_>, data: &[u8]) -> std::io::Result<()> {
     if !data.is_empty() {
         return refuse(
             w,
@@ -293,7 +293,7 @@ fn list(w: &mut Stream, ctx: &Context<'_>, data: &[u8]) -> std::io::Result<()> {
 
 /// `NBD_OPT_INFO` / `NBD_OPT_GO`: the export chosen, if the option succeeded.
 fn info(
-    w: &mut Stream,
+    w: &mut impl Write,
     ctx: &Context<'_>,
     st: &Haggle,
     opt: u32,
@@ -359,7 +359,7 @@ fn info(
 
 /// `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`.
 fn meta(
-    w: &mut Stream,
+    w: &mut impl Write,
     ctx: &Context<'_>,
     st: &mut Haggle,
     opt: u32,

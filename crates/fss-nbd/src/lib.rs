@@ -29,9 +29,12 @@
 //! [`ServerOptions::workers_per_connection`] workers per connection started on demand; replies
 //! are written under one mutex per connection. See the crate README for the reasons.
 
+mod admission;
 mod catalog;
 mod errno;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod meta_context;
 mod pool;

@@ -2,7 +2,9 @@
 //! mutex, so replies from different workers never interleave inside a message.
 //!
 //! A failed write marks the connection broken and shuts the socket down, which wakes the reader;
-//! later replies are dropped.
+//! later replies are dropped. A write that makes no progress for the reply timeout (the client
+//! is not reading its replies) fails too, so a stalled client releases its share of the
+//! server's buffer budget instead of holding it for ever.
 
 use crate::protocol::{self, Chunk, NbdErrno, REPLY_FLAG_DONE};
 use crate::stream::Stream;
@@ -10,21 +12,29 @@ use std::io::{self, BufWriter, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
 
 /// Writes replies for one connection.
 pub(crate) struct ReplyWriter {
     out: Mutex<BufWriter<Stream>>,
     broken: AtomicBool,
     structured: bool,
+    /// The client, for the log.
+    peer: String,
+    /// The socket's write timeout, for the log.
+    timeout: Option<Duration>,
 }
 
 impl ReplyWriter {
-    /// Replies go to `stream`; `structured` says whether structured replies were negotiated.
-    pub fn new(stream: Stream, structured: bool) -> Self {
+    /// Replies go to `stream` (whose write timeout is `timeout`) for the client `peer`;
+    /// `structured` says whether structured replies were negotiated.
+    pub fn new(stream: Stream, structured: bool, peer: &str, timeout: Option<Duration>) -> Self {
         ReplyWriter {
             out: Mutex::new(BufWriter::with_capacity(64 * 1024, stream)),
             broken: AtomicBool::new(false),
             structured,
+            peer: peer.to_string(),
+            timeout,
         }
     }
 
@@ -44,7 +54,18 @@ impl ReplyWriter {
         }
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = f(&mut out).and_then(|()| out.flush()) {
-            tracing::debug!(error = %e, "could not send a reply; closing the connection");
+            match (e.kind(), self.timeout) {
+                (io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut, Some(t)) => {
+                    tracing::warn!(
+                        "NBD client {}: a reply could not be sent for {} (the client is not \
+                         reading its replies); closing the connection",
+                        self.peer,
+                        crate::server::seconds(t)
+                    );
+                }
+                _ => tracing::debug!(error = %e, peer = %self.peer,
+                    "could not send a reply; closing the connection"),
+            }
             self.broken.store(true, Ordering::Release);
             // Wake the reader; ignore errors (the socket may be gone already).
             let _ = out.get_ref().shutdown(Shutdown::Both);

@@ -1,8 +1,10 @@
 //! The server: accept loops on unix and TCP listeners, one thread per connection, a registry of
 //! open connections (which export each one uses), and the shutdown handle.
 
+use crate::admission::{self, Admit, HalfOpen, Limits};
 use crate::error::{ConnError, ServeError};
 use crate::handshake::{self, Outcome};
+use crate::pool::SharedBudget;
 use crate::stream::Stream;
 use crate::transmission::{self, End};
 use fss_core::export::Catalog;
@@ -22,7 +24,9 @@ const ACCEPT_POLL: Duration = Duration::from_millis(100);
 /// Tunables. The defaults suit a daemon serving a handful of clients on a small machine.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// Connections at once; more are closed right after accept (with a warning).
+    /// Connections at once. At the limit the oldest unfinished handshake is closed to admit a
+    /// new client; when every connection is serving an export, the new one is closed right
+    /// after accept (with a warning).
     pub max_connections: usize,
     /// Worker threads per connection (started on demand): how many of one client's requests
     /// run at once.
@@ -30,11 +34,25 @@ pub struct ServerOptions {
     /// Requests one connection may have in flight (read but not yet answered).
     pub max_requests_in_flight: usize,
     /// Buffer bytes one connection may have in flight (write payloads read, read buffers).
-    /// A single request of up to 32 MiB always fits (it then runs alone).
+    /// A single request of up to 32 MiB always fits (it then runs alone). Kept below
+    /// `max_total_bytes_in_flight`, so that one stalled client cannot take the whole of it.
     pub max_bytes_in_flight: usize,
-    /// How long option haggling may wait for the client (`None`: forever). Transmission has
-    /// no timeout: clients may stay idle.
+    /// Buffer bytes all connections together may have in flight: what bounds the server's
+    /// memory when many clients pipeline large requests and do not read the replies (their
+    /// sockets are then not read until replies go out). A single request always fits, alone.
+    pub max_total_bytes_in_flight: usize,
+    /// How long the whole handshake (greeting to the choice of an export) may take
+    /// (`None`: forever). Transmission has no such limit: clients may stay idle.
     pub handshake_timeout: Option<Duration>,
+    /// How long a reply may wait for the client to read (no progress at all) before the
+    /// connection is closed, releasing its share of the budget (`None`: forever).
+    pub reply_timeout: Option<Duration>,
+    /// Connections still in the handshake at once, from all peers; when full, the oldest is
+    /// closed to make room for a new one.
+    pub max_handshakes: usize,
+    /// Connections still in the handshake at once from one peer (a TCP address, or the process
+    /// on a unix socket); when over, that peer's oldest is closed.
+    pub max_handshakes_per_peer: usize,
 }
 
 impl Default for ServerOptions {
@@ -44,7 +62,11 @@ impl Default for ServerOptions {
             workers_per_connection: 4,
             max_requests_in_flight: 64,
             max_bytes_in_flight: 64 << 20,
-            handshake_timeout: Some(Duration::from_secs(30)),
+            max_total_bytes_in_flight: 256 << 20,
+            handshake_timeout: Some(Duration::from_secs(10)),
+            reply_timeout: Some(Duration::from_secs(60)),
+            max_handshakes: 64,
+            max_handshakes_per_peer: 8,
         }
     }
 }
@@ -62,9 +84,22 @@ pub struct ConnectionInfo {
     pub open_for: Duration,
 }
 
+/// Why the server is closing a connection that is still in its handshake.
+#[derive(Debug, Clone)]
+enum Closing {
+    /// It did not finish the handshake in time.
+    HandshakeTimeout,
+    /// It was the oldest unfinished handshake when a new client needed room.
+    Evicted(String),
+}
+
 struct Entry {
     peer: String,
+    /// The client, for the limit per peer (see `Stream::peer_key`).
+    peer_key: String,
     export: Option<String>,
+    /// Set when the server closes it during the handshake, to say why in the log.
+    closing: Option<Closing>,
     since: Instant,
     /// A handle on the socket, to shut it down from [`ShutdownHandle::disconnect_all`].
     stream: Stream,
@@ -73,6 +108,7 @@ struct Entry {
 struct Inner {
     catalog: Arc<dyn Catalog>,
     options: ServerOptions,
+    shared: Arc<SharedBudget>,
     shutdown: AtomicBool,
     next_id: AtomicU64,
     conns: Mutex<BTreeMap<u64, Entry>>,
@@ -167,6 +203,7 @@ impl Server {
         Server {
             inner: Arc::new(Inner {
                 catalog,
+                shared: SharedBudget::new(options.max_total_bytes_in_flight),
                 options,
                 shutdown: AtomicBool::new(false),
                 next_id: AtomicU64::new(1),
@@ -230,6 +267,7 @@ impl Server {
             if self.inner.shutdown.load(Ordering::SeqCst) {
                 return Ok(());
             }
+            self.reap_handshakes();
             let mut fds = [PollFd::new(listener, PollFlags::IN)];
             match poll(&mut fds, Some(&timeout)) {
                 Ok(0) => continue,
@@ -257,6 +295,77 @@ impl Server {
         }
     }
 
+    /// Close the connections whose handshake has gone on longer than the handshake timeout
+    /// (the socket's read timeout alone would let a client that sends a byte now and then stay).
+    fn reap_handshakes(&self) {
+        let Some(limit) = self.inner.options.handshake_timeout else {
+            return;
+        };
+        for e in self.inner.conns().values_mut() {
+            if e.export.is_none() && e.closing.is_none() && e.since.elapsed() > limit {
+                e.closing = Some(Closing::HandshakeTimeout);
+                // Wakes its thread, which logs why; already closed by the client is fine.
+                let _ = e.stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
+    /// Register a new connection, closing unfinished handshakes to make room (see
+    /// [`admission`]); `false` if it must be closed instead.
+    fn admit(&self, id: u64, peer: &str, peer_key: String, handle: Stream) -> bool {
+        let o = &self.inner.options;
+        let limits = Limits {
+            max_connections: o.max_connections,
+            max_handshakes: o.max_handshakes,
+            max_handshakes_per_peer: o.max_handshakes_per_peer,
+        };
+        let mut conns = self.inner.conns();
+        let decision = {
+            let live = || conns.iter().filter(|(_, e)| e.closing.is_none());
+            let half: Vec<HalfOpen<'_>> = live()
+                .filter(|(_, e)| e.export.is_none())
+                .map(|(id, e)| HalfOpen {
+                    id: *id,
+                    peer: &e.peer_key,
+                    since: e.since,
+                })
+                .collect();
+            admission::admit(live().count(), &half, &peer_key, limits)
+        };
+        let evict = match decision {
+            Admit::Accept(evict) => evict,
+            Admit::Refuse(why) => {
+                tracing::warn!("NBD client {peer}: {why}");
+                return false;
+            }
+        };
+        for (old, why) in evict {
+            if let Some(e) = conns.get_mut(&old) {
+                tracing::warn!(
+                    connection = old,
+                    "NBD client {}: unfinished handshake open for \
+                    {:.1} s closed to admit {peer}: {why}",
+                    e.peer,
+                    e.since.elapsed().as_secs_f64()
+                );
+                let _ = e.stream.shutdown(Shutdown::Both);
+                e.closing = Some(Closing::Evicted(why));
+            }
+        }
+        conns.insert(
+            id,
+            Entry {
+                peer: peer.to_string(),
+                peer_key,
+                export: None,
+                closing: None,
+                since: Instant::now(),
+                stream: handle,
+            },
+        );
+        true
+    }
+
     fn start_connection(&self, stream: Stream) {
         let peer = stream.peer();
         let handle = match stream.try_clone() {
@@ -267,22 +376,8 @@ impl Server {
             }
         };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut conns = self.inner.conns();
-            if conns.len() >= self.inner.options.max_connections {
-                tracing::warn!(%peer, max = self.inner.options.max_connections,
-                    "too many NBD connections; closing the new one");
-                return;
-            }
-            conns.insert(
-                id,
-                Entry {
-                    peer: peer.clone(),
-                    export: None,
-                    since: Instant::now(),
-                    stream: handle,
-                },
-            );
+        if !self.admit(id, &peer, stream.peer_key(), handle) {
+            return;
         }
         let guard = Registered {
             inner: Arc::clone(&self.inner),
@@ -343,6 +438,14 @@ impl Server {
             .any(|e| e.export.as_deref() == Some(name))
     }
 
+    /// Request and reply buffer bytes in flight now, across every connection, as counted
+    /// against [`ServerOptions::max_total_bytes_in_flight`] (each connection's first 256 KiB
+    /// of small requests are not counted: see the crate README).
+    #[must_use]
+    pub fn bytes_in_flight(&self) -> usize {
+        self.inner.shared.in_use()
+    }
+
     /// Wait until no connection is open, at most `timeout`. Returns whether none is.
     #[must_use]
     pub fn wait_idle(&self, timeout: Duration) -> bool {
@@ -376,12 +479,41 @@ fn run_connection(inner: &Inner, id: u64, stream: Stream) {
     let peer = stream.peer();
     match serve_connection(inner, id, stream) {
         Ok(why) => tracing::debug!(connection = id, %peer, %why, "NBD connection ended"),
-        Err(e) => tracing::info!(connection = id, %peer, error = %e, "NBD connection ended"),
+        Err(e @ ConnError::HandshakeTimeout(_)) => {
+            tracing::warn!(connection = id, "NBD client {peer}: {e}");
+        }
+        // Logged when it was closed, with the client it made room for.
+        Err(e @ ConnError::Evicted(_)) => {
+            tracing::debug!(connection = id, "NBD client {peer}: {e}");
+        }
+        Err(e) => tracing::info!(connection = id, "NBD client {peer}: {e}; connection ended"),
+    }
+}
+
+/// A duration for people: `10 s`, `0.3 s`.
+pub(crate) fn seconds(d: Duration) -> String {
+    format!("{} s", d.as_secs_f64())
+}
+
+/// Why a handshake ended early, when the server ended it (a timeout, or room for others) rather
+/// than the client; `None` otherwise. `timed_out` says whether a read or write timed out.
+fn closed_by_server(inner: &Inner, id: u64, timed_out: bool) -> Option<ConnError> {
+    let limit = inner
+        .options
+        .handshake_timeout
+        .map_or_else(String::new, seconds);
+    match inner.conns().get(&id).and_then(|e| e.closing.clone()) {
+        Some(Closing::Evicted(why)) => Some(ConnError::Evicted(why)),
+        Some(Closing::HandshakeTimeout) => Some(ConnError::HandshakeTimeout(limit)),
+        None if timed_out => Some(ConnError::HandshakeTimeout(limit)),
+        None => None,
     }
 }
 
 fn serve_connection(inner: &Inner, id: u64, stream: Stream) -> Result<String, ConnError> {
+    // A backstop for the reaper in the accept loop, which stops with it at shutdown.
     stream.set_read_timeout(inner.options.handshake_timeout)?;
+    stream.set_write_timeout(inner.options.handshake_timeout)?;
     let mut w = stream.try_clone()?;
     let mut rd = BufReader::with_capacity(128 * 1024, stream);
     let shutting_down = || inner.shutdown.load(Ordering::SeqCst);
@@ -395,14 +527,33 @@ fn serve_connection(inner: &Inner, id: u64, stream: Stream) -> Result<String, Co
         shutting_down: &shutting_down,
         chosen: &chosen,
     };
-    let n = match handshake::negotiate(&mut rd, &mut w, &ctx)? {
-        Outcome::Transmission(n) => n,
-        Outcome::Ended(why) => return Ok(why.to_string()),
+    let n = match handshake::negotiate(&mut rd, &mut w, &ctx) {
+        Ok(Outcome::Transmission(n)) => n,
+        Ok(Outcome::Ended(why)) => {
+            return closed_by_server(inner, id, false).map_or_else(|| Ok(why.to_string()), Err)
+        }
+        Err(e) => {
+            let timed_out = matches!(&e, ConnError::Io(io)
+                if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut));
+            return Err(closed_by_server(inner, id, timed_out).unwrap_or(e));
+        }
     };
     rd.get_ref().set_read_timeout(None)?;
+    w.set_write_timeout(inner.options.reply_timeout)?;
     tracing::info!(connection = id, export = %n.name, structured = n.structured,
         contexts = ?n.contexts, "NBD client connected");
-    let end = transmission::serve(rd, w, n, &inner.options, format!("nbd-io-{id}"))?;
+    let peer = rd.get_ref().peer();
+    let end = transmission::serve(
+        rd,
+        w,
+        n,
+        &transmission::Setup {
+            opts: &inner.options,
+            shared: &inner.shared,
+            thread_name: format!("nbd-io-{id}"),
+            peer,
+        },
+    )?;
     Ok(match end {
         End::Disconnect => "the client disconnected",
         End::Closed => "the client closed the connection",

@@ -39,6 +39,30 @@ impl Stream {
         }
     }
 
+    /// Limit how long a write may block without progress (`None`: forever).
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_write_timeout(t),
+            Stream::Tcp(s) => s.set_write_timeout(t),
+        }
+    }
+
+    /// Which client this is, for the limit on unfinished handshakes per client: the IP address
+    /// for TCP (a client may use many ports); the process for a unix socket, since the socket
+    /// is mode 0600 and so every local peer has uid 0 (a per-uid limit would be one limit for
+    /// everyone).
+    pub fn peer_key(&self) -> String {
+        match self {
+            Stream::Unix(s) => match rustix::net::sockopt::socket_peercred(s) {
+                Ok(c) => format!("unix pid {}", c.pid.as_raw_nonzero()),
+                Err(_) => "unix".to_string(),
+            },
+            Stream::Tcp(s) => s
+                .peer_addr()
+                .map_or_else(|_| "tcp".to_string(), |a| format!("tcp {}", a.ip())),
+        }
+    }
+
     /// Who is on the other end, for logs and listings.
     pub fn peer(&self) -> String {
         match self {

@@ -8,13 +8,14 @@
 //!
 //! A request that is wrong but well-formed (out of range, too large, unknown command or flag,
 //! a write to a snapshot) gets an error reply and the connection goes on. Only a broken stream
-//! ends it: a bad magic, a truncated message, or a write payload too large even to skip.
+//! ends it: a bad magic or a truncated message. A write payload too large to accept, up to the
+//! 4 GiB a header can claim, is read and thrown away through a small buffer, then refused.
 
 use crate::errno;
 use crate::error::ConnError;
 use crate::handshake::Negotiated;
 use crate::meta_context::{self, MetaContext, MAX_DESCRIPTORS, MAX_STATUS_LEN};
-use crate::pool::{Budget, Pool};
+use crate::pool::{Budget, Pool, SharedBudget};
 use crate::protocol::{self as p, Chunk, Command, NbdErrno, Request};
 use crate::reply::ReplyWriter;
 use crate::stream::{discard, read_message, Stream};
@@ -25,10 +26,6 @@ use std::cell::RefCell;
 use std::io::{BufReader, Read};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-
-/// A write payload larger than the maximum but at most this is read and thrown away (the
-/// connection stays usable); a larger one ends the connection.
-const MAX_SKIPPED_PAYLOAD: u32 = 4 * MAX_PAYLOAD;
 
 /// Trims and write-zeroes are passed to the engine in pieces of at most this: the engine reads
 /// the pre-images of a whole call into memory.
@@ -60,7 +57,7 @@ struct Conn {
 
 /// A checked request, ready to run.
 #[derive(Debug)]
-enum Op {
+pub(crate) enum Op {
     Read { df: bool },
     Write { data: Vec<u8>, fua: bool },
     Flush,
@@ -72,9 +69,11 @@ enum Op {
 
 /// A request refused before it runs.
 #[derive(Debug)]
-struct Reject {
-    errno: NbdErrno,
-    message: String,
+pub(crate) struct Reject {
+    /// The error to answer.
+    pub errno: NbdErrno,
+    /// Why, for structured replies and the log.
+    pub message: String,
 }
 
 fn reject(errno: NbdErrno, message: String) -> Reject {
@@ -91,6 +90,18 @@ enum Plan {
     Disconnect,
 }
 
+/// What a connection's transmission phase needs from the server.
+pub(crate) struct Setup<'a> {
+    /// The server's tunables.
+    pub opts: &'a ServerOptions,
+    /// The budget shared by every connection.
+    pub shared: &'a Arc<SharedBudget>,
+    /// The name of the connection's worker threads.
+    pub thread_name: String,
+    /// The client, for logs.
+    pub peer: String,
+}
+
 /// Serve requests until the client disconnects or the stream breaks.
 ///
 /// # Errors
@@ -99,16 +110,20 @@ pub(crate) fn serve(
     mut rd: BufReader<Stream>,
     w: Stream,
     n: Negotiated,
-    opts: &ServerOptions,
-    name: String,
+    setup: &Setup<'_>,
 ) -> Result<End, ConnError> {
+    let opts = setup.opts;
     let conn = Arc::new(Conn {
         export: n.export,
         contexts: n.contexts,
-        writer: ReplyWriter::new(w, n.structured),
+        writer: ReplyWriter::new(w, n.structured, &setup.peer, opts.reply_timeout),
     });
-    let budget = Budget::new(opts.max_requests_in_flight, opts.max_bytes_in_flight);
-    let mut pool = Pool::new(opts.workers_per_connection, name);
+    let budget = Budget::new(
+        opts.max_requests_in_flight,
+        opts.max_bytes_in_flight,
+        Arc::clone(setup.shared),
+    );
+    let mut pool = Pool::new(opts.workers_per_connection, setup.thread_name.clone());
     let result = loop {
         if conn.writer.is_broken() {
             break Ok(End::WriteFailed);
@@ -133,10 +148,9 @@ pub(crate) fn serve(
             Plan::Disconnect => break Ok(End::Disconnect),
             Plan::Reject(r) => {
                 if req.command == Command::Write {
-                    // The payload follows whatever we think of the request.
-                    if req.length > MAX_SKIPPED_PAYLOAD {
-                        break Err(ConnError::PayloadTooLarge(req.length));
-                    }
+                    // The payload follows whatever we think of the request. Skipping even 4 GiB
+                    // takes seconds and no memory, and keeps the connection usable (as DESIGN
+                    // promises) for a client that sent a payload it believed acceptable.
                     if let Err(e) = discard(&mut rd, u64::from(req.length)) {
                         break Err(e.into());
                     }
@@ -148,19 +162,8 @@ pub(crate) fn serve(
             Plan::Run(mut op, bytes) => {
                 let permit = budget.acquire(bytes);
                 if let Op::Write { data, .. } = &mut op {
-                    // Read straight into spare capacity: zero-filling a 1 MiB buffer first cost
-                    // as much CPU as the rest of the request.
-                    let want = req.length as usize;
-                    data.clear();
-                    data.reserve_exact(want);
-                    match (&mut rd).take(want as u64).read_to_end(data) {
-                        Ok(n) if n == want => {}
-                        Ok(_) => {
-                            break Err(
-                                std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()
-                            );
-                        }
-                        Err(e) => break Err(e.into()),
+                    if let Err(e) = read_payload(&mut rd, data, req.length as usize) {
+                        break Err(e.into());
                     }
                 }
                 let c = Arc::clone(&conn);
@@ -178,6 +181,22 @@ pub(crate) fn serve(
     result
 }
 
+/// Read a write payload of `want` bytes into `data`.
+fn read_payload(rd: &mut impl Read, data: &mut Vec<u8>, want: usize) -> std::io::Result<()> {
+    // Read straight into spare capacity: zero-filling a 1 MiB buffer first cost as much CPU as
+    // the rest of the request.
+    data.clear();
+    data.reserve_exact(want);
+    let n = rd.take(want as u64).read_to_end(data)?;
+    if n != want {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the stream ended after {n} of {want} write payload bytes"),
+        ));
+    }
+    Ok(())
+}
+
 fn allowed_flags(cmd: Command, structured: bool) -> u16 {
     let df = if structured { p::CMD_FLAG_DF } else { 0 };
     p::CMD_FLAG_FUA
@@ -191,28 +210,40 @@ fn allowed_flags(cmd: Command, structured: bool) -> u16 {
 
 /// Check a request against the export and what was negotiated.
 fn plan(req: &Request, conn: &Conn) -> Plan {
-    match check(req, conn) {
+    match check(
+        req,
+        &conn.export,
+        !conn.contexts.is_empty(),
+        conn.writer.structured(),
+    ) {
         Ok(Some((op, bytes))) => Plan::Run(op, bytes),
         Ok(None) => Plan::Disconnect,
         Err(r) => Plan::Reject(r),
     }
 }
 
-fn check(req: &Request, conn: &Conn) -> Result<Option<(Op, usize)>, Reject> {
-    let structured = conn.writer.structured();
-    let size = conn.export.len();
+/// Check a request against `export` and what was negotiated (structured replies, whether a
+/// metadata context was selected): what to run and with how many budget bytes, `None` to end
+/// the connection, or why it is refused.
+pub(crate) fn check(
+    req: &Request,
+    export: &Export,
+    has_contexts: bool,
+    structured: bool,
+) -> Result<Option<(Op, usize)>, Reject> {
+    let size = export.len();
     let len = u64::from(req.length);
     let off = req.offset;
     let what = |verb: &str| format!("{verb} of {len} bytes at offset {off}");
     let in_range = off.checked_add(len).is_some_and(|end| end <= size);
     let past_end = |verb: &str| format!("{} ends past the export's {size} bytes", what(verb));
-    let read_only = conn.export.is_read_only();
+    let read_only = export.is_read_only();
     let ro = |verb: &str| {
         reject(
             NbdErrno::Perm,
             format!(
                 "export '{}' is a snapshot and read-only; {verb} the volume instead",
-                conn.export.name()
+                export.name()
             ),
         )
     };
@@ -304,7 +335,7 @@ fn check(req: &Request, conn: &Conn) -> Result<Option<(Op, usize)>, Reject> {
             (Op::WriteZeroes { fua }, zero_budget(len))
         }
         Command::BlockStatus => {
-            if !structured || conn.contexts.is_empty() {
+            if !structured || !has_contexts {
                 return Err(reject(
                     NbdErrno::Inval,
                     "block status needs a metadata context selected with \
@@ -540,53 +571,4 @@ fn block_status(conn: &Conn, req: &Request, req_one: bool) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ext(offset: u64, len: u64, data: bool) -> Extent {
-        Extent { offset, len, data }
-    }
-
-    #[test]
-    fn segments_fold_short_holes_and_reject_gaps() {
-        let raw = [
-            ext(0, 8192, true),
-            ext(8192, 512, false),
-            ext(8704, 4096, true),
-            ext(12800, 65536, false),
-        ];
-        let s = segments(&raw, 0, 12800 + 65536).unwrap();
-        assert_eq!(s, vec![ext(0, 12800, true), ext(12800, 65536, false)]);
-        assert!(segments(&raw[1..], 0, 100).is_none());
-        assert!(segments(&raw, 0, 5).is_none());
-    }
-
-    #[test]
-    fn pieces_cover_the_range() {
-        let mut seen = Vec::new();
-        in_pieces(10, 2 * ZERO_CHUNK + 5, |o, l| {
-            seen.push((o, l));
-            Ok(())
-        })
-        .unwrap();
-        assert_eq!(
-            seen,
-            vec![
-                (10, ZERO_CHUNK),
-                (10 + ZERO_CHUNK, ZERO_CHUNK),
-                (10 + 2 * ZERO_CHUNK, 5)
-            ]
-        );
-    }
-
-    #[test]
-    fn flags_per_command() {
-        assert_eq!(allowed_flags(Command::Read, false), p::CMD_FLAG_FUA);
-        assert_ne!(allowed_flags(Command::Read, true) & p::CMD_FLAG_DF, 0);
-        assert_eq!(
-            allowed_flags(Command::Write, true) & p::CMD_FLAG_NO_HOLE,
-            0,
-            "NO_HOLE is only for write zeroes"
-        );
-    }
-}
+mod tests;

@@ -187,6 +187,11 @@ impl Client {
         cookie
     }
 
+    /// Record a request sent on the socket by other means, so that its reply can be read.
+    pub fn expect(&mut self, cookie: u64, cmd: u16, offset: u64, len: u32) {
+        self.pending.insert(cookie, (cmd, offset, len));
+    }
+
     /// Wait for the reply to `cookie` (buffering other replies that arrive first).
     pub fn reply(&mut self, cookie: u64) -> Reply {
         loop {
