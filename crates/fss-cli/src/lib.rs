@@ -64,7 +64,8 @@ pub fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::R
 
 /// The front-ends `fss serve` starts (NBD, FUSE).
 pub mod frontends {
-    use fssd::daemon::{bind_socket, FrontEnd, ServeOptions};
+    use fssd::config::ServeOptions;
+    use fssd::daemon::{bind_socket, FrontEnd};
     use fssd::registry::Registry;
     use fssd::DaemonError;
     use std::sync::Arc;

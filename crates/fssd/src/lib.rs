@@ -4,6 +4,7 @@
 //! state or stores themselves.
 //!
 //! - [`daemon`]: `fss serve` (lock, start, ready, stop);
+//! - [`config`]: what the daemon is started with (volume I/O mode, test hooks);
 //! - [`registry`]: the live objects and the operations of the control API;
 //! - [`control`]: the control socket and freeze leases;
 //! - [`protocol`]: request and response types (`docs/CONTROL.md`);
@@ -14,6 +15,7 @@
 //! - [`names`], [`paths`], [`error`].
 
 pub mod client;
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod error;

@@ -1,7 +1,7 @@
 //! The daemon's live objects: volumes and snapshots by name, their persistent state, and the
 //! operations of the control API. Front-ends see it as a [`Catalog`].
 
-use crate::daemon::VolumeIo;
+use crate::config::{TestHooks, VolumeIo};
 use crate::error::{DaemonError, Result};
 use crate::names::{check_name, human_size};
 use crate::paths::Paths;
@@ -45,6 +45,8 @@ pub struct Registry {
     paths: Paths,
     /// How volumes are opened.
     volume_io: VolumeIo,
+    /// Test-only hooks.
+    hooks: TestHooks,
     inner: Mutex<Inner>,
     exports: RwLock<BTreeMap<String, Export>>,
     opens: Mutex<HashMap<String, u64>>,
@@ -137,7 +139,7 @@ impl Registry {
     ///
     /// # Errors
     /// The state file is unreadable or damaged, or the default volume cannot be made.
-    pub fn open(paths: Paths, volume_io: VolumeIo) -> Result<Registry> {
+    pub fn open(paths: Paths, volume_io: VolumeIo, hooks: TestHooks) -> Result<Registry> {
         let state_file = paths.state_file();
         let loaded = State::load(&state_file)?;
         let fresh = loaded.is_none();
@@ -153,6 +155,7 @@ impl Registry {
         let reg = Registry {
             paths,
             volume_io,
+            hooks,
             inner: Mutex::new(Inner {
                 state,
                 volumes: HashMap::new(),
@@ -1178,6 +1181,7 @@ fn now_secs() -> u64 {
 fn rollback_pass(
     vol: &Volume,
     snap: &Snapshot,
+    pause: Option<std::time::Duration>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<(u64, u64)> {
     let extents: Vec<_> = snap
@@ -1186,11 +1190,6 @@ fn rollback_pass(
         .filter(|e| e.data)
         .collect();
     let total: u64 = extents.iter().map(|e| e.len).sum();
-    // For tests only: slow the rollback down so that it can be interrupted midway.
-    let pause = std::env::var("FSS_TEST_ROLLBACK_PAUSE_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(std::time::Duration::from_millis);
     let mut buf = vec![0u8; ROLLBACK_CHUNK.min(total.max(1)) as usize];
     let mut done = 0;
     progress(0, total);
@@ -1636,7 +1635,7 @@ impl Registry {
             tracing::warn!(volume, snapshot, "rolling back to a transient snapshot: if the daemon stops before the rollback completes, the snapshot is gone and the volume is left offline");
         }
         tracing::info!(volume, snapshot, force, "rollback started");
-        let result = rollback_pass(&vol, &snap, progress);
+        let result = rollback_pass(&vol, &snap, self.hooks.rollback_pause, progress);
         let mut inner = self.lock();
         match result {
             Ok((extents, bytes)) => {
@@ -1709,7 +1708,7 @@ impl Registry {
                 Some(snap) => {
                     tracing::warn!(volume = %r.volume, snapshot = %r.snapshot,
                         "resuming the rollback of volume {} to snapshot {} interrupted by a stop", r.volume, r.snapshot);
-                    match rollback_pass(&vol, &snap, &mut |_, _| {}) {
+                    match rollback_pass(&vol, &snap, self.hooks.rollback_pause, &mut |_, _| {}) {
                         Ok((extents, bytes)) => {
                             tracing::info!(volume = %r.volume, snapshot = %r.snapshot, extents, bytes,
                                 "finished the interrupted rollback of volume {} to snapshot {}", r.volume, r.snapshot);
