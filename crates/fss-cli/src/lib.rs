@@ -169,7 +169,7 @@ pub mod frontends {
         let dir = &opts.paths.fuse_dir;
         let fuse = fss_fuse::FuseFrontEnd::mount(dir, catalog, hooks).map_err(|e| {
             DaemonError::new(
-                "io",
+                fssd::error::ErrorKind::Io,
                 format!(
                     "cannot mount the FUSE directory {}: {e}; is /dev/fuse available (modprobe fuse)?",
                     dir.display()

@@ -95,7 +95,11 @@ impl Leases {
             ids.into_iter().filter_map(|k| open.remove(&k)).collect()
         };
         for l in expired {
-            thaw(&l, "the freeze lease was not closed within 10 s");
+            let why = format!(
+                "the freeze lease was not closed within {} s",
+                LEASE_TIMEOUT.as_secs()
+            );
+            thaw(&l, &why);
         }
     }
 }
@@ -104,7 +108,7 @@ fn thaw(l: &Lease, why: &str) {
     match freeze::thaw(&l.dir) {
         Ok(()) => tracing::warn!(mount_point = %l.mount_point, "thawed the file system: {why}"),
         // EINVAL: not frozen (the client thawed already).
-        Err(e) if e.raw_os_error() == Some(22) => {}
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
         Err(e) => {
             tracing::error!(mount_point = %l.mount_point, error = %e, "could not thaw ({why})");
         }
@@ -186,7 +190,7 @@ fn connection(stream: UnixStream, registry: &Registry, leases: &Leases) {
         let response = if n > MAX_LINE {
             failure(
                 0,
-                &DaemonError::new("invalid-request", "request line longer than 1 MiB"),
+                &DaemonError::invalid_request("request line longer than 1 MiB"),
             )
         } else {
             answer(&line, registry, leases, &mut mine)
@@ -208,11 +212,11 @@ fn connection(stream: UnixStream, registry: &Registry, leases: &Leases) {
 }
 
 fn expired() -> DaemonError {
-    DaemonError::new(
-        "busy",
-        "the freeze lease expired (the daemon thawed the file system after 10 s), so a snapshot now \
-         would not be consistent; try again",
-    )
+    DaemonError::busy(format!(
+        "the freeze lease expired (the daemon thawed the file system after {} s), so a snapshot \
+         now would not be consistent; try again",
+        LEASE_TIMEOUT.as_secs()
+    ))
 }
 
 fn failure(id: u64, e: &DaemonError) -> Response {
@@ -237,18 +241,16 @@ fn answer(line: &[u8], registry: &Registry, leases: &Leases, mine: &mut Vec<u64>
                 .unwrap_or(0);
             return failure(
                 id,
-                &DaemonError::new(
-                    "invalid-request",
-                    format!("malformed request: {e}; see docs/CONTROL.md"),
-                ),
+                &DaemonError::invalid_request(format!(
+                    "malformed request: {e}; see docs/CONTROL.md"
+                )),
             );
         }
     };
     if env.v != PROTOCOL_VERSION {
         return failure(
             env.id,
-            &DaemonError::new(
-                "invalid-request",
+            &DaemonError::invalid_request(
                 format!("protocol version {} is not supported (this daemon speaks {PROTOCOL_VERSION}); use the fss CLI of the same release", env.v),
             ),
         );
@@ -264,7 +266,8 @@ fn answer(line: &[u8], registry: &Registry, leases: &Leases, mine: &mut Vec<u64>
                 Ok(serde_json::Value::Null)
             } else {
                 Err(DaemonError::not_found(format!(
-                    "freeze lease {lease} is not open (it expired after 10 s and the daemon thawed the file system)"
+                    "freeze lease {lease} is not open (it expired after {} s and the daemon thawed the file system)",
+                    LEASE_TIMEOUT.as_secs()
                 )))
             }
         }
@@ -404,7 +407,7 @@ fn long_operation<W: Write>(
         } => registry
             .rollback(volume, snapshot, *force, &mut |d, t| chan.progress(d, t))
             .and_then(|r| to_value(&r)),
-        _ => Err(DaemonError::new("invalid-request", "not a long operation")),
+        _ => Err(DaemonError::invalid_request("not a long operation")),
     };
     match result {
         Ok(v) => chan.line(&success(env.id, v)),
@@ -414,7 +417,7 @@ fn long_operation<W: Write>(
 
 fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, DaemonError> {
     serde_json::to_value(v)
-        .map_err(|e| DaemonError::new("internal", format!("cannot encode a reply: {e}")))
+        .map_err(|e| DaemonError::internal(format!("cannot encode a reply: {e}")))
 }
 
 /// `backup`: the first response, the data frames, a zero frame, the final response.
@@ -455,7 +458,7 @@ fn backup<W: Write>(
     let done = written.map_err(DaemonError::from).and_then(|s| {
         to_value(&BackupDone {
             snapshot: snapshot.to_string(),
-            kind: job.start.kind.clone(),
+            kind: job.start.kind,
             since: since.map(str::to_string),
             backup_id: fss_core::backup::format::hex(&s.header.backup_id),
             covered: s.header.covered,

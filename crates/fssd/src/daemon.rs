@@ -56,7 +56,7 @@ pub fn lock_state_dir(paths: &Paths) -> Result<StateLock> {
     if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         let pid = std::fs::read_to_string(&lock_path).unwrap_or_default();
         return Err(DaemonError::new(
-            "already-running",
+            crate::error::ErrorKind::AlreadyRunning,
             format!(
                 "another fss daemon (pid {}) already serves state directory {}; stop it first or use another --state-dir",
                 pid.trim(),

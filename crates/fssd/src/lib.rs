@@ -28,4 +28,4 @@ pub mod registry;
 pub mod state;
 pub mod stores;
 
-pub use error::{DaemonError, Result};
+pub use error::{DaemonError, ErrorKind, Result};

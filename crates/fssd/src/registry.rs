@@ -2,18 +2,21 @@
 //! operations of the control API. Front-ends see it as a [`Catalog`].
 
 use crate::config::{TestHooks, VolumeIo};
+use crate::error::ErrorKind;
 use crate::error::{DaemonError, Result};
 use crate::names::{check_name, human_size};
 use crate::paths::Paths;
 use crate::protocol::{
-    DiffExtent, Request, SnapshotInfo, SnapshotSpec, StatusInfo, VerifyInfo, VolumeInfo,
+    BackupKind, DiffExtent, Request, SnapshotHealth, SnapshotInfo, SnapshotKind, SnapshotSpec,
+    StatusInfo, StorePolicy, VerifyInfo, VolumeInfo, VolumeStatus,
 };
 use crate::state::{Fingerprint, SnapshotState, State, VolumeKind, VolumeState};
 use crate::stores::{self, StorePlace};
 use fss_core::device::{BlockDevice, FileDevice, OpenOptions};
 use fss_core::export::{Catalog, Export, ExportInfo};
 use fss_core::store::StoreIdentity;
-use fss_core::{OnStoreError, Snapshot, SnapshotOptions, SnapshotState as CoreState, Volume};
+use fss_core::{Snapshot, SnapshotOptions, SnapshotState as CoreState, Volume};
+use rustix::io::Errno;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -101,17 +104,14 @@ fn fingerprint(path: &Path, clean: bool) -> Fingerprint {
 
 fn to_json<T: serde::Serialize>(v: &T) -> Result<Value> {
     serde_json::to_value(v)
-        .map_err(|e| DaemonError::new("internal", format!("cannot encode a reply: {e}")))
+        .map_err(|e| DaemonError::internal(format!("cannot encode a reply: {e}")))
 }
 
-fn policy(s: &str) -> Result<OnStoreError> {
-    match s {
-        "invalidate" => Ok(OnStoreError::Invalidate),
-        "fail-write" => Ok(OnStoreError::FailWrite),
-        other => Err(DaemonError::invalid(format!(
-            "unknown --on-store-error '{other}': use invalidate or fail-write"
-        ))),
-    }
+/// The store policy a snapshot request asks for (`invalidate` when it names none).
+fn spec_policy(spec: &SnapshotSpec) -> Result<StorePolicy> {
+    spec.on_store_error
+        .as_deref()
+        .map_or(Ok(StorePolicy::Invalidate), StorePolicy::parse)
 }
 
 fn open_volume_device(path: &Path, io: VolumeIo) -> Result<Arc<FileDevice>> {
@@ -121,7 +121,9 @@ fn open_volume_device(path: &Path, io: VolumeIo) -> Result<Arc<FileDevice>> {
     };
     io.apply(&mut opts);
     FileDevice::open(path, &opts).map(Arc::new).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(16) {
+        if e.kind() == std::io::ErrorKind::WouldBlock
+            || e.raw_os_error() == Some(Errno::BUSY.raw_os_error())
+        {
             DaemonError::busy(format!(
                 "{} is in use by another process (fss holds volumes exclusively); stop it first",
                 path.display()
@@ -373,7 +375,7 @@ impl Registry {
                 stores::reopen(&place, &expect, s.max_store_bytes).and_then(|(store, rec)| {
                     let opts = SnapshotOptions {
                         persistent: true,
-                        on_store_error: policy(&s.on_store_error)?,
+                        on_store_error: s.on_store_error.into(),
                         ..SnapshotOptions::default()
                     };
                     vol.attach_snapshot(&opts, store, rec)
@@ -486,7 +488,7 @@ impl Registry {
                 Ok(Value::String(checksum(&export)?))
             }
             Request::LeaseOpen { .. } | Request::LeaseClose { .. } => Err(DaemonError::new(
-                "invalid-request",
+                ErrorKind::InvalidRequest,
                 "leases are handled by the control connection, not the registry",
             )),
             Request::Diff { snapshot, until } => {
@@ -496,7 +498,7 @@ impl Registry {
             }
             Request::Backup { .. } | Request::Restore { .. } | Request::Rollback { .. } => {
                 Err(DaemonError::new(
-                    "invalid-request",
+                    ErrorKind::InvalidRequest,
                     "backup, restore and rollback are run by the control connection (with \
                      progress lines), not the registry",
                 ))
@@ -530,13 +532,7 @@ impl Registry {
             name: name.to_string(),
             size: v.map_or(0, |v| v.size),
             path: v.map(|v| v.path.clone()).unwrap_or_default(),
-            kind: match v.map(|v| v.kind) {
-                Some(VolumeKind::CreatedImage) => "created-image",
-                Some(VolumeKind::Image) => "image",
-                Some(VolumeKind::BlockDevice) => "block-device",
-                None => "unknown",
-            }
-            .to_string(),
+            kind: v.map_or(VolumeKind::Image, |v| v.kind),
             snapshots: inner
                 .state
                 .snapshots
@@ -547,7 +543,7 @@ impl Registry {
             state: inner
                 .offline
                 .get(name)
-                .map_or_else(|| "online".to_string(), |r| format!("offline: {r}")),
+                .map_or(VolumeStatus::Online, |r| VolumeStatus::Offline(r.clone())),
             open: self.opens_of(name),
         }
     }
@@ -638,8 +634,9 @@ impl Registry {
         dev: Arc<FileDevice>,
     ) -> Result<()> {
         let mut id = [0u8; 16];
-        getrandom::fill(&mut id)
-            .map_err(|e| DaemonError::new("io", format!("no randomness for a volume id: {e}")))?;
+        getrandom::fill(&mut id).map_err(|e| {
+            DaemonError::new(ErrorKind::Io, format!("no randomness for a volume id: {e}"))
+        })?;
         let size = dev.len();
         let dyn_dev: Arc<dyn BlockDevice> = dev;
         let vol = Volume::with_identity(name, dyn_dev, id);
@@ -713,7 +710,7 @@ impl Registry {
         }
         if let Some(r) = inner.unavailable.get(name) {
             return Err(DaemonError::new(
-                "invalid-snapshot",
+                ErrorKind::InvalidSnapshot,
                 format!("snapshot '{name}' is unavailable: {r}"),
             ));
         }
@@ -744,7 +741,7 @@ impl Registry {
                 "an unlinked store (-x) makes a transient snapshot; add --transient",
             ));
         }
-        policy(spec.on_store_error.as_deref().unwrap_or("invalidate"))?;
+        spec_policy(spec)?;
         Ok(())
     }
 
@@ -754,7 +751,7 @@ impl Registry {
         &self,
         inner: &Inner,
         spec: &SnapshotSpec,
-    ) -> Result<(Volume, StorePlace, SnapshotOptions, String)> {
+    ) -> Result<(Volume, StorePlace, SnapshotOptions, StorePolicy)> {
         let vol = inner
             .volumes
             .get(&spec.volume)
@@ -770,14 +767,11 @@ impl Registry {
             })?;
         }
         let place = stores::place(&store_arg, &spec.volume, &spec.name)?;
-        let on_err = spec
-            .on_store_error
-            .clone()
-            .unwrap_or_else(|| "invalidate".into());
+        let on_err = spec_policy(spec)?;
         let opts = SnapshotOptions {
             cluster_size: spec.cluster_size,
             persistent: !spec.transient,
-            on_store_error: policy(&on_err)?,
+            on_store_error: on_err.into(),
             max_store_bytes: spec.max_store_size,
             ..SnapshotOptions::default()
         };
@@ -788,7 +782,7 @@ impl Registry {
     fn snapshot_record(
         spec: &SnapshotSpec,
         place: StorePlace,
-        on_err: String,
+        on_err: StorePolicy,
         snap: &Snapshot,
     ) -> SnapshotState {
         let info = snap.info();
@@ -873,7 +867,7 @@ impl Registry {
             }
         }
         // All at one instant: the engine holds every volume's barrier while it makes them.
-        let plans: Vec<(Volume, StorePlace, SnapshotOptions, String)> = members
+        let plans: Vec<(Volume, StorePlace, SnapshotOptions, StorePolicy)> = members
             .iter()
             .map(|m| self.snapshot_plan(inner, m))
             .collect::<Result<_>>()?;
@@ -956,16 +950,16 @@ impl Registry {
             })?;
         let live = inner.snapshots.get(name).map(Snapshot::info);
         let (state, reason) = if let Some(r) = inner.unavailable.get(name) {
-            ("unavailable".to_string(), Some(r.clone()))
+            (SnapshotHealth::Unavailable, Some(r.clone()))
         } else if let Some(CoreState::Invalid(r)) = live.as_ref().map(|i| i.state.clone()) {
-            ("invalid".to_string(), Some(r))
+            (SnapshotHealth::Invalid, Some(r))
         } else if let Some(r) = inner.unverified.get(&s.volume) {
             (
-                "unverified".to_string(),
+                SnapshotHealth::Unverified,
                 Some(format!("the volume changed while fss was not running: {r}")),
             )
         } else {
-            ("valid".to_string(), None)
+            (SnapshotHealth::Valid, None)
         };
         let stats = live.as_ref().map(|i| i.stats.clone()).unwrap_or_default();
         Ok(SnapshotInfo {
@@ -973,11 +967,10 @@ impl Registry {
             volume: s.volume.clone(),
             id: s.id,
             kind: if s.persistent {
-                "persistent"
+                SnapshotKind::Persistent
             } else {
-                "transient"
-            }
-            .to_string(),
+                SnapshotKind::Transient
+            },
             state,
             reason,
             created: s.created,
@@ -990,7 +983,7 @@ impl Registry {
             clusters_preserved: stats.clusters_preserved,
             cow_calls: stats.cow_calls,
             busy_waits: stats.busy_waits,
-            on_store_error: s.on_store_error.clone(),
+            on_store_error: s.on_store_error,
             mount_point: s.mount_point.clone(),
         })
     }
@@ -1325,7 +1318,7 @@ impl Registry {
         if let Some(s) = inner.state.snapshots.iter().find(|s| s.name == name) {
             if let Some(r) = inner.unverified.get(&s.volume) {
                 return Err(DaemonError::new(
-                    "invalid-snapshot",
+                    ErrorKind::InvalidSnapshot,
                     format!(
                         "snapshot '{name}' is unverified: its volume '{}' changed while fss was \
                          not running ({r}), so its contents cannot be trusted",
@@ -1336,7 +1329,7 @@ impl Registry {
         }
         if let CoreState::Invalid(r) = snap.info().state {
             return Err(DaemonError::new(
-                "invalid-snapshot",
+                ErrorKind::InvalidSnapshot,
                 format!("snapshot '{name}' is invalid: {r}"),
             ));
         }
@@ -1425,11 +1418,10 @@ impl Registry {
                 snapshot: snapshot.to_string(),
                 volume: info.volume.clone(),
                 kind: if base.is_some() {
-                    "incremental"
+                    BackupKind::Incremental
                 } else {
-                    "full"
-                }
-                .to_string(),
+                    BackupKind::Full
+                },
                 since: since.map(str::to_string),
                 size: info.len,
             },
@@ -1645,7 +1637,7 @@ impl Registry {
                 tracing::info!(volume, snapshot, extents, bytes, "rollback done");
                 if let Err(e) = self.save(&inner) {
                     return Err(DaemonError::new(
-                        "io",
+                        ErrorKind::Io,
                         format!(
                             "the rollback of '{volume}' to '{snapshot}' is complete, but the \
                              state could not be updated ({e}); the next start will redo it, \
@@ -1670,7 +1662,7 @@ impl Registry {
                 tracing::error!(volume, snapshot, "{why}");
                 self.unpublish(volume);
                 inner.offline.insert(volume.to_string(), why.clone());
-                Err(DaemonError::new(&e.kind, why))
+                Err(DaemonError::new(e.kind, why))
             }
         }
     }
