@@ -284,18 +284,6 @@ pub enum Request {
     },
 }
 
-impl Request {
-    /// Whether the response may be preceded by progress lines (and, for `backup`, followed by
-    /// data frames): these operations run outside the request-response loop.
-    #[must_use]
-    pub fn is_long(&self) -> bool {
-        matches!(
-            self,
-            Request::Backup { .. } | Request::Restore { .. } | Request::Rollback { .. }
-        )
-    }
-}
-
 /// The largest data frame of a `backup` stream, in bytes.
 pub const MAX_FRAME: usize = 1 << 20;
 

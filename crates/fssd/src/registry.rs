@@ -7,8 +7,8 @@ use crate::error::{DaemonError, Result};
 use crate::names::{check_name, human_size};
 use crate::paths::Paths;
 use crate::protocol::{
-    BackupKind, DiffExtent, Request, SnapshotHealth, SnapshotInfo, SnapshotKind, SnapshotSpec,
-    StatusInfo, StorePolicy, VerifyInfo, VolumeInfo, VolumeStatus,
+    BackupKind, DiffExtent, SnapshotHealth, SnapshotInfo, SnapshotKind, SnapshotSpec, StatusInfo,
+    StorePolicy, VerifyInfo, VolumeInfo, VolumeStatus,
 };
 use crate::state::{Fingerprint, SnapshotState, State, VolumeKind, VolumeState};
 use crate::stores::{self, StorePlace};
@@ -17,7 +17,6 @@ use fss_core::export::{Catalog, Export, ExportInfo};
 use fss_core::store::StoreIdentity;
 use fss_core::{Snapshot, SnapshotOptions, SnapshotState as CoreState, Volume};
 use rustix::io::Errno;
-use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -100,11 +99,6 @@ fn fingerprint(path: &Path, clean: bool) -> Fingerprint {
         },
         Err(_) => Fingerprint::default(),
     }
-}
-
-fn to_json<T: serde::Serialize>(v: &T) -> Result<Value> {
-    serde_json::to_value(v)
-        .map_err(|e| DaemonError::internal(format!("cannot encode a reply: {e}")))
 }
 
 /// The store policy a snapshot request asks for (`invalidate` when it names none).
@@ -413,100 +407,168 @@ impl Registry {
         inner.state.snapshots = keep;
     }
 
-    /// Handle one control request.
-    ///
-    /// # Errors
-    /// The operation failed; the error says why and what to do.
-    pub fn handle(&self, req: &Request) -> Result<Value> {
-        let mut inner = self.lock();
-        self.refuse_if_held(&inner, req)?;
-        match req {
-            Request::Status => to_json(&self.status(&inner)),
-            Request::VolumeCreate { name, size, image } => {
-                self.volume_create(&mut inner, name, *size, image.clone())?;
-                to_json(&self.volume_info(&inner, name))
-            }
-            Request::VolumeAdd { name, device } => {
-                self.volume_add(&mut inner, name, device)?;
-                to_json(&self.volume_info(&inner, name))
-            }
-            Request::VolumeList => {
-                let list: Vec<VolumeInfo> = inner
-                    .state
-                    .volumes
-                    .iter()
-                    .map(|v| self.volume_info(&inner, &v.name))
-                    .collect();
-                to_json(&list)
-            }
-            Request::VolumeRemove { name } => {
-                self.volume_remove(&mut inner, name)?;
-                Ok(Value::Null)
-            }
-            Request::SnapshotCreate(spec) => {
-                self.snapshot_create(&mut inner, spec)?;
-                to_json(&self.snapshot_info(&inner, &spec.name)?)
-            }
-            Request::SnapshotCreateGroup { members } => {
-                self.snapshot_create_group(&mut inner, members)?;
-                let infos: Result<Vec<SnapshotInfo>> = members
-                    .iter()
-                    .map(|m| self.snapshot_info(&inner, &m.name))
-                    .collect();
-                to_json(&infos?)
-            }
-            Request::SnapshotDelete { name } => {
-                self.snapshot_delete(&mut inner, name)?;
-                Ok(Value::Null)
-            }
-            Request::SnapshotList => {
-                let list: Result<Vec<SnapshotInfo>> = inner
-                    .state
-                    .snapshots
-                    .iter()
-                    .map(|s| self.snapshot_info(&inner, &s.name))
-                    .collect();
-                to_json(&list?)
-            }
-            Request::SnapshotInfo { name } => to_json(&self.snapshot_info(&inner, name)?),
-            Request::SnapshotVerify { name } => {
-                let snap = Self::snapshot(&inner, name)?;
-                drop(inner);
-                let r = snap.verify()?;
-                to_json(&VerifyInfo {
-                    name: name.clone(),
-                    checksummed: r.checksummed,
-                    blocks_checked: r.blocks_checked,
-                    damaged: r.damaged,
-                })
-            }
-            Request::Checksum { name } => {
-                let export = self.lookup(name).ok_or_else(|| {
-                    DaemonError::not_found(format!("no volume or snapshot named '{name}'; see `fss volume list` and `fss snapshot list`"))
-                })?;
-                drop(inner);
-                Ok(Value::String(checksum(&export)?))
-            }
-            Request::LeaseOpen { .. } | Request::LeaseClose { .. } => Err(DaemonError::new(
-                ErrorKind::InvalidRequest,
-                "leases are handled by the control connection, not the registry",
-            )),
-            Request::Diff { snapshot, until } => {
-                let (older, newer) = self.diff_pair(&inner, snapshot, until.as_deref())?;
-                drop(inner);
-                to_json(&diff_extents(&older, newer.as_ref())?)
-            }
-            Request::Backup { .. } | Request::Restore { .. } | Request::Rollback { .. } => {
-                Err(DaemonError::new(
-                    ErrorKind::InvalidRequest,
-                    "backup, restore and rollback are run by the control connection (with \
-                     progress lines), not the registry",
-                ))
-            }
-        }
+    /// `status`: the daemon's version, places and counts.
+    #[must_use]
+    pub fn status(&self) -> StatusInfo {
+        let inner = self.lock();
+        self.status_of(&inner)
     }
 
-    fn status(&self, inner: &Inner) -> StatusInfo {
+    /// `volume-create`: create a sparse image of `size` bytes (at `image`, default
+    /// `<state-dir>/volumes/NAME.img`) and serve it.
+    ///
+    /// # Errors
+    /// A bad or taken name, a zero size, an existing image, or an I/O failure.
+    pub fn create_volume(
+        &self,
+        name: &str,
+        size: u64,
+        image: Option<PathBuf>,
+    ) -> Result<VolumeInfo> {
+        let mut inner = self.lock();
+        self.volume_create(&mut inner, name, size, image)?;
+        Ok(self.volume_info(&inner, name))
+    }
+
+    /// `volume-add`: serve an existing image or block device.
+    ///
+    /// # Errors
+    /// A bad or taken name, a device already served, empty, in use or unreadable.
+    pub fn add_volume(&self, name: &str, device: &Path) -> Result<VolumeInfo> {
+        let mut inner = self.lock();
+        self.volume_add(&mut inner, name, device)?;
+        Ok(self.volume_info(&inner, name))
+    }
+
+    /// `volume-list`: every volume, in the order they were added.
+    #[must_use]
+    pub fn list_volumes(&self) -> Vec<VolumeInfo> {
+        let inner = self.lock();
+        inner
+            .state
+            .volumes
+            .iter()
+            .map(|v| self.volume_info(&inner, &v.name))
+            .collect()
+    }
+
+    /// `volume-remove`: stop serving a volume (its image is kept).
+    ///
+    /// # Errors
+    /// No such volume, or it has snapshots, is open or busy.
+    pub fn remove_volume(&self, name: &str) -> Result<()> {
+        let mut inner = self.lock();
+        if let Some(what) = self.held_by(name) {
+            return Err(DaemonError::busy(format!(
+                "volume '{name}' is busy with {what}; wait for it to finish"
+            )));
+        }
+        self.volume_remove(&mut inner, name)
+    }
+
+    /// `snapshot-create`: take a snapshot.
+    ///
+    /// # Errors
+    /// A bad spec, a missing, offline or busy volume, or a store that cannot be made.
+    pub fn create_snapshot(&self, spec: &SnapshotSpec) -> Result<SnapshotInfo> {
+        let mut inner = self.lock();
+        self.check_volume_free(&inner, &spec.volume)?;
+        self.snapshot_create(&mut inner, spec)?;
+        self.snapshot_info(&inner, &spec.name)
+    }
+
+    /// `snapshot-create-group`: several snapshots (one per volume) at one instant.
+    ///
+    /// # Errors
+    /// As [`Registry::create_snapshot`] for any member, or a volume or name given twice.
+    pub fn create_snapshot_group(&self, members: &[SnapshotSpec]) -> Result<Vec<SnapshotInfo>> {
+        let mut inner = self.lock();
+        for m in members {
+            self.check_volume_free(&inner, &m.volume)?;
+        }
+        self.snapshot_create_group(&mut inner, members)?;
+        members
+            .iter()
+            .map(|m| self.snapshot_info(&inner, &m.name))
+            .collect()
+    }
+
+    /// `snapshot-delete`: delete a snapshot and its store.
+    ///
+    /// # Errors
+    /// No such snapshot, or it is open, in use by a long operation, or the target of an
+    /// unfinished rollback.
+    pub fn delete_snapshot(&self, name: &str) -> Result<()> {
+        let mut inner = self.lock();
+        self.check_snapshot_deletable(&inner, name)?;
+        self.snapshot_delete(&mut inner, name)
+    }
+
+    /// `snapshot-list`: every snapshot, oldest first per volume.
+    ///
+    /// # Errors
+    /// Not expected (every listed snapshot has an entry); kept for the lookup's type.
+    pub fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        let inner = self.lock();
+        inner
+            .state
+            .snapshots
+            .iter()
+            .map(|s| self.snapshot_info(&inner, &s.name))
+            .collect()
+    }
+
+    /// `snapshot-info`: one snapshot.
+    ///
+    /// # Errors
+    /// No such snapshot.
+    pub fn describe_snapshot(&self, name: &str) -> Result<SnapshotInfo> {
+        let inner = self.lock();
+        self.snapshot_info(&inner, name)
+    }
+
+    /// `snapshot-verify`: check a snapshot's store against its checksums.
+    ///
+    /// # Errors
+    /// No such snapshot, unavailable, or the store cannot be read.
+    pub fn verify_snapshot(&self, name: &str) -> Result<VerifyInfo> {
+        let snap = Self::snapshot(&self.lock(), name)?;
+        let r = snap.verify()?;
+        Ok(VerifyInfo {
+            name: name.to_string(),
+            checksummed: r.checksummed,
+            blocks_checked: r.blocks_checked,
+            damaged: r.damaged,
+        })
+    }
+
+    /// `checksum`: SHA-256 (hex) of a volume's or snapshot's whole contents.
+    ///
+    /// # Errors
+    /// Nothing served under that name, or a read failed.
+    pub fn checksum(&self, name: &str) -> Result<String> {
+        // Under the registry's lock, as every operation: one running now finishes first.
+        let inner = self.lock();
+        let export = self.lookup(name);
+        drop(inner);
+        let export = export.ok_or_else(|| {
+            DaemonError::not_found(format!(
+                "no volume or snapshot named '{name}'; see `fss volume list` and `fss snapshot list`"
+            ))
+        })?;
+        checksum(&export)
+    }
+
+    /// `diff`: the extents changed between `snapshot` and `until` (or the volume now).
+    ///
+    /// # Errors
+    /// A snapshot is missing or unusable, or the pair is not of one chain in order.
+    pub fn diff(&self, snapshot: &str, until: Option<&str>) -> Result<Vec<DiffExtent>> {
+        let (older, newer) = self.diff_pair(&self.lock(), snapshot, until)?;
+        diff_extents(&older, newer.as_ref())
+    }
+
+    fn status_of(&self, inner: &Inner) -> StatusInfo {
         let ep = self
             .endpoints
             .lock()
@@ -1254,62 +1316,50 @@ impl Registry {
             .find(|r| r.volume == volume && &r.volume_id == id)
     }
 
-    /// Refuse what would disturb a long operation running now, or a volume whose rollback is
-    /// unfinished.
-    fn refuse_if_held(&self, inner: &Inner, req: &Request) -> Result<()> {
-        let volume_free = |volume: &str| -> Result<()> {
-            if let Some(what) = self.held_by(volume) {
-                return Err(DaemonError::busy(format!(
-                    "volume '{volume}' is busy with {what}; wait for it to finish"
-                )));
-            }
-            if let Some(r) = Self::unfinished_rollback(inner, volume) {
-                let finish = if inner.snapshots.contains_key(&r.snapshot) {
-                    format!(
-                        "finish it first with `fss rollback {volume} {}`",
-                        r.snapshot
-                    )
-                } else {
-                    format!(
-                        "that snapshot is gone: roll the volume back to another of its \
-                         snapshots first (`fss rollback {volume} SNAPSHOT`)"
-                    )
-                };
-                return Err(DaemonError::busy(format!(
-                    "volume '{volume}' has an unfinished rollback to snapshot '{}'; {finish}",
-                    r.snapshot
-                )));
-            }
-            Ok(())
-        };
-        match req {
-            Request::SnapshotDelete { name } => {
-                if let Some(what) = self.held_by(name) {
-                    return Err(DaemonError::busy(format!(
-                        "snapshot '{name}' is in use by {what}; wait for it to finish"
-                    )));
-                }
-                if let Some(r) = inner.state.rollbacks.iter().find(|r| &r.snapshot == name) {
-                    return Err(DaemonError::busy(format!(
-                        "snapshot '{name}' is the target of an unfinished rollback of volume \
-                         '{}'; finish it first with `fss rollback {} {name}`",
-                        r.volume, r.volume
-                    )));
-                }
-                Ok(())
-            }
-            Request::VolumeRemove { name } => match self.held_by(name) {
-                Some(what) => Err(DaemonError::busy(format!(
-                    "volume '{name}' is busy with {what}; wait for it to finish"
-                ))),
-                None => Ok(()),
-            },
-            Request::SnapshotCreate(spec) => volume_free(&spec.volume),
-            Request::SnapshotCreateGroup { members } => {
-                members.iter().try_for_each(|m| volume_free(&m.volume))
-            }
-            _ => Ok(()),
+    /// Refuse a new snapshot of a volume that a long operation holds now, or whose rollback
+    /// is unfinished.
+    fn check_volume_free(&self, inner: &Inner, volume: &str) -> Result<()> {
+        if let Some(what) = self.held_by(volume) {
+            return Err(DaemonError::busy(format!(
+                "volume '{volume}' is busy with {what}; wait for it to finish"
+            )));
         }
+        if let Some(r) = Self::unfinished_rollback(inner, volume) {
+            let finish = if inner.snapshots.contains_key(&r.snapshot) {
+                format!(
+                    "finish it first with `fss rollback {volume} {}`",
+                    r.snapshot
+                )
+            } else {
+                format!(
+                    "that snapshot is gone: roll the volume back to another of its \
+                     snapshots first (`fss rollback {volume} SNAPSHOT`)"
+                )
+            };
+            return Err(DaemonError::busy(format!(
+                "volume '{volume}' has an unfinished rollback to snapshot '{}'; {finish}",
+                r.snapshot
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuse to delete a snapshot a long operation uses now, or the target of an unfinished
+    /// rollback.
+    fn check_snapshot_deletable(&self, inner: &Inner, name: &str) -> Result<()> {
+        if let Some(what) = self.held_by(name) {
+            return Err(DaemonError::busy(format!(
+                "snapshot '{name}' is in use by {what}; wait for it to finish"
+            )));
+        }
+        if let Some(r) = inner.state.rollbacks.iter().find(|r| r.snapshot == name) {
+            return Err(DaemonError::busy(format!(
+                "snapshot '{name}' is the target of an unfinished rollback of volume \
+                 '{}'; finish it first with `fss rollback {} {name}`",
+                r.volume, r.volume
+            )));
+        }
+        Ok(())
     }
 
     /// A snapshot whose contents can be trusted now: live, valid, on a verified volume.
