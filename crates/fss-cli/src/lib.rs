@@ -160,10 +160,11 @@ pub mod frontends {
 
     fn start_fuse(registry: &Arc<Registry>, opts: &ServeOptions) -> fssd::Result<Fuse> {
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
-        let reg = Arc::clone(registry);
+        let opens = Arc::new(fssd::catalog::OpenCounter::default());
+        registry.add_usage_source(opens.source());
         let hooks = fss_fuse::Hooks {
             on_open_change: Some(Arc::new(move |name: &str, open: bool| {
-                reg.note_open(name, open);
+                opens.note(name, open);
             })),
         };
         let dir = &opts.paths.fuse_dir;

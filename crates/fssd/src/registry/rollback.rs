@@ -1,0 +1,184 @@
+//! Returning a volume to a snapshot: recorded first, so that a stop midway is finished at the
+//! next start (`recovery.rs`).
+
+use super::Registry;
+use crate::error::{DaemonError, ErrorKind, Result};
+use fss_core::export::Export;
+use fss_core::{Snapshot, Volume};
+use std::time::UNIX_EPOCH;
+
+/// How much a rollback reads from the snapshot and writes to the volume at once.
+const ROLLBACK_CHUNK: u64 = 4 << 20;
+
+pub(super) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Write `snap`'s bytes over every extent of its volume changed since it was taken, through
+/// the engine (so newer snapshots keep their contents), then flush. Idempotent.
+/// Returns (extents, bytes) rewritten.
+pub(super) fn rollback_pass(
+    vol: &Volume,
+    snap: &Snapshot,
+    pause: Option<std::time::Duration>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(u64, u64)> {
+    let extents: Vec<_> = snap
+        .changed(0, vol.len())?
+        .into_iter()
+        .filter(|e| e.data)
+        .collect();
+    let total: u64 = extents.iter().map(|e| e.len).sum();
+    let mut buf = vec![0u8; ROLLBACK_CHUNK.min(total.max(1)) as usize];
+    let mut done = 0;
+    progress(0, total);
+    for e in &extents {
+        let (mut off, end) = (e.offset, e.offset + e.len);
+        while off < end {
+            let n = (end - off).min(buf.len() as u64) as usize;
+            snap.read(&mut buf[..n], off)?;
+            vol.write(&buf[..n], off)?;
+            off += n as u64;
+            done += n as u64;
+            progress(done, total);
+            if let Some(p) = pause {
+                std::thread::sleep(p);
+            }
+        }
+    }
+    vol.flush()?;
+    Ok((extents.len() as u64, total))
+}
+
+impl Registry {
+    /// Return `volume` to `snapshot`'s contents: rewrite, through the engine, every extent
+    /// changed since the snapshot with its bytes. Refused while the volume is open unless
+    /// `force`. Recorded in the state first, so that a stop midway is finished at the next
+    /// start; the volume is not served meanwhile (unless `force`).
+    ///
+    /// # Errors
+    /// The volume or snapshot is missing or unusable, the volume is open or busy, or the
+    /// rollback failed midway (the volume is then withdrawn until it is run again).
+    pub fn rollback(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        force: bool,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<crate::protocol::RollbackDone> {
+        let mut inner = self.lock();
+        let vol = Self::online_volume(&inner, volume)?;
+        let unfinished = Self::unfinished_rollback(&inner, volume).cloned();
+        if let Some(r) = &unfinished {
+            // Another target is allowed only when the unfinished one's snapshot is gone: the
+            // volume can then be put back into one consistent state.
+            if r.snapshot != snapshot && inner.snapshots.contains_key(&r.snapshot) {
+                return Err(DaemonError::busy(format!(
+                    "volume '{volume}' has an unfinished rollback to snapshot '{}'; finish it \
+                     first with `fss rollback {volume} {}`",
+                    r.snapshot, r.snapshot
+                )));
+            }
+        } else if let Some(r) = inner.offline.get(volume) {
+            return Err(DaemonError::busy(format!(
+                "volume '{volume}' is not served: {r}"
+            )));
+        }
+        let snap = Self::usable(&inner, snapshot)?;
+        let info = snap.info();
+        if info.volume != volume {
+            return Err(DaemonError::invalid(format!(
+                "'{snapshot}' is a snapshot of volume '{}', not of '{volume}'",
+                info.volume
+            )));
+        }
+        if let Some(what) = self.held_by(volume) {
+            return Err(DaemonError::busy(format!(
+                "volume '{volume}' is busy with {what}; wait for it to finish"
+            )));
+        }
+        if force {
+            let open = self.opens_of(volume);
+            if open > 0 {
+                tracing::warn!(volume, open, "rolling back a volume that is open (--force)");
+            }
+        } else {
+            self.withdraw_unopened(volume, &vol, "a rollback")?;
+        }
+        let again = unfinished.as_ref().is_some_and(|r| r.snapshot == snapshot);
+        if !again {
+            let before = inner.state.rollbacks.clone();
+            inner.state.rollbacks.retain(|r| r.volume != volume);
+            let volume_id = inner
+                .state
+                .volumes
+                .iter()
+                .find(|v| v.name == volume)
+                .map(|v| v.id.clone())
+                .unwrap_or_default();
+            inner.state.rollbacks.push(crate::state::RollbackState {
+                volume: volume.to_string(),
+                volume_id,
+                snapshot: snapshot.to_string(),
+                snapshot_id: info.id,
+                started: now_secs(),
+            });
+            if let Err(e) = self.save(&inner) {
+                inner.state.rollbacks = before;
+                if unfinished.is_none() {
+                    self.publish(volume, Export::Volume(vol));
+                }
+                return Err(e);
+            }
+        }
+        let _hold = self.hold(
+            &[volume, snapshot],
+            &format!("a rollback of '{volume}' to '{snapshot}'"),
+        );
+        drop(inner);
+        if !info.persistent {
+            tracing::warn!(volume, snapshot, "rolling back to a transient snapshot: if the daemon stops before the rollback completes, the snapshot is gone and the volume is left offline");
+        }
+        tracing::info!(volume, snapshot, force, "rollback started");
+        let result = rollback_pass(&vol, &snap, self.hooks.rollback_pause, progress);
+        let mut inner = self.lock();
+        match result {
+            Ok((extents, bytes)) => {
+                inner.state.rollbacks.retain(|r| r.volume != volume);
+                inner.offline.remove(volume);
+                self.publish(volume, Export::Volume(vol));
+                tracing::info!(volume, snapshot, extents, bytes, "rollback done");
+                if let Err(e) = self.save(&inner) {
+                    return Err(DaemonError::new(
+                        ErrorKind::Io,
+                        format!(
+                            "the rollback of '{volume}' to '{snapshot}' is complete, but the \
+                             state could not be updated ({e}); the next start will redo it, \
+                             which is harmless"
+                        ),
+                    ));
+                }
+                Ok(crate::protocol::RollbackDone {
+                    volume: volume.to_string(),
+                    snapshot: snapshot.to_string(),
+                    extents,
+                    bytes,
+                })
+            }
+            Err(e) => {
+                let why = format!(
+                    "the rollback to snapshot '{snapshot}' failed midway ({}); the volume holds \
+                     a mix of old and new data and is not served: run `fss rollback {volume} \
+                     {snapshot}` again",
+                    e.message
+                );
+                tracing::error!(volume, snapshot, "{why}");
+                self.unpublish(volume);
+                inner.offline.insert(volume.to_string(), why.clone());
+                Err(DaemonError::new(e.kind, why))
+            }
+        }
+    }
+}
