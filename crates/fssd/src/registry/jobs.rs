@@ -135,19 +135,6 @@ impl Registry {
             .and_then(|v| v.last().cloned())
     }
 
-    /// The unfinished rollback of the volume `volume` (this incarnation of it), if any.
-    pub(super) fn unfinished_rollback<'i>(
-        inner: &'i Inner,
-        volume: &str,
-    ) -> Option<&'i crate::state::RollbackState> {
-        let id = &inner.state.volumes.iter().find(|v| v.name == volume)?.id;
-        inner
-            .state
-            .rollbacks
-            .iter()
-            .find(|r| r.volume == volume && &r.volume_id == id)
-    }
-
     /// Refuse a new snapshot of a volume that a long operation holds now, or whose rollback
     /// is unfinished.
     pub(super) fn check_volume_free(&self, inner: &Inner, volume: &str) -> Result<()> {
@@ -156,8 +143,8 @@ impl Registry {
                 "volume '{volume}' is busy with {what}; wait for it to finish"
             )));
         }
-        if let Some(r) = Self::unfinished_rollback(inner, volume) {
-            let finish = if inner.snapshots.contains_key(&r.snapshot) {
+        if let Some(r) = inner.unfinished_rollback(volume) {
+            let finish = if inner.snapshot(&r.snapshot).is_some() {
                 format!(
                     "finish it first with `fss rollback {volume} {}`",
                     r.snapshot
@@ -184,7 +171,7 @@ impl Registry {
                 "snapshot '{name}' is in use by {what}; wait for it to finish"
             )));
         }
-        if let Some(r) = inner.state.rollbacks.iter().find(|r| r.snapshot == name) {
+        if let Some(r) = inner.meta.rollbacks.iter().find(|r| r.snapshot == name) {
             return Err(DaemonError::busy(format!(
                 "snapshot '{name}' is the target of an unfinished rollback of volume \
                  '{}'; finish it first with `fss rollback {} {name}`",
@@ -309,17 +296,14 @@ impl Registry {
         }
         let inner = self.lock();
         let vol = Self::online_volume(&inner, volume)?;
-        if let Some(r) = inner.offline.get(volume) {
+        if let Some(r) = inner.offline(volume) {
             return Err(DaemonError::busy(format!(
                 "volume '{volume}' is not served: {r}"
             )));
         }
         let snaps: Vec<&str> = inner
-            .state
-            .snapshots
-            .iter()
-            .filter(|s| s.volume == volume)
-            .map(|s| s.name.as_str())
+            .snapshots_of(volume)
+            .map(|s| s.record.name.as_str())
             .collect();
         if !snaps.is_empty() {
             return Err(DaemonError::busy(format!(

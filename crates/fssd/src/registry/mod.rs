@@ -8,7 +8,20 @@
 //! - `volumes.rs`: create, add, list, remove volumes;
 //! - `snapshots.rs`: create (alone or as a group), list, describe, verify, delete snapshots;
 //! - `jobs.rs`: what holds names during long operations, diffs, checksums, backups, restores;
-//! - `rollback.rs`: returning a volume to a snapshot.
+//! - `rollback.rs`: returning a volume to a snapshot;
+//! - `entries.rs`: the state: one entry per volume and per snapshot, with its record and
+//!   either its live engine object or why it has none.
+//!
+//! # Lock order
+//!
+//! `inner` (the entries and the state file) is taken first, by every operation, and held
+//! while it checks and changes them. Under it (or alone), the other locks are each taken
+//! briefly and released before another is taken, so none of them nests:
+//! `held` (names used by long operations), `exports` (what front-ends may open; front-ends
+//! read it without `inner`), `usage` (front-ends' open counts: its sources take the
+//! front-ends' own locks, so a front-end never calls into the registry while holding one)
+//! and `endpoints`. Long operations (backup, restore, rollback) drop `inner` before their
+//! long part and keep their names in `held` instead.
 
 use crate::catalog::UsageSource;
 use crate::config::{TestHooks, VolumeIo};
@@ -17,35 +30,25 @@ use crate::paths::Paths;
 use crate::protocol::StatusInfo;
 use crate::state::State;
 use fss_core::export::Export;
-use fss_core::{Snapshot, Volume};
+use fss_core::Volume;
+use indexmap::IndexMap;
 use recovery::{boot_id, fingerprint};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
+mod entries;
 mod jobs;
 mod recovery;
 mod rollback;
 mod snapshots;
 mod volumes;
 
+use entries::Inner;
 pub use jobs::{BackupJob, Hold};
 
 /// The size of the volume made on a fresh state directory.
 pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
-
-pub(crate) struct Inner {
-    state: State,
-    volumes: HashMap<String, Volume>,
-    /// Volumes in the state that could not be opened, and why.
-    offline: HashMap<String, String>,
-    snapshots: HashMap<String, Snapshot>,
-    /// Snapshots in the state that could not be brought back, and why.
-    unavailable: HashMap<String, String>,
-    /// Volumes that changed while fss was not running: their snapshots are unverified.
-    unverified: HashMap<String, String>,
-    recovered_from_crash: bool,
-}
 
 /// Everything the daemon serves.
 pub struct Registry {
@@ -77,7 +80,7 @@ impl Registry {
         let state_file = paths.state_file();
         let loaded = State::load(&state_file)?;
         let fresh = loaded.is_none();
-        let state = loaded.unwrap_or_default();
+        let mut state = loaded.unwrap_or_default();
         let recovered_from_crash = !state.clean_shutdown;
         if recovered_from_crash {
             let reboot = !state.boot_id.is_empty() && state.boot_id != boot_id();
@@ -91,12 +94,13 @@ impl Registry {
             volume_io,
             hooks,
             inner: Mutex::new(Inner {
-                state,
-                volumes: HashMap::new(),
-                offline: HashMap::new(),
-                snapshots: HashMap::new(),
-                unavailable: HashMap::new(),
-                unverified: HashMap::new(),
+                meta: State {
+                    volumes: Vec::new(),
+                    snapshots: Vec::new(),
+                    ..state.clone()
+                },
+                volumes: IndexMap::new(),
+                snapshots: IndexMap::new(),
                 recovered_from_crash,
             }),
             exports: RwLock::new(BTreeMap::new()),
@@ -106,9 +110,11 @@ impl Registry {
         };
         {
             let mut inner = reg.lock();
-            reg.bring_back(&mut inner);
+            let snapshots = std::mem::take(&mut state.snapshots);
+            reg.bring_back_volumes(&mut inner, state.volumes, &snapshots);
+            reg.bring_back_snapshots(&mut inner, snapshots);
             reg.resume_rollbacks(&mut inner);
-            if fresh && inner.state.volumes.is_empty() {
+            if fresh && inner.volumes.is_empty() {
                 let image = reg.paths.volumes_dir().join("default.img");
                 if let Err(e) = reg.volume_create(
                     &mut inner,
@@ -125,8 +131,8 @@ impl Registry {
                 }
                 tracing::info!(image = %image.display(), "no volume configured: serving a new 1 GiB sparse volume 'default'");
             }
-            inner.state.clean_shutdown = false;
-            inner.state.boot_id = boot_id();
+            inner.meta.clean_shutdown = false;
+            inner.meta.boot_id = boot_id();
             reg.save(&inner)?;
         }
         // Replaying store logs allocated and freed a record per preserved block run.
@@ -142,7 +148,7 @@ impl Registry {
 
     pub(crate) fn save(&self, inner: &Inner) -> Result<()> {
         inner
-            .state
+            .to_state()
             .save(&self.paths.state_file())
             .map_err(Into::into)
     }
@@ -175,8 +181,7 @@ impl Registry {
     }
 
     pub(crate) fn name_taken(inner: &Inner, name: &str) -> bool {
-        inner.state.volumes.iter().any(|v| v.name == name)
-            || inner.state.snapshots.iter().any(|s| s.name == name)
+        inner.volumes.contains_key(name) || inner.snapshots.contains_key(name)
     }
 
     /// `status`: the daemon's version, places and counts.
@@ -199,8 +204,8 @@ impl Registry {
             fuse_dir: ep.0,
             nbd_socket: ep.1,
             nbd_listen: ep.2,
-            volumes: inner.state.volumes.len() as u64,
-            snapshots: inner.state.snapshots.len() as u64,
+            volumes: inner.volumes.len() as u64,
+            snapshots: inner.snapshots.len() as u64,
             recovered_from_crash: inner.recovered_from_crash,
         }
     }
@@ -208,16 +213,13 @@ impl Registry {
     /// Flush every volume, record fingerprints and a clean stop.
     pub fn shutdown(&self) {
         let mut inner = self.lock();
-        for (name, v) in &inner.volumes {
-            if let Err(e) = v.flush() {
+        for (name, entry) in &mut inner.volumes {
+            if let Err(e) = entry.volume().map_or(Ok(()), Volume::flush) {
                 tracing::error!(volume = %name, error = %e, "flush at stop failed");
             }
+            entry.record.fingerprint = fingerprint(&entry.record.path, true);
         }
-        let paths: Vec<PathBuf> = inner.state.volumes.iter().map(|v| v.path.clone()).collect();
-        for (v, p) in inner.state.volumes.iter_mut().zip(paths) {
-            v.fingerprint = fingerprint(&p, true);
-        }
-        inner.state.clean_shutdown = true;
+        inner.meta.clean_shutdown = true;
         if let Err(e) = self.save(&inner) {
             tracing::error!(error = %e, "could not record the clean stop");
         }

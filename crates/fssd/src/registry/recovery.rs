@@ -1,11 +1,13 @@
 //! Bringing everything back at start: volumes (noticing those changed while fss was not
 //! running), persistent snapshots, interrupted deletes and rollbacks.
 
+use super::entries::{SnapshotEntry, SnapshotLive, VolumeEntry, VolumeLive};
 use super::rollback::rollback_pass;
 use super::{Inner, Registry};
 use crate::config::VolumeIo;
 use crate::error::{DaemonError, Result};
 use crate::state::Fingerprint;
+use crate::state::{SnapshotState, VolumeState};
 use crate::stores::{self, StorePlace};
 use fss_core::device::{BlockDevice, FileDevice, OpenOptions};
 use fss_core::export::Export;
@@ -76,61 +78,67 @@ pub(super) fn open_volume_device(path: &Path, io: VolumeIo) -> Result<Arc<FileDe
     })
 }
 
+/// Why a volume's contents changed while fss was not running, if they did: its snapshots are
+/// then unverified.
+fn changed_while_stopped(v: &VolumeState, len: u64, clean: bool) -> Option<String> {
+    let now = fingerprint(&v.path, true);
+    let old = &v.fingerprint;
+    if len != v.size {
+        Some(format!("its size changed from {} to {len} bytes", v.size))
+    } else if old.ino != 0 && (old.ino != now.ino || old.dev != now.dev) {
+        Some("its image file was replaced".to_string())
+    } else if clean && old.mtime_ns.is_some() && old.mtime_ns != now.mtime_ns {
+        Some("its image was modified while fss was not running".to_string())
+    } else {
+        None
+    }
+}
+
 impl Registry {
-    pub(super) fn bring_back(&self, inner: &mut Inner) {
-        let volumes = inner.state.volumes.clone();
-        let clean = inner.state.clean_shutdown;
-        for v in &volumes {
+    /// Open every volume of the state and serve it; one that cannot be opened stays offline.
+    /// `snapshots` (the state's) tell which volumes have snapshots to mark unverified.
+    pub(super) fn bring_back_volumes(
+        &self,
+        inner: &mut Inner,
+        volumes: Vec<VolumeState>,
+        snapshots: &[SnapshotState],
+    ) {
+        let clean = inner.meta.clean_shutdown;
+        for mut v in volumes {
             let dev = match open_volume_device(&v.path, self.volume_io) {
                 Ok(d) => d,
                 Err(e) => {
                     tracing::error!(volume = %v.name, error = %e, "volume is offline");
-                    inner.offline.insert(v.name.clone(), e.message);
+                    let live = VolumeLive::Unopened(e.message);
+                    inner
+                        .volumes
+                        .insert(v.name.clone(), VolumeEntry { record: v, live });
                     continue;
                 }
             };
-            let now = fingerprint(&v.path, true);
-            let old = &v.fingerprint;
-            let changed = if dev.len() != v.size {
-                Some(format!(
-                    "its size changed from {} to {} bytes",
-                    v.size,
-                    dev.len()
-                ))
-            } else if old.ino != 0 && (old.ino != now.ino || old.dev != now.dev) {
-                Some("its image file was replaced".to_string())
-            } else if clean && old.mtime_ns.is_some() && old.mtime_ns != now.mtime_ns {
-                Some("its image was modified while fss was not running".to_string())
-            } else {
-                None
-            };
-            let has_snapshots = inner.state.snapshots.iter().any(|s| s.volume == v.name);
+            let changed = changed_while_stopped(&v, dev.len(), clean);
+            let has_snapshots = snapshots.iter().any(|s| s.volume == v.name);
             if let (Some(why), true) = (&changed, has_snapshots) {
                 tracing::error!(volume = %v.name, "volume changed while fss was not running ({why}): its snapshots are UNVERIFIED");
-                if let Some(sv) = inner.state.volumes.iter_mut().find(|x| x.name == v.name) {
-                    sv.unverified = Some(why.clone());
-                }
+                v.unverified = Some(why.clone());
             }
-            if let Some(why) = inner
-                .state
-                .volumes
-                .iter()
-                .find(|x| x.name == v.name)
-                .and_then(|x| x.unverified.clone())
-            {
-                if changed.is_none() {
-                    tracing::warn!(volume = %v.name, "snapshots still UNVERIFIED ({why}); delete them and take new ones");
-                }
-                inner.unverified.insert(v.name.clone(), why);
+            if let (Some(why), None) = (&v.unverified, &changed) {
+                tracing::warn!(volume = %v.name, "snapshots still UNVERIFIED ({why}); delete them and take new ones");
             }
             let dyn_dev: Arc<dyn BlockDevice> = dev;
             let vol = Volume::with_identity(v.name.clone(), dyn_dev, unhex(&v.id));
             self.publish(&v.name, Export::Volume(vol.clone()));
-            inner.volumes.insert(v.name.clone(), vol);
+            let live = VolumeLive::Online(vol);
+            inner
+                .volumes
+                .insert(v.name.clone(), VolumeEntry { record: v, live });
         }
-        let snaps = inner.state.snapshots.clone();
-        let mut keep = Vec::new();
-        for s in snaps {
+    }
+
+    /// Bring back the persistent snapshots of the state, drop transient ones, finish
+    /// interrupted deletes.
+    pub(super) fn bring_back_snapshots(&self, inner: &mut Inner, snapshots: Vec<SnapshotState>) {
+        for s in snapshots {
             if !s.persistent {
                 tracing::warn!(snapshot = %s.name, volume = %s.volume,
                     "dropped transient snapshot {} (transient snapshots do not survive a restart)", s.name);
@@ -139,35 +147,15 @@ impl Registry {
                 }
                 continue;
             }
-            let Some(vol) = inner.volumes.get(&s.volume).cloned() else {
-                inner.unavailable.insert(
-                    s.name.clone(),
-                    format!("its volume '{}' is offline", s.volume),
-                );
-                keep.push(s);
+            let Some(vol) = inner.volume(&s.volume).cloned() else {
+                let why = format!("its volume '{}' is offline", s.volume);
+                let live = SnapshotLive::Unavailable(why);
+                inner
+                    .snapshots
+                    .insert(s.name.clone(), SnapshotEntry { record: s, live });
                 continue;
             };
-            let place = StorePlace {
-                path: s.store.clone(),
-                owned: s.store_owned,
-                is_device: s.store_is_device,
-            };
-            let expect = StoreIdentity {
-                volume_id: vol.identity(),
-                volume_len: vol.len(),
-                snapshot_id: s.id,
-            };
-            let attached =
-                stores::reopen(&place, &expect, s.max_store_bytes).and_then(|(store, rec)| {
-                    let opts = SnapshotOptions {
-                        persistent: true,
-                        on_store_error: s.on_store_error.into(),
-                        ..SnapshotOptions::default()
-                    };
-                    vol.attach_snapshot(&opts, store, rec)
-                        .map_err(DaemonError::from)
-                });
-            match attached {
+            let live = match attach(&vol, &s) {
                 Ok(snap) if s.deleting => {
                     drop(snap);
                     match vol.delete_snapshot(&s.name) {
@@ -178,46 +166,47 @@ impl Registry {
                             tracing::error!(snapshot = %s.name, error = %e, "could not finish deleting snapshot");
                         }
                     }
+                    continue;
                 }
                 Ok(snap) => {
                     tracing::info!(snapshot = %s.name, volume = %s.volume, "persistent snapshot recovered");
                     self.publish(&s.name, Export::Snapshot(snap.clone()));
-                    inner.snapshots.insert(s.name.clone(), snap);
-                    keep.push(s);
+                    SnapshotLive::Live(snap)
                 }
                 // The store of an interrupted delete may already be gone: the delete is done.
                 Err(_) if s.deleting => {
                     tracing::info!(snapshot = %s.name, "finished deleting snapshot");
+                    continue;
                 }
                 Err(e) => {
                     tracing::error!(snapshot = %s.name, error = %e, "snapshot could not be brought back");
-                    inner.unavailable.insert(s.name.clone(), e.message);
-                    keep.push(s);
+                    SnapshotLive::Unavailable(e.message)
                 }
-            }
+            };
+            inner
+                .snapshots
+                .insert(s.name.clone(), SnapshotEntry { record: s, live });
         }
-        inner.state.snapshots = keep;
     }
 
     /// Finish the rollbacks a stop interrupted, before anything is served.
     pub(super) fn resume_rollbacks(&self, inner: &mut Inner) {
-        let records = std::mem::take(&mut inner.state.rollbacks);
+        let records = std::mem::take(&mut inner.meta.rollbacks);
         let mut keep = Vec::new();
         for r in records {
-            let current = inner.state.volumes.iter().find(|v| v.name == r.volume);
-            if current.is_none_or(|v| v.id != r.volume_id) {
+            let current = inner.volumes.get(&r.volume);
+            if current.is_none_or(|v| v.record.id != r.volume_id) {
                 tracing::info!(volume = %r.volume, "forgetting the interrupted rollback of a volume that was removed");
                 continue;
             }
-            let Some(vol) = inner.volumes.get(&r.volume).cloned() else {
+            let Some(vol) = inner.volume(&r.volume).cloned() else {
                 tracing::error!(volume = %r.volume, snapshot = %r.snapshot,
                     "cannot finish the interrupted rollback: the volume is offline; it is retried at the next start");
                 keep.push(r);
                 continue;
             };
             let snap = inner
-                .snapshots
-                .get(&r.snapshot)
+                .snapshot(&r.snapshot)
                 .filter(|s| s.info().id == r.snapshot_id && s.is_valid())
                 .cloned();
             let failed = match snap {
@@ -250,10 +239,34 @@ impl Registry {
             if let Some(why) = failed {
                 tracing::error!(volume = %r.volume, "{why}");
                 self.unpublish(&r.volume);
-                inner.offline.insert(r.volume.clone(), why);
+                if let Some(entry) = inner.volumes.get_mut(&r.volume) {
+                    entry.live = VolumeLive::Withdrawn { volume: vol, why };
+                }
                 keep.push(r);
             }
         }
-        inner.state.rollbacks = keep;
+        inner.meta.rollbacks = keep;
     }
+}
+
+/// Reopen a persistent snapshot's store and attach it to its volume.
+fn attach(vol: &Volume, s: &SnapshotState) -> Result<fss_core::Snapshot> {
+    let place = StorePlace {
+        path: s.store.clone(),
+        owned: s.store_owned,
+        is_device: s.store_is_device,
+    };
+    let expect = StoreIdentity {
+        volume_id: vol.identity(),
+        volume_len: vol.len(),
+        snapshot_id: s.id,
+    };
+    let (store, rec) = stores::reopen(&place, &expect, s.max_store_bytes)?;
+    let opts = SnapshotOptions {
+        persistent: true,
+        on_store_error: s.on_store_error.into(),
+        ..SnapshotOptions::default()
+    };
+    vol.attach_snapshot(&opts, store, rec)
+        .map_err(DaemonError::from)
 }

@@ -1,6 +1,7 @@
 //! Returning a volume to a snapshot: recorded first, so that a stop midway is finished at the
 //! next start (`recovery.rs`).
 
+use super::entries::VolumeLive;
 use super::Registry;
 use crate::error::{DaemonError, ErrorKind, Result};
 use fss_core::export::Export;
@@ -70,18 +71,18 @@ impl Registry {
     ) -> Result<crate::protocol::RollbackDone> {
         let mut inner = self.lock();
         let vol = Self::online_volume(&inner, volume)?;
-        let unfinished = Self::unfinished_rollback(&inner, volume).cloned();
+        let unfinished = inner.unfinished_rollback(volume).cloned();
         if let Some(r) = &unfinished {
             // Another target is allowed only when the unfinished one's snapshot is gone: the
             // volume can then be put back into one consistent state.
-            if r.snapshot != snapshot && inner.snapshots.contains_key(&r.snapshot) {
+            if r.snapshot != snapshot && inner.snapshot(&r.snapshot).is_some() {
                 return Err(DaemonError::busy(format!(
                     "volume '{volume}' has an unfinished rollback to snapshot '{}'; finish it \
                      first with `fss rollback {volume} {}`",
                     r.snapshot, r.snapshot
                 )));
             }
-        } else if let Some(r) = inner.offline.get(volume) {
+        } else if let Some(r) = inner.offline(volume) {
             return Err(DaemonError::busy(format!(
                 "volume '{volume}' is not served: {r}"
             )));
@@ -109,16 +110,14 @@ impl Registry {
         }
         let again = unfinished.as_ref().is_some_and(|r| r.snapshot == snapshot);
         if !again {
-            let before = inner.state.rollbacks.clone();
-            inner.state.rollbacks.retain(|r| r.volume != volume);
+            let before = inner.meta.rollbacks.clone();
+            inner.meta.rollbacks.retain(|r| r.volume != volume);
             let volume_id = inner
-                .state
                 .volumes
-                .iter()
-                .find(|v| v.name == volume)
-                .map(|v| v.id.clone())
+                .get(volume)
+                .map(|v| v.record.id.clone())
                 .unwrap_or_default();
-            inner.state.rollbacks.push(crate::state::RollbackState {
+            inner.meta.rollbacks.push(crate::state::RollbackState {
                 volume: volume.to_string(),
                 volume_id,
                 snapshot: snapshot.to_string(),
@@ -126,7 +125,7 @@ impl Registry {
                 started: now_secs(),
             });
             if let Err(e) = self.save(&inner) {
-                inner.state.rollbacks = before;
+                inner.meta.rollbacks = before;
                 if unfinished.is_none() {
                     self.publish(volume, Export::Volume(vol));
                 }
@@ -146,8 +145,10 @@ impl Registry {
         let mut inner = self.lock();
         match result {
             Ok((extents, bytes)) => {
-                inner.state.rollbacks.retain(|r| r.volume != volume);
-                inner.offline.remove(volume);
+                inner.meta.rollbacks.retain(|r| r.volume != volume);
+                if let Some(entry) = inner.volumes.get_mut(volume) {
+                    entry.live = VolumeLive::Online(vol.clone());
+                }
                 self.publish(volume, Export::Volume(vol));
                 tracing::info!(volume, snapshot, extents, bytes, "rollback done");
                 if let Err(e) = self.save(&inner) {
@@ -176,7 +177,10 @@ impl Registry {
                 );
                 tracing::error!(volume, snapshot, "{why}");
                 self.unpublish(volume);
-                inner.offline.insert(volume.to_string(), why.clone());
+                if let Some(entry) = inner.volumes.get_mut(volume) {
+                    let (volume, why) = (vol, why.clone());
+                    entry.live = VolumeLive::Withdrawn { volume, why };
+                }
                 Err(DaemonError::new(e.kind, why))
             }
         }

@@ -1,5 +1,6 @@
 //! Snapshots: create (alone or as a group), list, describe, verify, delete.
 
+use super::entries::{SnapshotEntry, SnapshotLive};
 use super::{Inner, Registry};
 use crate::error::{DaemonError, ErrorKind, Result};
 use crate::names::check_name;
@@ -65,10 +66,9 @@ impl Registry {
     pub fn list_snapshots(&self) -> Result<Vec<SnapshotInfo>> {
         let inner = self.lock();
         inner
-            .state
             .snapshots
-            .iter()
-            .map(|s| self.snapshot_info(&inner, &s.name))
+            .keys()
+            .map(|name| self.snapshot_info(&inner, name))
             .collect()
     }
 
@@ -97,10 +97,14 @@ impl Registry {
     }
 
     pub(super) fn snapshot(inner: &Inner, name: &str) -> Result<Snapshot> {
-        if let Some(s) = inner.snapshots.get(name) {
+        if let Some(s) = inner.snapshot(name) {
             return Ok(s.clone());
         }
-        if let Some(r) = inner.unavailable.get(name) {
+        if let Some(r) = inner
+            .snapshots
+            .get(name)
+            .and_then(SnapshotEntry::unavailable)
+        {
             return Err(DaemonError::new(
                 ErrorKind::InvalidSnapshot,
                 format!("snapshot '{name}' is unavailable: {r}"),
@@ -114,14 +118,14 @@ impl Registry {
     /// A snapshot whose contents can be trusted now: live, valid, on a verified volume.
     pub(super) fn usable(inner: &Inner, name: &str) -> Result<Snapshot> {
         let snap = Self::snapshot(inner, name)?;
-        if let Some(s) = inner.state.snapshots.iter().find(|s| s.name == name) {
-            if let Some(r) = inner.unverified.get(&s.volume) {
+        if let Some(s) = inner.snapshots.get(name) {
+            if let Some(r) = inner.unverified(&s.record.volume) {
                 return Err(DaemonError::new(
                     ErrorKind::InvalidSnapshot,
                     format!(
                         "snapshot '{name}' is unverified: its volume '{}' changed while fss was \
                          not running ({r}), so its contents cannot be trusted",
-                        s.volume
+                        s.record.volume
                     ),
                 ));
             }
@@ -143,8 +147,8 @@ impl Registry {
                 spec.name
             )));
         }
-        if !inner.volumes.contains_key(&spec.volume) {
-            return Err(match inner.offline.get(&spec.volume) {
+        if inner.volume(&spec.volume).is_none() {
+            return Err(match inner.offline(&spec.volume) {
                 Some(r) => DaemonError::busy(format!("volume '{}' is offline: {r}", spec.volume)),
                 None => DaemonError::not_found(format!(
                     "no volume named '{}'; see `fss volume list`",
@@ -161,7 +165,6 @@ impl Registry {
         Ok(())
     }
 
-    /// Make the store and the engine snapshot; returns its state entry (not yet saved).
     /// Where a new snapshot's store goes and with which options.
     pub(super) fn snapshot_plan(
         &self,
@@ -169,8 +172,7 @@ impl Registry {
         spec: &SnapshotSpec,
     ) -> Result<(Volume, StorePlace, SnapshotOptions, StorePolicy)> {
         let vol = inner
-            .volumes
-            .get(&spec.volume)
+            .volume(&spec.volume)
             .cloned()
             .ok_or_else(|| DaemonError::not_found("volume vanished"))?;
         let store_arg = spec
@@ -222,51 +224,60 @@ impl Registry {
         }
     }
 
+    /// Make the store and the engine snapshot; returns its record (not yet saved) and the
+    /// snapshot.
     pub(super) fn snapshot_make(
         &self,
         inner: &Inner,
         spec: &SnapshotSpec,
-    ) -> Result<SnapshotState> {
+    ) -> Result<(SnapshotState, Snapshot)> {
         let (vol, place, opts, on_err) = self.snapshot_plan(inner, spec)?;
         let snap = vol.create_snapshot(&spec.name, &opts, |p| {
             stores::create(&place, p, spec.unlink_store)
         })?;
-        Ok(Self::snapshot_record(spec, place, on_err, &snap))
+        Ok((Self::snapshot_record(spec, place, on_err, &snap), snap))
     }
 
     pub(super) fn snapshot_create(&self, inner: &mut Inner, spec: &SnapshotSpec) -> Result<()> {
         self.check_spec(inner, spec)?;
-        let entry = self.snapshot_make(inner, spec)?;
-        self.commit_snapshots(inner, vec![entry])
+        let made = self.snapshot_make(inner, spec)?;
+        self.commit_snapshots(inner, vec![made])
     }
 
+    /// Record snapshots just made and serve them; if the state cannot be saved, they are
+    /// deleted again.
     pub(super) fn commit_snapshots(
         &self,
         inner: &mut Inner,
-        entries: Vec<SnapshotState>,
+        made: Vec<(SnapshotState, Snapshot)>,
     ) -> Result<()> {
-        let n = entries.len();
-        inner.state.snapshots.extend(entries.iter().cloned());
+        let names: Vec<(String, String)> = made
+            .iter()
+            .map(|(r, _)| (r.name.clone(), r.volume.clone()))
+            .collect();
+        for (record, snap) in made {
+            let live = SnapshotLive::Live(snap);
+            inner
+                .snapshots
+                .insert(record.name.clone(), SnapshotEntry { record, live });
+        }
         if let Err(e) = self.save(inner) {
-            let keep = inner.state.snapshots.len() - n;
-            inner.state.snapshots.truncate(keep);
-            for s in &entries {
-                if let Some(v) = inner.volumes.get(&s.volume) {
-                    let _ = v.delete_snapshot(&s.name);
+            for (name, volume) in &names {
+                inner.snapshots.shift_remove(name);
+                if let Some(v) = inner.volume(volume) {
+                    let _ = v.delete_snapshot(name);
                 }
             }
             return Err(e);
         }
-        for s in entries {
-            if let Some(snap) = inner
-                .volumes
-                .get(&s.volume)
-                .and_then(|v| v.snapshot(&s.name))
-            {
-                self.publish(&s.name, Export::Snapshot(snap.clone()));
-                inner.snapshots.insert(s.name.clone(), snap);
+        for (name, _) in &names {
+            if let Some(entry) = inner.snapshots.get(name) {
+                if let Some(snap) = entry.snapshot() {
+                    self.publish(name, Export::Snapshot(snap.clone()));
+                }
+                let s = &entry.record;
+                tracing::info!(snapshot = %s.name, volume = %s.volume, persistent = s.persistent, store = %s.store.display(), "snapshot created");
             }
-            tracing::info!(snapshot = %s.name, volume = %s.volume, persistent = s.persistent, store = %s.store.display(), "snapshot created");
         }
         Ok(())
     }
@@ -311,27 +322,29 @@ impl Registry {
                 .unwrap_or(0);
             stores::create(&plans[i].1, p, members[i].unlink_store)
         })?;
-        let made: Vec<SnapshotState> = plans
+        let made: Vec<(SnapshotState, Snapshot)> = plans
             .into_iter()
             .zip(members)
-            .zip(&snaps)
-            .map(|(((_, place, _, on_err), m), snap)| Self::snapshot_record(m, place, on_err, snap))
+            .zip(snaps)
+            .map(|(((_, place, _, on_err), m), snap)| {
+                (Self::snapshot_record(m, place, on_err, &snap), snap)
+            })
             .collect();
         self.commit_snapshots(inner, made)
     }
 
     pub(super) fn snapshot_delete(&self, inner: &mut Inner, name: &str) -> Result<()> {
-        let Some(i) = inner.state.snapshots.iter().position(|s| s.name == name) else {
+        if !inner.snapshots.contains_key(name) {
             return Err(DaemonError::not_found(format!(
                 "no snapshot named '{name}'; see `fss snapshot list`"
             )));
-        };
+        }
         // Withdraw it from front-ends first, then look for users: an open racing the delete
         // either shows up in the count or finds nothing to open.
         self.unpublish(name);
         let open = self.opens_of(name);
         if open > 0 {
-            if let Some(snap) = inner.snapshots.get(name) {
+            if let Some(snap) = inner.snapshot(name) {
                 self.publish(name, Export::Snapshot(snap.clone()));
             }
             return Err(DaemonError::busy(format!(
@@ -339,23 +352,29 @@ impl Registry {
             )));
         }
         // Remember the delete first: a crash midway is finished at the next start.
-        inner.state.snapshots[i].deleting = true;
+        if let Some(entry) = inner.snapshots.get_mut(name) {
+            entry.record.deleting = true;
+        }
         self.save(inner)?;
-        let s = inner.state.snapshots[i].clone();
-        self.unpublish(name);
-        inner.snapshots.remove(name);
-        if let Some(vol) = inner.volumes.get(&s.volume) {
+        let Some(entry) = inner.snapshots.get_mut(name) else {
+            return Ok(());
+        };
+        let s = entry.record.clone();
+        let why = "its delete did not finish; it is finished at the next start".to_string();
+        drop(std::mem::replace(
+            &mut entry.live,
+            SnapshotLive::Unavailable(why),
+        ));
+        if let Some(vol) = inner.volume(&s.volume) {
             vol.delete_snapshot(name)?;
         } else if s.store_owned {
             let _ = std::fs::remove_file(&s.store);
         }
-        inner.unavailable.remove(name);
-        inner.state.snapshots.retain(|x| x.name != name);
+        inner.snapshots.shift_remove(name);
         // With its last snapshot gone, there is nothing left to be unverified.
-        if !inner.state.snapshots.iter().any(|x| x.volume == s.volume) {
-            inner.unverified.remove(&s.volume);
-            if let Some(v) = inner.state.volumes.iter_mut().find(|v| v.name == s.volume) {
-                v.unverified = None;
+        if inner.snapshots_of(&s.volume).next().is_none() {
+            if let Some(v) = inner.volumes.get_mut(&s.volume) {
+                v.record.unverified = None;
             }
         }
         self.save(inner)?;
@@ -366,22 +385,18 @@ impl Registry {
     }
 
     pub(super) fn snapshot_info(&self, inner: &Inner, name: &str) -> Result<SnapshotInfo> {
-        let s = inner
-            .state
-            .snapshots
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| {
-                DaemonError::not_found(format!(
-                    "no snapshot named '{name}'; see `fss snapshot list`"
-                ))
-            })?;
-        let live = inner.snapshots.get(name).map(Snapshot::info);
-        let (state, reason) = if let Some(r) = inner.unavailable.get(name) {
-            (SnapshotHealth::Unavailable, Some(r.clone()))
+        let entry = inner.snapshots.get(name).ok_or_else(|| {
+            DaemonError::not_found(format!(
+                "no snapshot named '{name}'; see `fss snapshot list`"
+            ))
+        })?;
+        let s = &entry.record;
+        let live = entry.snapshot().map(Snapshot::info);
+        let (state, reason) = if let Some(r) = entry.unavailable() {
+            (SnapshotHealth::Unavailable, Some(r.to_string()))
         } else if let Some(CoreState::Invalid(r)) = live.as_ref().map(|i| i.state.clone()) {
             (SnapshotHealth::Invalid, Some(r))
-        } else if let Some(r) = inner.unverified.get(&s.volume) {
+        } else if let Some(r) = inner.unverified(&s.volume) {
             (
                 SnapshotHealth::Unverified,
                 Some(format!("the volume changed while fss was not running: {r}")),

@@ -1,5 +1,6 @@
 //! Volumes: create, add, list, remove.
 
+use super::entries::{VolumeEntry, VolumeLive};
 use super::recovery::{fingerprint, hex, open_volume_device};
 use super::{Inner, Registry};
 use crate::error::{DaemonError, ErrorKind, Result};
@@ -27,7 +28,7 @@ impl Registry {
     ) -> Result<VolumeInfo> {
         let mut inner = self.lock();
         self.volume_create(&mut inner, name, size, image)?;
-        Ok(self.volume_info(&inner, name))
+        self.volume_info_of(&inner, name)
     }
 
     /// `volume-add`: serve an existing image or block device.
@@ -37,7 +38,7 @@ impl Registry {
     pub fn add_volume(&self, name: &str, device: &Path) -> Result<VolumeInfo> {
         let mut inner = self.lock();
         self.volume_add(&mut inner, name, device)?;
-        Ok(self.volume_info(&inner, name))
+        self.volume_info_of(&inner, name)
     }
 
     /// `volume-list`: every volume, in the order they were added.
@@ -45,10 +46,9 @@ impl Registry {
     pub fn list_volumes(&self) -> Vec<VolumeInfo> {
         let inner = self.lock();
         inner
-            .state
             .volumes
-            .iter()
-            .map(|v| self.volume_info(&inner, &v.name))
+            .values()
+            .map(|v| self.volume_info(&inner, v))
             .collect()
     }
 
@@ -66,27 +66,29 @@ impl Registry {
         self.volume_remove(&mut inner, name)
     }
 
-    pub(super) fn volume_info(&self, inner: &Inner, name: &str) -> VolumeInfo {
-        let v = inner.state.volumes.iter().find(|v| v.name == name);
-        let live = inner.volumes.get(name);
+    /// A volume as listings show it.
+    fn volume_info(&self, inner: &Inner, v: &VolumeEntry) -> VolumeInfo {
+        let name = &v.record.name;
         VolumeInfo {
-            name: name.to_string(),
-            size: v.map_or(0, |v| v.size),
-            path: v.map(|v| v.path.clone()).unwrap_or_default(),
-            kind: v.map_or(VolumeKind::Image, |v| v.kind),
-            snapshots: inner
-                .state
-                .snapshots
-                .iter()
-                .filter(|s| s.volume == name)
-                .count() as u64,
-            cluster_size: live.and_then(Volume::cluster_size),
-            state: inner
-                .offline
-                .get(name)
-                .map_or(VolumeStatus::Online, |r| VolumeStatus::Offline(r.clone())),
+            name: name.clone(),
+            size: v.record.size,
+            path: v.record.path.clone(),
+            kind: v.record.kind,
+            snapshots: inner.snapshots_of(name).count() as u64,
+            cluster_size: v.volume().and_then(Volume::cluster_size),
+            state: v.offline().map_or(VolumeStatus::Online, |r| {
+                VolumeStatus::Offline(r.to_string())
+            }),
             open: self.opens_of(name),
         }
+    }
+
+    /// Volume `name` (just made) as listings show it.
+    fn volume_info_of(&self, inner: &Inner, name: &str) -> Result<VolumeInfo> {
+        let v = inner.volumes.get(name).ok_or_else(|| {
+            DaemonError::internal(format!("volume '{name}' vanished as it was made"))
+        })?;
+        Ok(self.volume_info(inner, v))
     }
 
     pub(super) fn volume_create(
@@ -150,7 +152,7 @@ impl Registry {
                 device.display()
             )));
         };
-        if inner.state.volumes.iter().any(|v| v.path == device) {
+        if inner.volumes.values().any(|v| v.record.path == device) {
             return Err(DaemonError::exists(format!(
                 "{} is already served as a volume",
                 device.display()
@@ -181,7 +183,7 @@ impl Registry {
         let size = dev.len();
         let dyn_dev: Arc<dyn BlockDevice> = dev;
         let vol = Volume::with_identity(name, dyn_dev, id);
-        inner.state.volumes.push(VolumeState {
+        let record = VolumeState {
             name: name.to_string(),
             id: hex(&id),
             fingerprint: fingerprint(&path, false),
@@ -189,29 +191,29 @@ impl Registry {
             kind,
             size,
             unverified: None,
-        });
+        };
+        let live = VolumeLive::Online(vol.clone());
+        inner
+            .volumes
+            .insert(name.to_string(), VolumeEntry { record, live });
         if let Err(e) = self.save(inner) {
-            inner.state.volumes.pop();
+            inner.volumes.pop();
             return Err(e);
         }
-        self.publish(name, Export::Volume(vol.clone()));
-        inner.volumes.insert(name.to_string(), vol);
+        self.publish(name, Export::Volume(vol));
         tracing::info!(volume = name, size, "volume added");
         Ok(())
     }
 
     pub(super) fn volume_remove(&self, inner: &mut Inner, name: &str) -> Result<()> {
-        if !inner.state.volumes.iter().any(|v| v.name == name) {
+        if !inner.volumes.contains_key(name) {
             return Err(DaemonError::not_found(format!(
                 "no volume named '{name}'; see `fss volume list`"
             )));
         }
         let snaps: Vec<&str> = inner
-            .state
-            .snapshots
-            .iter()
-            .filter(|s| s.volume == name)
-            .map(|s| s.name.as_str())
+            .snapshots_of(name)
+            .map(|s| s.record.name.as_str())
             .collect();
         if !snaps.is_empty() {
             return Err(DaemonError::busy(format!(
@@ -225,33 +227,27 @@ impl Registry {
                 "volume '{name}' is open ({open} times, by NBD clients or the FUSE file); close it first"
             )));
         }
-        let i = inner
-            .state
-            .volumes
-            .iter()
-            .position(|v| v.name == name)
-            .unwrap_or(0);
-        let removed = inner.state.volumes.remove(i);
+        let Some((i, key, removed)) = inner.volumes.shift_remove_full(name) else {
+            return Ok(());
+        };
         if let Err(e) = self.save(inner) {
-            inner.state.volumes.insert(i, removed);
+            inner.volumes.shift_insert(i, key, removed);
             return Err(e);
         }
         self.unpublish(name);
-        if let Some(v) = inner.volumes.remove(name) {
+        if let Some(v) = removed.volume() {
             let _ = v.flush();
         }
-        inner.offline.remove(name);
-        tracing::info!(volume = name, image = %removed.path.display(), "volume removed (its image is kept)");
+        tracing::info!(volume = name, image = %removed.record.path.display(), "volume removed (its image is kept)");
         Ok(())
     }
 
     /// Find an online volume for a restore or a rollback.
     pub(super) fn online_volume(inner: &Inner, volume: &str) -> Result<Volume> {
         inner
-            .volumes
-            .get(volume)
+            .volume(volume)
             .cloned()
-            .ok_or_else(|| match inner.offline.get(volume) {
+            .ok_or_else(|| match inner.offline(volume) {
                 Some(r) => DaemonError::busy(format!("volume '{volume}' is offline: {r}")),
                 None => DaemonError::not_found(format!(
                     "no volume named '{volume}'; see `fss volume list`"
