@@ -182,6 +182,7 @@ impl Registry {
     }
 
     /// The snapshots of a diff, checked: one volume, `until` newer, both of one chain.
+    // TODO(merge): use fss-core's validation (the same checks are in backup/writer.rs).
     pub(super) fn diff_pair(
         &self,
         inner: &Inner,
@@ -230,6 +231,7 @@ impl Registry {
     ///
     /// # Errors
     /// A snapshot is missing, unusable, or `since` is not an older snapshot of the same volume.
+    // TODO(merge): use fss-core's validation of an incremental backup's base.
     pub fn backup_job(&self, snapshot: &str, since: Option<&str>) -> Result<BackupJob<'_>> {
         let inner = self.lock();
         let snap = Self::usable(&inner, snapshot)?;

@@ -2,8 +2,9 @@
 //! next start (`recovery.rs`).
 
 use super::entries::VolumeLive;
-use super::Registry;
+use super::{Inner, Registry};
 use crate::error::{DaemonError, ErrorKind, Result};
+use crate::state::RollbackState;
 use fss_core::export::Export;
 use fss_core::{Snapshot, Volume};
 use std::time::UNIX_EPOCH;
@@ -70,7 +71,46 @@ impl Registry {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<crate::protocol::RollbackDone> {
         let mut inner = self.lock();
-        let vol = Self::online_volume(&inner, volume)?;
+        let (vol, snap, unfinished) = self.rollback_checks(&inner, volume, snapshot)?;
+        if force {
+            let open = self.opens_of(volume);
+            if open > 0 {
+                tracing::warn!(volume, open, "rolling back a volume that is open (--force)");
+            }
+        } else {
+            self.withdraw_unopened(volume, &vol, "a rollback")?;
+        }
+        let again = unfinished.as_ref().is_some_and(|r| r.snapshot == snapshot);
+        if !again {
+            if let Err(e) = self.record_rollback(&mut inner, volume, snapshot, snap.info().id) {
+                if unfinished.is_none() {
+                    self.publish(volume, Export::Volume(vol));
+                }
+                return Err(e);
+            }
+        }
+        let _hold = self.hold(
+            &[volume, snapshot],
+            &format!("a rollback of '{volume}' to '{snapshot}'"),
+        );
+        drop(inner);
+        if !snap.info().persistent {
+            tracing::warn!(volume, snapshot, "rolling back to a transient snapshot: if the daemon stops before the rollback completes, the snapshot is gone and the volume is left offline");
+        }
+        tracing::info!(volume, snapshot, force, "rollback started");
+        let result = rollback_pass(&vol, &snap, self.hooks.rollback_pause, progress);
+        self.finish_rollback(volume, snapshot, vol, result)
+    }
+
+    /// The volume, the snapshot and the volume's unfinished rollback, if the rollback may
+    /// start.
+    fn rollback_checks(
+        &self,
+        inner: &Inner,
+        volume: &str,
+        snapshot: &str,
+    ) -> Result<(Volume, Snapshot, Option<RollbackState>)> {
+        let vol = Self::online_volume(inner, volume)?;
         let unfinished = inner.unfinished_rollback(volume).cloned();
         if let Some(r) = &unfinished {
             // Another target is allowed only when the unfinished one's snapshot is gone: the
@@ -87,12 +127,11 @@ impl Registry {
                 "volume '{volume}' is not served: {r}"
             )));
         }
-        let snap = Self::usable(&inner, snapshot)?;
-        let info = snap.info();
-        if info.volume != volume {
+        let snap = Self::usable(inner, snapshot)?;
+        let of = snap.info().volume;
+        if of != volume {
             return Err(DaemonError::invalid(format!(
-                "'{snapshot}' is a snapshot of volume '{}', not of '{volume}'",
-                info.volume
+                "'{snapshot}' is a snapshot of volume '{of}', not of '{volume}'"
             )));
         }
         if let Some(what) = self.held_by(volume) {
@@ -100,48 +139,46 @@ impl Registry {
                 "volume '{volume}' is busy with {what}; wait for it to finish"
             )));
         }
-        if force {
-            let open = self.opens_of(volume);
-            if open > 0 {
-                tracing::warn!(volume, open, "rolling back a volume that is open (--force)");
-            }
-        } else {
-            self.withdraw_unopened(volume, &vol, "a rollback")?;
+        Ok((vol, snap, unfinished))
+    }
+
+    /// Record the rollback in the state before the first byte is rewritten.
+    fn record_rollback(
+        &self,
+        inner: &mut Inner,
+        volume: &str,
+        snapshot: &str,
+        snapshot_id: u64,
+    ) -> Result<()> {
+        let before = inner.meta.rollbacks.clone();
+        inner.meta.rollbacks.retain(|r| r.volume != volume);
+        let volume_id = inner
+            .volumes
+            .get(volume)
+            .map(|v| v.record.id.clone())
+            .unwrap_or_default();
+        inner.meta.rollbacks.push(RollbackState {
+            volume: volume.to_string(),
+            volume_id,
+            snapshot: snapshot.to_string(),
+            snapshot_id,
+            started: now_secs(),
+        });
+        let saved = self.save(inner);
+        if saved.is_err() {
+            inner.meta.rollbacks = before;
         }
-        let again = unfinished.as_ref().is_some_and(|r| r.snapshot == snapshot);
-        if !again {
-            let before = inner.meta.rollbacks.clone();
-            inner.meta.rollbacks.retain(|r| r.volume != volume);
-            let volume_id = inner
-                .volumes
-                .get(volume)
-                .map(|v| v.record.id.clone())
-                .unwrap_or_default();
-            inner.meta.rollbacks.push(crate::state::RollbackState {
-                volume: volume.to_string(),
-                volume_id,
-                snapshot: snapshot.to_string(),
-                snapshot_id: info.id,
-                started: now_secs(),
-            });
-            if let Err(e) = self.save(&inner) {
-                inner.meta.rollbacks = before;
-                if unfinished.is_none() {
-                    self.publish(volume, Export::Volume(vol));
-                }
-                return Err(e);
-            }
-        }
-        let _hold = self.hold(
-            &[volume, snapshot],
-            &format!("a rollback of '{volume}' to '{snapshot}'"),
-        );
-        drop(inner);
-        if !info.persistent {
-            tracing::warn!(volume, snapshot, "rolling back to a transient snapshot: if the daemon stops before the rollback completes, the snapshot is gone and the volume is left offline");
-        }
-        tracing::info!(volume, snapshot, force, "rollback started");
-        let result = rollback_pass(&vol, &snap, self.hooks.rollback_pause, progress);
+        saved
+    }
+
+    /// Serve the volume again and forget the record, or withdraw it if the pass failed.
+    fn finish_rollback(
+        &self,
+        volume: &str,
+        snapshot: &str,
+        vol: Volume,
+        result: Result<(u64, u64)>,
+    ) -> Result<crate::protocol::RollbackDone> {
         let mut inner = self.lock();
         match result {
             Ok((extents, bytes)) => {
