@@ -71,6 +71,10 @@ pub struct TestHooks {
     /// `FSS_TEST_ROLLBACK_PAUSE_MS`: a pause after each chunk a rollback rewrites, so that a
     /// test can interrupt a rollback midway.
     pub rollback_pause: Option<Duration>,
+    /// `FSS_TEST_FREEZE_HOLD_MS` (read by the CLI): how long a consistent snapshot keeps the
+    /// file system frozen before asking for the snapshot, so that a test can kill the CLI
+    /// while frozen or let the freeze lease expire.
+    pub freeze_hold: Option<Duration>,
 }
 
 impl TestHooks {
@@ -85,6 +89,7 @@ impl TestHooks {
         };
         TestHooks {
             rollback_pause: millis("FSS_TEST_ROLLBACK_PAUSE_MS"),
+            freeze_hold: millis("FSS_TEST_FREEZE_HOLD_MS"),
         }
     }
 }

@@ -778,6 +778,7 @@ fn open_exports_refuse_what_would_change_them() {
 fn a_running_rollback_holds_its_volume_and_snapshot() {
     let d = Daemon::start_with(TestHooks {
         rollback_pause: Some(std::time::Duration::from_millis(200)),
+        ..TestHooks::default()
     });
     d.volume("v", 4 * MIB);
     d.snapshot("v", "s", false);

@@ -296,7 +296,8 @@ fn create(
         call(&mut client, req)?
     } else {
         let refs: Vec<&Path> = mounts.iter().map(PathBuf::as_path).collect();
-        fss_cli::consistent::create_frozen(&mut client, specs, &refs)?
+        let hooks = fssd::config::TestHooks::from_env();
+        fss_cli::consistent::create_frozen(&mut client, specs, &refs, &hooks)?
     };
     if json {
         return print_json(&result);
