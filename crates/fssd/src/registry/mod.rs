@@ -52,12 +52,14 @@ pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
 
 /// Everything the daemon serves.
 pub struct Registry {
-    pub(crate) paths: Paths,
+    /// The state directory's places.
+    paths: Paths,
     /// How volumes are opened.
-    pub(crate) volume_io: VolumeIo,
+    volume_io: VolumeIo,
     /// Test-only hooks.
-    pub(crate) hooks: TestHooks,
-    pub(crate) inner: Mutex<Inner>,
+    hooks: TestHooks,
+    /// The entries and the state file (see the lock order above).
+    inner: Mutex<Inner>,
     /// What front-ends may open, by name.
     pub(crate) exports: RwLock<BTreeMap<String, Export>>,
     /// Front-ends' counts of users per export (see [`crate::catalog`]).
@@ -66,7 +68,7 @@ pub struct Registry {
     pub(crate) endpoints: Mutex<(Option<PathBuf>, Option<PathBuf>, Option<String>)>,
     /// Names (volumes, snapshots) in use by long operations running now (backup, restore,
     /// rollback), with what holds them.
-    pub(crate) held: Mutex<HashMap<String, Vec<String>>>,
+    held: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl Registry {
@@ -140,27 +142,27 @@ impl Registry {
         Ok(reg)
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
         // Operations update the maps and the state together before any fallible step that
         // could panic; a poisoned lock still holds consistent data.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    pub(crate) fn save(&self, inner: &Inner) -> Result<()> {
+    fn save(&self, inner: &Inner) -> Result<()> {
         inner
             .to_state()
             .save(&self.paths.state_file())
             .map_err(Into::into)
     }
 
-    pub(crate) fn publish(&self, name: &str, export: Export) {
+    fn publish(&self, name: &str, export: Export) {
         self.exports
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_string(), export);
     }
 
-    pub(crate) fn unpublish(&self, name: &str) {
+    fn unpublish(&self, name: &str) {
         self.exports
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -180,7 +182,7 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner) = (fuse_dir, nbd_socket, nbd_listen);
     }
 
-    pub(crate) fn name_taken(inner: &Inner, name: &str) -> bool {
+    fn name_taken(inner: &Inner, name: &str) -> bool {
         inner.volumes.contains_key(name) || inner.snapshots.contains_key(name)
     }
 
@@ -191,7 +193,7 @@ impl Registry {
         self.status_of(&inner)
     }
 
-    pub(crate) fn status_of(&self, inner: &Inner) -> StatusInfo {
+    fn status_of(&self, inner: &Inner) -> StatusInfo {
         let ep = self
             .endpoints
             .lock()
