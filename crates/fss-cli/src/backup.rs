@@ -176,7 +176,7 @@ pub fn backup(state: &Path, snapshot: &str, dest: &str, since: Option<&str>) -> 
     let result = client
         .backup(request, &mut out, &mut |d, t| rep.update(d, t))
         .map_err(|e| {
-            if e.kind == "output" {
+            if e.kind == fssd::error::ErrorKind::Output {
                 anyhow::anyhow!("cannot write {}: {}", partial.display(), e.message)
             } else {
                 anyhow::anyhow!(e.message)

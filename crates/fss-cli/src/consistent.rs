@@ -10,7 +10,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 /// Take the snapshots in `specs` of the file systems at `mounts` (same order), all frozen at
-/// once. One spec and one mount point for a single snapshot; several for a group.
+/// once. One spec and one mount point for a single snapshot; several for a group. `hooks`
+/// are test-only ([`fssd::config::TestHooks::from_env`] when the command starts).
 ///
 /// # Errors
 /// Freezing failed (nothing was taken), or the daemon refused the snapshot (everything was
@@ -19,6 +20,7 @@ pub fn create_frozen(
     client: &mut fssd::client::Client,
     specs: Vec<SnapshotSpec>,
     mounts: &[&Path],
+    hooks: &fssd::config::TestHooks,
 ) -> anyhow::Result<serde_json::Value> {
     // Ctrl-C or SIGTERM while frozen must not kill us before we thaw: note it, act after.
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -57,11 +59,8 @@ pub fn create_frozen(
             frozen.push((m.to_path_buf(), dir));
         }
         // For tests only: stay frozen a while, to be killed or to outlive the lease.
-        if let Some(ms) = std::env::var("FSS_TEST_FREEZE_HOLD_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            std::thread::sleep(std::time::Duration::from_millis(ms));
+        if let Some(hold) = hooks.freeze_hold {
+            std::thread::sleep(hold);
         }
         let mut specs = specs.clone();
         for (s, l) in specs.iter_mut().zip(&leases) {

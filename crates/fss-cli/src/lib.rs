@@ -77,7 +77,8 @@ pub fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::R
 
 /// The front-ends `fss serve` starts (NBD, FUSE).
 pub mod frontends {
-    use fssd::daemon::{bind_socket, FrontEnd, ServeOptions};
+    use fssd::config::ServeOptions;
+    use fssd::daemon::{bind_socket, FrontEnd};
     use fssd::registry::Registry;
     use fssd::DaemonError;
     use std::sync::Arc;
@@ -173,16 +174,17 @@ pub mod frontends {
 
     fn start_fuse(registry: &Arc<Registry>, opts: &ServeOptions) -> fssd::Result<Fuse> {
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
-        let reg = Arc::clone(registry);
+        let opens = Arc::new(fssd::catalog::OpenCounter::default());
+        registry.add_usage_source(opens.source());
         let hooks = fss_fuse::Hooks {
             on_open_change: Some(Arc::new(move |name: &str, open: bool| {
-                reg.note_open(name, open);
+                opens.note(name, open);
             })),
         };
         let dir = &opts.paths.fuse_dir;
         let fuse = fss_fuse::FuseFrontEnd::mount(dir, catalog, hooks).map_err(|e| {
             DaemonError::new(
-                "io",
+                fssd::error::ErrorKind::Io,
                 format!(
                     "cannot mount the FUSE directory {}: {e}; is /dev/fuse available (modprobe fuse)?",
                     dir.display()

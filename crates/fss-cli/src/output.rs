@@ -75,7 +75,7 @@ pub fn volumes(list: &[VolumeInfo]) -> String {
                 v.snapshots.to_string(),
                 v.cluster_size.map_or_else(|| "-".to_string(), human_size),
                 v.open.to_string(),
-                v.state.clone(),
+                v.state.to_string(),
                 v.path.display().to_string(),
             ]
         })
@@ -103,8 +103,8 @@ pub fn snapshots(list: &[SnapshotInfo]) -> String {
             vec![
                 s.name.clone(),
                 s.volume.clone(),
-                s.kind.clone(),
-                s.state.clone(),
+                s.kind.to_string(),
+                s.state.to_string(),
                 ctime(s.created),
                 human_size(s.store_used),
                 s.blocks_preserved.to_string(),
@@ -133,8 +133,8 @@ pub fn snapshot_detail(s: &SnapshotInfo) -> String {
     let mut rows = vec![
         ("name", s.name.clone()),
         ("volume", s.volume.clone()),
-        ("type", s.kind.clone()),
-        ("state", s.state.clone()),
+        ("type", s.kind.to_string()),
+        ("state", s.state.to_string()),
     ];
     if let Some(r) = &s.reason {
         rows.push(("reason", r.clone()));
@@ -152,7 +152,7 @@ pub fn snapshot_detail(s: &SnapshotInfo) -> String {
             "store maximum",
             s.store_max.map_or_else(|| "none".to_string(), human_size),
         ),
-        ("on store error", s.on_store_error.clone()),
+        ("on store error", s.on_store_error.to_string()),
         (
             "blocks preserved",
             format!(

@@ -1,6 +1,6 @@
 //! A client of the control socket, for the CLI and tests.
 
-use crate::error::DaemonError;
+use crate::error::{DaemonError, ErrorKind};
 use crate::protocol::{
     Envelope, Progress, ProgressLine, Request, Response, MAX_FRAME, PROTOCOL_VERSION,
 };
@@ -24,7 +24,7 @@ impl Client {
         let sock = state_dir.join("control.sock");
         let stream = UnixStream::connect(&sock).map_err(|e| {
             DaemonError::new(
-                "unavailable",
+                ErrorKind::Unavailable,
                 format!(
                     "cannot reach the fss daemon at {} ({e}); is `fss serve` running for this state directory (FSS_STATE_DIR)?",
                     sock.display()
@@ -50,8 +50,8 @@ impl Client {
             id,
             request,
         };
-        let mut text =
-            serde_json::to_vec(&env).map_err(|e| DaemonError::new("internal", e.to_string()))?;
+        let mut text = serde_json::to_vec(&env)
+            .map_err(|e| DaemonError::new(ErrorKind::Internal, e.to_string()))?;
         text.push(b'\n');
         self.writer.write_all(&text).map_err(broken)?;
         Ok(id)
@@ -62,13 +62,13 @@ impl Client {
         let mut line = String::new();
         if self.reader.read_line(&mut line).map_err(broken)? == 0 {
             return Err(DaemonError::new(
-                "unavailable",
+                ErrorKind::Unavailable,
                 "the fss daemon closed the connection",
             ));
         }
         let unreadable = |e: serde_json::Error| {
             DaemonError::new(
-                "internal",
+                ErrorKind::Internal,
                 format!("unreadable answer from the daemon: {e}"),
             )
         };
@@ -122,14 +122,14 @@ impl Client {
                 Ok(r) => break result(r)?,
             }
         };
-        let output = |e: std::io::Error| DaemonError::new("output", e.to_string());
+        let output = |e: std::io::Error| DaemonError::new(ErrorKind::Output, e.to_string());
         let mut buf = Vec::new();
         loop {
             let first = self.reader.fill_buf().map_err(broken)?.first().copied();
             match first {
                 None => {
                     return Err(DaemonError::new(
-                        "unavailable",
+                        ErrorKind::Unavailable,
                         "the fss daemon closed the connection in the middle of the backup",
                     ))
                 }
@@ -139,7 +139,7 @@ impl Client {
                         // An error before the end of the data.
                         result(r)?;
                         return Err(DaemonError::new(
-                            "internal",
+                            ErrorKind::Internal,
                             "the daemon ended the backup data without its end frame",
                         ));
                     }
@@ -153,7 +153,7 @@ impl Client {
                     }
                     if len > MAX_FRAME {
                         return Err(DaemonError::new(
-                            "internal",
+                            ErrorKind::Internal,
                             format!("a backup frame of {len} bytes from the daemon (at most {MAX_FRAME}): is it the same fss release?"),
                         ));
                     }
@@ -184,23 +184,26 @@ impl Client {
             id,
             request,
         };
-        let mut text =
-            serde_json::to_vec(&env).map_err(|e| DaemonError::new("internal", e.to_string()))?;
+        let mut text = serde_json::to_vec(&env)
+            .map_err(|e| DaemonError::new(ErrorKind::Internal, e.to_string()))?;
         text.push(b'\n');
         let broken = |e: std::io::Error| {
-            DaemonError::new("unavailable", format!("the fss daemon went away: {e}"))
+            DaemonError::new(
+                ErrorKind::Unavailable,
+                format!("the fss daemon went away: {e}"),
+            )
         };
         self.writer.write_all(&text).map_err(broken)?;
         let mut line = String::new();
         if self.reader.read_line(&mut line).map_err(broken)? == 0 {
             return Err(DaemonError::new(
-                "unavailable",
+                ErrorKind::Unavailable,
                 "the fss daemon closed the connection",
             ));
         }
         let resp: Response = serde_json::from_str(&line).map_err(|e| {
             DaemonError::new(
-                "internal",
+                ErrorKind::Internal,
                 format!("unreadable answer from the daemon: {e}"),
             )
         })?;
@@ -208,19 +211,19 @@ impl Client {
             Ok(resp.result.unwrap_or(serde_json::Value::Null))
         } else {
             let body = resp.error.unwrap_or(crate::protocol::ErrorBody {
-                kind: "internal".into(),
+                kind: ErrorKind::Internal,
                 message: "unknown error".into(),
             });
-            Err(DaemonError {
-                kind: body.kind,
-                message: body.message,
-            })
+            Err(body.into())
         }
     }
 }
 
 fn broken(e: std::io::Error) -> DaemonError {
-    DaemonError::new("unavailable", format!("the fss daemon went away: {e}"))
+    DaemonError::new(
+        ErrorKind::Unavailable,
+        format!("the fss daemon went away: {e}"),
+    )
 }
 
 /// A response's result, or its error.
@@ -229,12 +232,9 @@ fn result(resp: Response) -> Result<serde_json::Value, DaemonError> {
         Ok(resp.result.unwrap_or(serde_json::Value::Null))
     } else {
         let body = resp.error.unwrap_or(crate::protocol::ErrorBody {
-            kind: "internal".into(),
+            kind: ErrorKind::Internal,
             message: "unknown error".into(),
         });
-        Err(DaemonError {
-            kind: body.kind,
-            message: body.message,
-        })
+        Err(body.into())
     }
 }

@@ -95,7 +95,11 @@ impl Leases {
             ids.into_iter().filter_map(|k| open.remove(&k)).collect()
         };
         for l in expired {
-            thaw(&l, "the freeze lease was not closed within 10 s");
+            let why = format!(
+                "the freeze lease was not closed within {} s",
+                LEASE_TIMEOUT.as_secs()
+            );
+            thaw(&l, &why);
         }
     }
 }
@@ -104,7 +108,7 @@ fn thaw(l: &Lease, why: &str) {
     match freeze::thaw(&l.dir) {
         Ok(()) => tracing::warn!(mount_point = %l.mount_point, "thawed the file system: {why}"),
         // EINVAL: not frozen (the client thawed already).
-        Err(e) if e.raw_os_error() == Some(22) => {}
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
         Err(e) => {
             tracing::error!(mount_point = %l.mount_point, error = %e, "could not thaw ({why})");
         }
@@ -175,30 +179,24 @@ fn connection(stream: UnixStream, registry: &Registry, leases: &Leases) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        if n <= MAX_LINE {
-            if let Some(env) = long_request(&line) {
-                if long_operation(&env, registry, &mut out).is_err() {
-                    break;
-                }
-                continue;
-            }
-        }
-        let response = if n > MAX_LINE {
-            failure(
-                0,
-                &DaemonError::new("invalid-request", "request line longer than 1 MiB"),
-            )
-        } else {
-            answer(&line, registry, leases, &mut mine)
-        };
-        let Ok(mut text) = serde_json::to_vec(&response) else {
-            break;
-        };
-        text.push(b'\n');
-        if out.write_all(&text).is_err() {
-            break;
-        }
         if n > MAX_LINE {
+            let too_long = DaemonError::invalid_request("request line longer than 1 MiB");
+            let _ = send(&mut out, &failure(0, &too_long));
+            break;
+        }
+        let sent = match envelope(&line) {
+            Ok(env) => {
+                let mut conn = Connection {
+                    registry,
+                    leases,
+                    mine: &mut mine,
+                    out: &mut out,
+                };
+                conn.dispatch(&env)
+            }
+            Err(refusal) => send(&mut out, &refusal),
+        };
+        if sent.is_err() {
             break;
         }
     }
@@ -207,12 +205,19 @@ fn connection(stream: UnixStream, registry: &Registry, leases: &Leases) {
     }
 }
 
+/// Write one response line.
+fn send<W: Write, T: serde::Serialize>(out: &mut W, v: &T) -> std::io::Result<()> {
+    let mut text = serde_json::to_vec(v).map_err(std::io::Error::other)?;
+    text.push(b'\n');
+    out.write_all(&text)
+}
+
 fn expired() -> DaemonError {
-    DaemonError::new(
-        "busy",
-        "the freeze lease expired (the daemon thawed the file system after 10 s), so a snapshot now \
-         would not be consistent; try again",
-    )
+    DaemonError::busy(format!(
+        "the freeze lease expired (the daemon thawed the file system after {} s), so a snapshot \
+         now would not be consistent; try again",
+        LEASE_TIMEOUT.as_secs()
+    ))
 }
 
 fn failure(id: u64, e: &DaemonError) -> Response {
@@ -225,7 +230,8 @@ fn failure(id: u64, e: &DaemonError) -> Response {
     }
 }
 
-fn answer(line: &[u8], registry: &Registry, leases: &Leases, mine: &mut Vec<u64>) -> Response {
+/// The request of a line, or the response refusing it (malformed, another version).
+fn envelope(line: &[u8]) -> Result<Envelope, Response> {
     let env: Envelope = match serde_json::from_slice(line) {
         Ok(e) => e,
         Err(e) => {
@@ -235,56 +241,122 @@ fn answer(line: &[u8], registry: &Registry, leases: &Leases, mine: &mut Vec<u64>
                 .and_then(|v| v.get("id"))
                 .and_then(serde_json::Value::as_u64)
                 .unwrap_or(0);
-            return failure(
+            return Err(failure(
                 id,
-                &DaemonError::new(
-                    "invalid-request",
-                    format!("malformed request: {e}; see docs/CONTROL.md"),
-                ),
-            );
+                &DaemonError::invalid_request(format!(
+                    "malformed request: {e}; see docs/CONTROL.md"
+                )),
+            ));
         }
     };
     if env.v != PROTOCOL_VERSION {
-        return failure(
+        return Err(failure(
             env.id,
-            &DaemonError::new(
-                "invalid-request",
-                format!("protocol version {} is not supported (this daemon speaks {PROTOCOL_VERSION}); use the fss CLI of the same release", env.v),
-            ),
-        );
+            &DaemonError::invalid_request(format!(
+                "protocol version {} is not supported (this daemon speaks {PROTOCOL_VERSION}); use the fss CLI of the same release",
+                env.v
+            )),
+        ));
     }
-    let result = match &env.request {
-        Request::LeaseOpen { mount_point } => leases.open(mount_point).map(|id| {
-            mine.push(id);
-            serde_json::json!({ "lease": id, "timeout_seconds": LEASE_TIMEOUT.as_secs() })
-        }),
-        Request::LeaseClose { lease } => {
-            mine.retain(|x| x != lease);
-            if leases.close(*lease) {
-                Ok(serde_json::Value::Null)
-            } else {
-                Err(DaemonError::not_found(format!(
-                    "freeze lease {lease} is not open (it expired after 10 s and the daemon thawed the file system)"
-                )))
+    Ok(env)
+}
+
+/// A reply's result as JSON: serde stays on the wire, the registry returns typed values.
+fn encode<T: serde::Serialize>(
+    r: Result<T, DaemonError>,
+) -> Result<serde_json::Value, DaemonError> {
+    r.and_then(|v| {
+        serde_json::to_value(v)
+            .map_err(|e| DaemonError::internal(format!("cannot encode a reply: {e}")))
+    })
+}
+
+/// One control connection's view while it answers a request.
+struct Connection<'a, W: Write> {
+    registry: &'a Registry,
+    leases: &'a Leases,
+    /// The freeze leases this connection opened (thawed if it goes away).
+    mine: &'a mut Vec<u64>,
+    out: &'a mut W,
+}
+
+impl<W: Write> Connection<'_, W> {
+    /// Answer one request: the one place every [`Request`] is handled. A new variant does not
+    /// compile until it is handled here. An error means the connection broke.
+    fn dispatch(&mut self, env: &Envelope) -> std::io::Result<()> {
+        let reg = self.registry;
+        let result = match &env.request {
+            Request::Status => encode(Ok(reg.status())),
+            Request::VolumeCreate { name, size, image } => {
+                encode(reg.create_volume(name, *size, image.clone()))
             }
+            Request::VolumeAdd { name, device } => encode(reg.add_volume(name, device)),
+            Request::VolumeList => encode(Ok(reg.list_volumes())),
+            Request::VolumeRemove { name } => encode(reg.remove_volume(name)),
+            Request::SnapshotCreate(spec) => {
+                if self.leases.all_open(&spec.lease) {
+                    encode(reg.create_snapshot(spec))
+                } else {
+                    Err(expired())
+                }
+            }
+            Request::SnapshotCreateGroup { members } => {
+                if members.iter().all(|m| self.leases.all_open(&m.lease)) {
+                    encode(reg.create_snapshot_group(members))
+                } else {
+                    Err(expired())
+                }
+            }
+            Request::SnapshotDelete { name } => encode(reg.delete_snapshot(name)),
+            Request::SnapshotList => encode(reg.list_snapshots()),
+            Request::SnapshotInfo { name } => encode(reg.describe_snapshot(name)),
+            Request::SnapshotVerify { name } => encode(reg.verify_snapshot(name)),
+            Request::Checksum { name } => encode(reg.checksum(name)),
+            Request::Diff { snapshot, until } => encode(reg.diff(snapshot, until.as_deref())),
+            Request::LeaseOpen { mount_point } => self.lease_open(mount_point),
+            Request::LeaseClose { lease } => self.lease_close(*lease),
+            Request::Backup { snapshot, since } => {
+                let chan = Channel::new(self.out, env.id);
+                return backup(env.id, snapshot, since.as_deref(), reg, chan);
+            }
+            Request::Restore { volume, files } => {
+                let mut chan = Channel::new(self.out, env.id);
+                let r = reg.restore_volume(volume, files, &mut |d, t| chan.progress(d, t));
+                return chan.finish(encode(r));
+            }
+            Request::Rollback {
+                volume,
+                snapshot,
+                force,
+            } => {
+                let mut chan = Channel::new(self.out, env.id);
+                let r = reg.rollback(volume, snapshot, *force, &mut |d, t| chan.progress(d, t));
+                return chan.finish(encode(r));
+            }
+        };
+        let response = match result {
+            Ok(v) => success(env.id, v),
+            Err(e) => failure(env.id, &e),
+        };
+        send(self.out, &response)
+    }
+
+    fn lease_open(&mut self, mount_point: &str) -> Result<serde_json::Value, DaemonError> {
+        let id = self.leases.open(mount_point)?;
+        self.mine.push(id);
+        Ok(serde_json::json!({ "lease": id, "timeout_seconds": LEASE_TIMEOUT.as_secs() }))
+    }
+
+    fn lease_close(&mut self, lease: u64) -> Result<serde_json::Value, DaemonError> {
+        self.mine.retain(|x| *x != lease);
+        if self.leases.close(lease) {
+            Ok(serde_json::Value::Null)
+        } else {
+            Err(DaemonError::not_found(format!(
+                "freeze lease {lease} is not open (it expired after {} s and the daemon thawed the file system)",
+                LEASE_TIMEOUT.as_secs()
+            )))
         }
-        Request::SnapshotCreate(spec) if !leases.all_open(&spec.lease) => Err(expired()),
-        Request::SnapshotCreateGroup { members }
-            if !members.iter().all(|m| leases.all_open(&m.lease)) =>
-        {
-            Err(expired())
-        }
-        other => registry.handle(other),
-    };
-    match result {
-        Ok(v) => Response {
-            v: PROTOCOL_VERSION,
-            id: env.id,
-            ok: true,
-            result: Some(v),
-            error: None,
-        },
-        Err(e) => failure(env.id, &e),
     }
 }
 
@@ -294,13 +366,6 @@ fn answer(line: &[u8], registry: &Registry, leases: &Leases, mine: &mut Vec<u64>
 
 /// The least time between two progress lines (the last one, `done == total`, always goes).
 const PROGRESS_EVERY: Duration = Duration::from_millis(250);
-
-/// A request for a long operation, in the protocol's version; anything else (including
-/// malformed lines) is left to [`answer`].
-fn long_request(line: &[u8]) -> Option<Envelope> {
-    let env: Envelope = serde_json::from_slice(line).ok()?;
-    (env.v == PROTOCOL_VERSION && env.request.is_long()).then_some(env)
-}
 
 fn success(id: u64, result: serde_json::Value) -> Response {
     Response {
@@ -320,7 +385,24 @@ struct Channel<'a, W: Write> {
     broken: bool,
 }
 
-impl<W: Write> Channel<'_, W> {
+impl<'a, W: Write> Channel<'a, W> {
+    fn new(out: &'a mut W, id: u64) -> Self {
+        Channel {
+            out,
+            id,
+            last_progress: None,
+            broken: false,
+        }
+    }
+
+    /// The final response of a long operation.
+    fn finish(&mut self, result: Result<serde_json::Value, DaemonError>) -> std::io::Result<()> {
+        match result {
+            Ok(v) => self.line(&success(self.id, v)),
+            Err(e) => self.line(&failure(self.id, &e)),
+        }
+    }
+
     fn line<T: serde::Serialize>(&mut self, v: &T) -> std::io::Result<()> {
         let mut text = serde_json::to_vec(v).map_err(std::io::Error::other)?;
         text.push(b'\n');
@@ -378,45 +460,6 @@ impl<W: Write> Write for FrameWriter<'_, '_, W> {
     }
 }
 
-/// Run a long operation and send everything it answers. An error means the connection broke.
-fn long_operation<W: Write>(
-    env: &Envelope,
-    registry: &Registry,
-    out: &mut W,
-) -> std::io::Result<()> {
-    let mut chan = Channel {
-        out,
-        id: env.id,
-        last_progress: None,
-        broken: false,
-    };
-    let result = match &env.request {
-        Request::Backup { snapshot, since } => {
-            return backup(env.id, snapshot, since.as_deref(), registry, chan);
-        }
-        Request::Restore { volume, files } => registry
-            .restore_volume(volume, files, &mut |d, t| chan.progress(d, t))
-            .and_then(|r| to_value(&r)),
-        Request::Rollback {
-            volume,
-            snapshot,
-            force,
-        } => registry
-            .rollback(volume, snapshot, *force, &mut |d, t| chan.progress(d, t))
-            .and_then(|r| to_value(&r)),
-        _ => Err(DaemonError::new("invalid-request", "not a long operation")),
-    };
-    match result {
-        Ok(v) => chan.line(&success(env.id, v)),
-        Err(e) => chan.line(&failure(env.id, &e)),
-    }
-}
-
-fn to_value<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, DaemonError> {
-    serde_json::to_value(v)
-        .map_err(|e| DaemonError::new("internal", format!("cannot encode a reply: {e}")))
-}
-
 /// `backup`: the first response, the data frames, a zero frame, the final response.
 fn backup<W: Write>(
     id: u64,
@@ -429,7 +472,7 @@ fn backup<W: Write>(
         Ok(j) => j,
         Err(e) => return chan.line(&failure(id, &e)),
     };
-    match to_value(&job.start) {
+    match encode(Ok(&job.start)) {
         Ok(v) => chan.line(&success(id, v))?,
         Err(e) => return chan.line(&failure(id, &e)),
     }
@@ -452,19 +495,17 @@ fn backup<W: Write>(
         ));
     }
     chan.frame(&[])?;
-    let done = written.map_err(DaemonError::from).and_then(|s| {
-        to_value(&BackupDone {
-            snapshot: snapshot.to_string(),
-            kind: job.start.kind.clone(),
-            since: since.map(str::to_string),
-            backup_id: fss_core::backup::format::hex(&s.header.backup_id),
-            covered: s.header.covered,
-            records: s.records,
-            data_bytes: s.data_bytes,
-            zero_bytes: s.zero_bytes,
-            stream_bytes: s.stream_bytes,
-        })
-    });
+    let done = encode(written.map_err(DaemonError::from).map(|s| BackupDone {
+        snapshot: snapshot.to_string(),
+        kind: job.start.kind,
+        since: since.map(str::to_string),
+        backup_id: fss_core::backup::format::hex(&s.header.backup_id),
+        covered: s.header.covered,
+        records: s.records,
+        data_bytes: s.data_bytes,
+        zero_bytes: s.zero_bytes,
+        stream_bytes: s.stream_bytes,
+    }));
     match done {
         Ok(v) => {
             tracing::info!(snapshot, since, "backup done");

@@ -1,6 +1,7 @@
 //! `fss serve`: take the state directory's lock, bring everything back, start the front-ends,
 //! open the control socket last, say `ready`, and stop cleanly on SIGTERM or SIGINT.
 
+use crate::config::ServeOptions;
 use crate::control::{self, Leases};
 use crate::error::{DaemonError, Result};
 use crate::paths::{check_socket_path, Paths};
@@ -21,63 +22,6 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub trait FrontEnd: Send {
     /// Stop serving; return when no request is in flight.
     fn stop(&mut self);
-}
-
-/// What `fss serve` was asked.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    /// Directories and sockets.
-    pub paths: Paths,
-    /// TCP address for NBD, if any.
-    pub nbd_listen: Option<String>,
-    /// How volumes are opened (page cache or O_DIRECT).
-    pub volume_io: VolumeIo,
-}
-
-/// How the daemon does I/O on its volumes (images and block devices). Stores are not
-/// affected. Every mode is coherent: a direct read of a range first writes back the page
-/// cache's dirty pages of that range (the kernel does this for O_DIRECT).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum VolumeIo {
-    /// Reads and writes through the page cache.
-    Buffered,
-    /// Aligned reads of at least [`fss_core::device::DIRECT_READ_MIN`] bytes with O_DIRECT,
-    /// writes and smaller reads through the page cache: large reads skip the page-cache copy,
-    /// small writes are still absorbed by the cache.
-    DirectReads,
-    /// Aligned reads and writes with O_DIRECT.
-    Direct,
-    /// As `DirectReads`, and aligned writes of at least
-    /// [`fss_core::device::DIRECT_WRITE_MIN`] bytes with O_DIRECT too: large transfers skip
-    /// the page-cache copy both ways, small writes are still absorbed by the cache.
-    #[default]
-    DirectLarge,
-}
-
-impl VolumeIo {
-    /// The mode named `s` (`buffered`, `direct-reads`, `direct-large`, `direct`), as `fss serve --volume-io`
-    /// takes it.
-    ///
-    /// # Errors
-    /// Any other name.
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        match s {
-            "buffered" => Ok(VolumeIo::Buffered),
-            "direct-reads" => Ok(VolumeIo::DirectReads),
-            "direct-large" => Ok(VolumeIo::DirectLarge),
-            "direct" => Ok(VolumeIo::Direct),
-            other => Err(format!(
-                "unknown volume I/O mode '{other}': use buffered, direct-reads, direct-large or direct"
-            )),
-        }
-    }
-
-    /// The device options of this mode.
-    pub(crate) fn apply(self, opts: &mut fss_core::device::OpenOptions) {
-        opts.direct = self == VolumeIo::Direct;
-        opts.direct_reads = self == VolumeIo::DirectReads;
-        opts.direct_large = self == VolumeIo::DirectLarge;
-    }
 }
 
 /// Starts the front-ends once the registry is open.
@@ -113,7 +57,7 @@ pub fn lock_state_dir(paths: &Paths) -> Result<StateLock> {
     if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         let pid = std::fs::read_to_string(&lock_path).unwrap_or_default();
         return Err(DaemonError::new(
-            "already-running",
+            crate::error::ErrorKind::AlreadyRunning,
             format!(
                 "another fss daemon (pid {}) already serves state directory {}; stop it first or use another --state-dir",
                 pid.trim(),
@@ -177,7 +121,11 @@ pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let force = Arc::new(AtomicBool::new(false));
     install_signals(&stop, &force)?;
-    let registry = Arc::new(Registry::open(paths.clone(), opts.volume_io)?);
+    let registry = Arc::new(Registry::open(
+        paths.clone(),
+        opts.volume_io,
+        opts.test_hooks,
+    )?);
     let mut frontends = start(&registry, opts)?;
     let listener = bind_private(&control_path)?;
     let leases = Arc::new(Leases::default());

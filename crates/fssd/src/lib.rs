@@ -4,17 +4,25 @@
 //! state or stores themselves.
 //!
 //! - [`daemon`]: `fss serve` (lock, start, ready, stop);
-//! - [`registry`]: the live objects and the operations of the control API;
-//! - [`control`]: the control socket and freeze leases;
+//! - [`config`]: what the daemon is started with (volume I/O mode, test-only hooks);
+//! - [`registry`]: the live objects and the operations of the control API, with recovery at
+//!   start (`registry/recovery.rs`);
+//! - [`catalog`]: what front-ends see (exports by name) and their open counts;
+//! - [`volume_target`]: a volume as a block device, for restores through the engine;
+//! - [`control`]: the control socket, the one dispatch of every request, freeze leases;
 //! - [`protocol`]: request and response types (`docs/CONTROL.md`);
 //! - [`client`]: a client of the control socket;
 //! - [`state`]: the persistent state file;
 //! - [`stores`]: where snapshot stores go;
 //! - [`freeze`]: freezing and thawing file systems;
 //! - [`own_files`]: refusing volumes and stores that are, or live on, fss's own files and exports;
-//! - [`names`], [`paths`], [`error`].
+//! - [`heap`]: giving freed memory back to the system;
+//! - [`names`]: names and sizes; [`paths`]: the state directory's places; [`error`]: the
+//!   daemon's error and its kinds.
 
+pub mod catalog;
 pub mod client;
+pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod error;
@@ -27,5 +35,6 @@ pub mod protocol;
 pub mod registry;
 pub mod state;
 pub mod stores;
+pub mod volume_target;
 
-pub use error::{DaemonError, Result};
+pub use error::{DaemonError, ErrorKind, Result};

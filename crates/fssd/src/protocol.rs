@@ -1,11 +1,146 @@
 //! The control protocol: versioned JSON lines over `<state-dir>/control.sock` (see
 //! `docs/CONTROL.md`). One request per line, one response per line, in order.
 
-use serde::{Deserialize, Serialize};
+use crate::error::ErrorKind;
+pub use crate::state::VolumeKind;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::PathBuf;
 
 /// The protocol version this daemon speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Defines a fieldless enum that is a kebab-case string on the wire, with `as_str` and
+/// `Display` giving the same name.
+macro_rules! wire_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $variant:ident = $text:literal,)+ }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "kebab-case")]
+        pub enum $name {
+            $($(#[$vm])* $variant,)+
+        }
+
+        impl $name {
+            /// The name on the wire.
+            #[must_use]
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+wire_enum! {
+    /// Whether a snapshot survives restarts.
+    SnapshotKind {
+        /// Kept in a store, brought back after a restart.
+        Persistent = "persistent",
+        /// Gone at the next restart.
+        Transient = "transient",
+    }
+}
+
+wire_enum! {
+    /// Whether a snapshot's contents can be trusted.
+    SnapshotHealth {
+        /// Readable and correct.
+        Valid = "valid",
+        /// Invalidated (its store filled up or failed).
+        Invalid = "invalid",
+        /// Its volume changed while fss was not running.
+        Unverified = "unverified",
+        /// Could not be brought back at start.
+        Unavailable = "unavailable",
+    }
+}
+
+wire_enum! {
+    /// What a backup holds.
+    BackupKind {
+        /// The whole snapshot.
+        Full = "full",
+        /// What changed since an older snapshot.
+        Incremental = "incremental",
+    }
+}
+
+wire_enum! {
+    /// What a snapshot does when a pre-image cannot be preserved (`--on-store-error`).
+    StorePolicy {
+        /// Invalidate the snapshot; the volume write goes on (the default).
+        Invalidate = "invalidate",
+        /// Fail the volume write; the snapshot stays valid.
+        FailWrite = "fail-write",
+    }
+}
+
+impl StorePolicy {
+    /// The policy named `s`, as `--on-store-error` takes it.
+    ///
+    /// # Errors
+    /// `invalid-argument` for any other name.
+    pub fn parse(s: &str) -> crate::Result<Self> {
+        match s {
+            "invalidate" => Ok(StorePolicy::Invalidate),
+            "fail-write" => Ok(StorePolicy::FailWrite),
+            other => Err(crate::DaemonError::invalid(format!(
+                "unknown --on-store-error '{other}': use invalidate or fail-write"
+            ))),
+        }
+    }
+}
+
+impl From<StorePolicy> for fss_core::OnStoreError {
+    fn from(p: StorePolicy) -> Self {
+        match p {
+            StorePolicy::Invalidate => fss_core::OnStoreError::Invalidate,
+            StorePolicy::FailWrite => fss_core::OnStoreError::FailWrite,
+        }
+    }
+}
+
+/// Whether a volume is served: `online`, or `offline: WHY` on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeStatus {
+    /// Served.
+    Online,
+    /// Not served, and why.
+    Offline(String),
+}
+
+impl std::fmt::Display for VolumeStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VolumeStatus::Online => f.write_str("online"),
+            VolumeStatus::Offline(why) => write!(f, "offline: {why}"),
+        }
+    }
+}
+
+impl Serialize for VolumeStatus {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for VolumeStatus {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match text.strip_prefix("offline: ") {
+            Some(why) => VolumeStatus::Offline(why.to_string()),
+            None if text == "online" => VolumeStatus::Online,
+            None => VolumeStatus::Offline(text),
+        })
+    }
+}
 
 /// Options of a new snapshot.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,18 +284,6 @@ pub enum Request {
     },
 }
 
-impl Request {
-    /// Whether the response may be preceded by progress lines (and, for `backup`, followed by
-    /// data frames): these operations run outside the request-response loop.
-    #[must_use]
-    pub fn is_long(&self) -> bool {
-        matches!(
-            self,
-            Request::Backup { .. } | Request::Restore { .. } | Request::Rollback { .. }
-        )
-    }
-}
-
 /// The largest data frame of a `backup` stream, in bytes.
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -201,7 +324,7 @@ pub struct BackupStart {
     /// Its volume.
     pub volume: String,
     /// `full` or `incremental`.
-    pub kind: String,
+    pub kind: BackupKind,
     /// The base of an incremental backup.
     pub since: Option<String>,
     /// The volume's size in bytes.
@@ -214,7 +337,7 @@ pub struct BackupDone {
     /// The snapshot backed up.
     pub snapshot: String,
     /// `full` or `incremental`.
-    pub kind: String,
+    pub kind: BackupKind,
     /// The base of an incremental backup.
     pub since: Option<String>,
     /// The backup's id (hex), recorded in its header.
@@ -276,7 +399,7 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Stable kind (`not-found`, `exists`, `invalid-argument`, `busy`, `no-space`, `io`, ...).
-    pub kind: String,
+    pub kind: ErrorKind,
     /// What failed, on which object, and what to do.
     pub message: String,
 }
@@ -308,13 +431,13 @@ pub struct VolumeInfo {
     /// Image or device path.
     pub path: PathBuf,
     /// `created-image`, `image` or `block-device`.
-    pub kind: String,
+    pub kind: VolumeKind,
     /// Live snapshots.
     pub snapshots: u64,
     /// Cluster size fixed by its snapshots, if any.
     pub cluster_size: Option<u64>,
     /// `online`, or why it is not served.
-    pub state: String,
+    pub state: VolumeStatus,
     /// Open by front-ends (NBD connections, FUSE opens).
     pub open: u64,
 }
@@ -329,9 +452,9 @@ pub struct SnapshotInfo {
     /// Creation order within the volume.
     pub id: u64,
     /// `persistent` or `transient`.
-    pub kind: String,
+    pub kind: SnapshotKind,
     /// `valid`, `invalid`, `unverified`, or `unavailable`.
-    pub state: String,
+    pub state: SnapshotHealth,
     /// Why it is not valid, if so.
     pub reason: Option<String>,
     /// Creation time, seconds since the epoch.
@@ -355,7 +478,7 @@ pub struct SnapshotInfo {
     /// Waits for a block being preserved.
     pub busy_waits: u64,
     /// `invalidate` or `fail-write`.
-    pub on_store_error: String,
+    pub on_store_error: StorePolicy,
     /// The mount point it was taken of, if any.
     pub mount_point: Option<String>,
 }

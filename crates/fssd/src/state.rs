@@ -79,7 +79,7 @@ pub struct SnapshotState {
     /// The store's maximum size.
     pub max_store_bytes: Option<u64>,
     /// `invalidate` or `fail-write`.
-    pub on_store_error: String,
+    pub on_store_error: crate::protocol::StorePolicy,
     /// Creation time, seconds since the epoch.
     pub created: u64,
     /// Cluster size in bytes.

@@ -111,8 +111,8 @@ struct ServeArgs {
     /// Volume I/O: direct-large (default: O_DIRECT for reads of 64 KiB or more and writes of
     /// 256 KiB or more), direct-reads (O_DIRECT for large reads only), buffered, or direct
     /// (O_DIRECT for every aligned read and write). Default from FSS_VOLUME_IO when set.
-    #[arg(long, value_name = "MODE", value_parser = fssd::daemon::VolumeIo::parse)]
-    volume_io: Option<fssd::daemon::VolumeIo>,
+    #[arg(long, value_name = "MODE", value_parser = fssd::config::VolumeIo::parse)]
+    volume_io: Option<fssd::config::VolumeIo>,
 }
 
 #[derive(Subcommand)]
@@ -296,7 +296,8 @@ fn create(
         call(&mut client, req)?
     } else {
         let refs: Vec<&Path> = mounts.iter().map(PathBuf::as_path).collect();
-        fss_cli::consistent::create_frozen(&mut client, specs, &refs)?
+        let hooks = fssd::config::TestHooks::from_env();
+        fss_cli::consistent::create_frozen(&mut client, specs, &refs, &hooks)?
     };
     if json {
         return print_json(&result);
@@ -493,14 +494,15 @@ fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<()> {
     let volume_io = match a.volume_io {
         Some(m) => m,
         None => match std::env::var("FSS_VOLUME_IO") {
-            Ok(s) => fssd::daemon::VolumeIo::parse(&s).map_err(|e| anyhow::anyhow!(e))?,
-            Err(_) => fssd::daemon::VolumeIo::default(),
+            Ok(s) => fssd::config::VolumeIo::parse(&s).map_err(|e| anyhow::anyhow!(e))?,
+            Err(_) => fssd::config::VolumeIo::default(),
         },
     };
-    let opts = fssd::daemon::ServeOptions {
+    let opts = fssd::config::ServeOptions {
         paths: fssd::paths::Paths::new(state.to_path_buf(), a.fuse_dir, a.nbd_socket),
         nbd_listen: a.nbd_listen,
         volume_io,
+        test_hooks: fssd::config::TestHooks::from_env(),
     };
     fssd::daemon::run(&opts, Box::new(fss_cli::frontends::start))
         .map_err(|e| anyhow::anyhow!(e.message))

@@ -151,7 +151,8 @@ fn configure(
         spec.volume = fss_cli::mounts::volume_of_mount(&mp, &fuse)?;
         fss_cli::mounts::check_store_not_on(&backup, &mp)?;
         spec.mount_point = Some(mp.display().to_string());
-        fss_cli::consistent::create_frozen(client, vec![spec], &[mp.as_path()])?
+        let hooks = fssd::config::TestHooks::from_env();
+        fss_cli::consistent::create_frozen(client, vec![spec], &[mp.as_path()], &hooks)?
     } else {
         call(client, Request::SnapshotCreate(spec))?
     };

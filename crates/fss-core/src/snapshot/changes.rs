@@ -65,8 +65,9 @@ impl Snapshot {
         }
         if purpose == PairUse::Diff && a.chain != b.chain {
             return invalid(format!(
-                "'{}' and '{}' are not both persistent or both transient: each kind forms its \
-                 own chain, and exact change lists exist only between snapshots of one chain",
+                "'{}' and '{}' are not both persistent or both transient: persistent and \
+                 transient snapshots form separate chains, and exact change lists exist only \
+                 between snapshots of one chain",
                 a.name, b.name
             ));
         }

@@ -1,0 +1,95 @@
+//! What the daemon is started with: where it keeps things, how it opens volumes, and the
+//! test-only hooks. A leaf module: the daemon, the registry and the front-ends read it.
+
+use crate::paths::Paths;
+use std::time::Duration;
+
+/// What `fss serve` was asked.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Directories and sockets.
+    pub paths: Paths,
+    /// TCP address for NBD, if any.
+    pub nbd_listen: Option<String>,
+    /// How volumes are opened (page cache or O_DIRECT).
+    pub volume_io: VolumeIo,
+    /// Test-only hooks ([`TestHooks::from_env`] at start; default off).
+    pub test_hooks: TestHooks,
+}
+
+/// How the daemon does I/O on its volumes (images and block devices). Stores are not
+/// affected. Every mode is coherent: a direct read of a range first writes back the page
+/// cache's dirty pages of that range (the kernel does this for O_DIRECT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VolumeIo {
+    /// Reads and writes through the page cache.
+    Buffered,
+    /// Aligned reads of at least [`fss_core::device::DIRECT_READ_MIN`] bytes with O_DIRECT,
+    /// writes and smaller reads through the page cache: large reads skip the page-cache copy,
+    /// small writes are still absorbed by the cache.
+    DirectReads,
+    /// Aligned reads and writes with O_DIRECT.
+    Direct,
+    /// As `DirectReads`, and aligned writes of at least
+    /// [`fss_core::device::DIRECT_WRITE_MIN`] bytes with O_DIRECT too: large transfers skip
+    /// the page-cache copy both ways, small writes are still absorbed by the cache.
+    #[default]
+    DirectLarge,
+}
+
+impl VolumeIo {
+    /// The mode named `s` (`buffered`, `direct-reads`, `direct-large`, `direct`), as `fss serve --volume-io`
+    /// takes it.
+    ///
+    /// # Errors
+    /// Any other name.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "buffered" => Ok(VolumeIo::Buffered),
+            "direct-reads" => Ok(VolumeIo::DirectReads),
+            "direct-large" => Ok(VolumeIo::DirectLarge),
+            "direct" => Ok(VolumeIo::Direct),
+            other => Err(format!(
+                "unknown volume I/O mode '{other}': use buffered, direct-reads, direct-large or direct"
+            )),
+        }
+    }
+
+    /// The device options of this mode.
+    pub(crate) fn apply(self, opts: &mut fss_core::device::OpenOptions) {
+        opts.direct = self == VolumeIo::Direct;
+        opts.direct_reads = self == VolumeIo::DirectReads;
+        opts.direct_large = self == VolumeIo::DirectLarge;
+    }
+}
+
+/// Test-only hooks, read from the environment once when `fss serve` starts
+/// ([`TestHooks::from_env`]) and passed down; no operation reads the environment itself.
+/// Tests that drive the binaries set them through the environment. All are off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TestHooks {
+    /// `FSS_TEST_ROLLBACK_PAUSE_MS`: a pause after each chunk a rollback rewrites, so that a
+    /// test can interrupt a rollback midway.
+    pub rollback_pause: Option<Duration>,
+    /// `FSS_TEST_FREEZE_HOLD_MS` (read by the CLI): how long a consistent snapshot keeps the
+    /// file system frozen before asking for the snapshot, so that a test can kill the CLI
+    /// while frozen or let the freeze lease expire.
+    pub freeze_hold: Option<Duration>,
+}
+
+impl TestHooks {
+    /// The hooks set in the environment (`FSS_TEST_*`); unset or unparsable ones are off.
+    #[must_use]
+    pub fn from_env() -> Self {
+        let millis = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis)
+        };
+        TestHooks {
+            rollback_pause: millis("FSS_TEST_ROLLBACK_PAUSE_MS"),
+            freeze_hold: millis("FSS_TEST_FREEZE_HOLD_MS"),
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The daemon's live objects: volumes and snapshots by name, their persistent state, and the
+//! operations of the control API (typed results; [`crate::control`] puts them on the wire).
+//! Front-ends see it as a [`Catalog`](fss_core::export::Catalog) ([`crate::catalog`]).
+//!
+//! - `mod.rs`: the registry, its state, opening it, saving, publishing, status, stop;
+//! - `recovery.rs`: bringing volumes and snapshots back at start, finishing interrupted
+//!   deletes and rollbacks;
+//! - `volumes.rs`: create, add, list, remove volumes;
+//! - `snapshots.rs`: create (alone or as a group), list, describe, verify, delete snapshots;
+//! - `jobs.rs`: what holds names during long operations, diffs, checksums, backups, restores;
+//! - `rollback.rs`: returning a volume to a snapshot;
+//! - `entries.rs`: the state: one entry per volume and per snapshot, with its record and
+//!   either its live engine object or why it has none.
+//!
+//! # Lock order
+//!
+//! `inner` (the entries and the state file) is taken first, by every operation, and held
+//! while it checks and changes them. Under it (or alone), the other locks are each taken
+//! briefly and released before another is taken, so none of them nests:
+//! `held` (names used by long operations), `exports` (what front-ends may open; front-ends
+//! read it without `inner`), `usage` (front-ends' open counts: its sources take the
+//! front-ends' own locks, so a front-end never calls into the registry while holding one)
+//! and `endpoints`. Long operations (backup, restore, rollback) drop `inner` before their
+//! long part and keep their names in `held` instead.
+
+use crate::catalog::UsageSource;
+use crate::config::{TestHooks, VolumeIo};
+use crate::error::Result;
+use crate::paths::Paths;
+use crate::protocol::StatusInfo;
+use crate::state::State;
+use fss_core::export::Export;
+use fss_core::Volume;
+use indexmap::IndexMap;
+use recovery::{boot_id, fingerprint};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+
+mod entries;
+mod jobs;
+mod recovery;
+mod rollback;
+mod snapshots;
+mod volumes;
+
+use entries::Inner;
+pub use jobs::{BackupJob, Hold};
+
+/// The size of the volume made on a fresh state directory.
+pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
+
+/// Everything the daemon serves.
+pub struct Registry {
+    /// The state directory's places.
+    paths: Paths,
+    /// How volumes are opened.
+    volume_io: VolumeIo,
+    /// Test-only hooks.
+    hooks: TestHooks,
+    /// The entries and the state file (see the lock order above).
+    inner: Mutex<Inner>,
+    /// What front-ends may open, by name.
+    pub(crate) exports: RwLock<BTreeMap<String, Export>>,
+    /// Front-ends' counts of users per export (see [`crate::catalog`]).
+    pub(crate) usage: Mutex<Vec<UsageSource>>,
+    /// Front-end addresses, for `status`.
+    pub(crate) endpoints: Mutex<(Option<PathBuf>, Option<PathBuf>, Option<String>)>,
+    /// Names (volumes, snapshots) in use by long operations running now (backup, restore,
+    /// rollback), with what holds them.
+    held: Mutex<HashMap<String, Vec<String>>>,
+}
+
+impl Registry {
+    /// Load the state (or start one with a 1 GiB volume `default`), open every volume, bring
+    /// back persistent snapshots, drop transient ones, finish interrupted deletes. Volumes are
+    /// opened as `volume_io` says.
+    ///
+    /// # Errors
+    /// The state file is unreadable or damaged, or the default volume cannot be made.
+    pub fn open(paths: Paths, volume_io: VolumeIo, hooks: TestHooks) -> Result<Registry> {
+        let state_file = paths.state_file();
+        let loaded = State::load(&state_file)?;
+        let fresh = loaded.is_none();
+        let mut state = loaded.unwrap_or_default();
+        let recovered_from_crash = !state.clean_shutdown;
+        if recovered_from_crash {
+            let reboot = !state.boot_id.is_empty() && state.boot_id != boot_id();
+            tracing::warn!(
+                "the previous run did not stop cleanly ({}); persistent snapshots are recovered from their stores",
+                if reboot { "the machine rebooted or lost power" } else { "the daemon crashed or was killed" }
+            );
+        }
+        let reg = Registry {
+            paths,
+            volume_io,
+            hooks,
+            inner: Mutex::new(Inner {
+                meta: State {
+                    volumes: Vec::new(),
+                    snapshots: Vec::new(),
+                    ..state.clone()
+                },
+                volumes: IndexMap::new(),
+                snapshots: IndexMap::new(),
+                recovered_from_crash,
+            }),
+            exports: RwLock::new(BTreeMap::new()),
+            usage: Mutex::new(Vec::new()),
+            endpoints: Mutex::new((None, None, None)),
+            held: Mutex::new(HashMap::new()),
+        };
+        {
+            let mut inner = reg.lock();
+            let snapshots = std::mem::take(&mut state.snapshots);
+            reg.bring_back_volumes(&mut inner, state.volumes, &snapshots);
+            reg.bring_back_snapshots(&mut inner, snapshots);
+            reg.resume_rollbacks(&mut inner);
+            if fresh && inner.volumes.is_empty() {
+                let image = reg.paths.volumes_dir().join("default.img");
+                if let Err(e) = reg.volume_create(
+                    &mut inner,
+                    "default",
+                    DEFAULT_VOLUME_SIZE,
+                    Some(image.clone()),
+                ) {
+                    // A default image left by a run whose state was lost: serve it again.
+                    if image.exists() {
+                        reg.volume_add(&mut inner, "default", &image)?;
+                    } else {
+                        return Err(e);
+                    }
+                }
+                tracing::info!(image = %image.display(), "no volume configured: serving a new 1 GiB sparse volume 'default'");
+            }
+            inner.meta.clean_shutdown = false;
+            inner.meta.boot_id = boot_id();
+            reg.save(&inner)?;
+        }
+        // Replaying store logs allocated and freed a record per preserved block run.
+        crate::heap::give_back_free_memory();
+        Ok(reg)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // Operations update the maps and the state together before any fallible step that
+        // could panic; a poisoned lock still holds consistent data.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn save(&self, inner: &Inner) -> Result<()> {
+        inner
+            .to_state()
+            .save(&self.paths.state_file())
+            .map_err(Into::into)
+    }
+
+    fn publish(&self, name: &str, export: Export) {
+        self.exports
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(name.to_string(), export);
+    }
+
+    fn unpublish(&self, name: &str) {
+        self.exports
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+    }
+
+    /// Record where front-ends serve, for `status`.
+    pub fn set_endpoints(
+        &self,
+        fuse_dir: Option<PathBuf>,
+        nbd_socket: Option<PathBuf>,
+        nbd_listen: Option<String>,
+    ) {
+        *self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = (fuse_dir, nbd_socket, nbd_listen);
+    }
+
+    fn name_taken(inner: &Inner, name: &str) -> bool {
+        inner.volumes.contains_key(name) || inner.snapshots.contains_key(name)
+    }
+
+    /// `status`: the daemon's version, places and counts.
+    #[must_use]
+    pub fn status(&self) -> StatusInfo {
+        let inner = self.lock();
+        self.status_of(&inner)
+    }
+
+    fn status_of(&self, inner: &Inner) -> StatusInfo {
+        let ep = self
+            .endpoints
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        StatusInfo {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            state_dir: self.paths.state_dir.clone(),
+            fuse_dir: ep.0,
+            nbd_socket: ep.1,
+            nbd_listen: ep.2,
+            volumes: inner.volumes.len() as u64,
+            snapshots: inner.snapshots.len() as u64,
+            recovered_from_crash: inner.recovered_from_crash,
+        }
+    }
+
+    /// Flush every volume, record fingerprints and a clean stop.
+    pub fn shutdown(&self) {
+        let mut inner = self.lock();
+        for (name, entry) in &mut inner.volumes {
+            if let Err(e) = entry.volume().map_or(Ok(()), Volume::flush) {
+                tracing::error!(volume = %name, error = %e, "flush at stop failed");
+            }
+            entry.record.fingerprint = fingerprint(&entry.record.path, true);
+        }
+        inner.meta.clean_shutdown = true;
+        if let Err(e) = self.save(&inner) {
+            tracing::error!(error = %e, "could not record the clean stop");
+        }
+    }
+}
