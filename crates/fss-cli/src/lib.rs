@@ -6,7 +6,10 @@
 //!   backing file in the FUSE directory);
 //! - [`consistent`]: a snapshot of a mounted file system under a freeze lease;
 //! - [`backup`]: `fss diff`, `backup`, `restore`, `rollback`;
-//! - [`progress`]: progress bars and plain progress lines.
+//! - [`progress`]: progress bars and plain progress lines;
+//! - [`frontends`]: starting and stopping NBD and FUSE for `fss serve`;
+//! - here: the state directory, connecting and calling, and clap parsers for sizes and paths
+//!   ([`size_arg`], [`path_arg`]: paths made absolute against the caller's directory).
 
 pub mod backup;
 pub mod consistent;

@@ -398,3 +398,39 @@ fn nbd_over_tcp_on_every_address_is_logged_as_exposed() {
     assert!(!quiet.log().contains("unencrypted"), "{}", quiet.log());
     assert_eq!(quiet.stop(), 0);
 }
+
+#[test]
+fn verify_of_an_invalid_snapshot_fails_and_says_why() {
+    use std::os::unix::fs::FileExt;
+    let (_t, d) = daemon();
+    d.ok(&[
+        "snapshot",
+        "create",
+        "default",
+        "small",
+        "--max-store-size",
+        "512K",
+    ]);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(d.dir.join("dev/default"))
+        .unwrap();
+    f.write_all_at(&vec![0x5a; 4 << 20], 0).unwrap();
+    f.sync_all().unwrap();
+    let list = d.json(&["snapshot", "list"]);
+    assert_eq!(list[0]["state"], "invalid", "{list}");
+    for json in [false, true] {
+        let mut args = vec!["snapshot", "verify", "small"];
+        if json {
+            args.push("--json");
+        }
+        let r = d.fss(&args);
+        assert_eq!(
+            r.status, 1,
+            "verify --json={json}: {}{}",
+            r.stdout, r.stderr
+        );
+        assert!(r.stderr.contains("is invalid"), "{}", r.stderr);
+        assert!(!r.stdout.contains("intact") || json, "{}", r.stdout);
+    }
+}

@@ -177,23 +177,7 @@ impl Client {
     /// # Errors
     /// The daemon answered with an error, or the connection broke.
     pub fn call(&mut self, request: Request) -> Result<serde_json::Value, DaemonError> {
-        let id = self.next_id;
-        self.next_id += 1;
-        let env = Envelope {
-            v: PROTOCOL_VERSION,
-            id,
-            request,
-        };
-        let mut text = serde_json::to_vec(&env)
-            .map_err(|e| DaemonError::new(ErrorKind::Internal, e.to_string()))?;
-        text.push(b'\n');
-        let broken = |e: std::io::Error| {
-            DaemonError::new(
-                ErrorKind::Unavailable,
-                format!("the fss daemon went away: {e}"),
-            )
-        };
-        self.writer.write_all(&text).map_err(broken)?;
+        self.send(request)?;
         let mut line = String::new();
         if self.reader.read_line(&mut line).map_err(broken)? == 0 {
             return Err(DaemonError::new(
@@ -207,15 +191,7 @@ impl Client {
                 format!("unreadable answer from the daemon: {e}"),
             )
         })?;
-        if resp.ok {
-            Ok(resp.result.unwrap_or(serde_json::Value::Null))
-        } else {
-            let body = resp.error.unwrap_or(crate::protocol::ErrorBody {
-                kind: ErrorKind::Internal,
-                message: "unknown error".into(),
-            });
-            Err(body.into())
-        }
+        result(resp)
     }
 }
 

@@ -89,6 +89,18 @@ impl Registry {
     pub fn verify_snapshot(&self, name: &str) -> Result<VerifyInfo> {
         let snap = Self::snapshot(&self.lock(), name)?;
         let r = snap.verify()?;
+        // Intact blocks do not make an invalid snapshot whole: a pre-image it needed is lost.
+        if let CoreState::Invalid(reason) = snap.info().state {
+            return Err(DaemonError::new(
+                ErrorKind::InvalidSnapshot,
+                format!(
+                    "snapshot '{name}' is invalid ({reason}): its store's {} checked blocks are \
+                     intact, but a pre-image it needed was never preserved, so its contents \
+                     cannot be trusted; delete it",
+                    r.blocks_checked
+                ),
+            ));
+        }
         Ok(VerifyInfo {
             name: name.to_string(),
             checksummed: r.checksummed,
