@@ -14,7 +14,6 @@ pub fn control_request(data: &[u8]) {
         let Ok(env) = serde_json::from_slice::<Envelope>(line) else {
             continue;
         };
-        let _ = env.request.is_long();
         let text = serde_json::to_vec(&env).expect("a parsed request serializes");
         let back: Envelope = serde_json::from_slice(&text).expect("and parses back");
         assert_eq!(back, env, "round trip of {}", String::from_utf8_lossy(line));
