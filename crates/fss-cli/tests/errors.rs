@@ -177,6 +177,14 @@ fn sizes() {
         2,
         "size '99999999T' is too large",
     );
+    for big in ["257T", "16777215T"] {
+        fails(
+            &d,
+            &["volume", "create", "v", "--size", big],
+            1,
+            "too large",
+        );
+    }
     fails(
         &d,
         &["volume", "create", "v", "--size", "0"],

@@ -192,6 +192,15 @@ fn volume_create_add_list_remove_and_their_errors() {
         ErrorKind::InvalidArgument,
         "size above 0",
     );
+    // Sizes no CLI parse produces, straight on the socket: a clear refusal, no file left.
+    for size in [u64::MAX, 1 << 63, (256 << 40) + 1] {
+        assert_kind(
+            &d.err(create("v2", size, None)),
+            ErrorKind::InvalidArgument,
+            "too large",
+        );
+        assert!(!d.dir().join("state/volumes/v2.img").exists());
+    }
     let taken = d.dir().join("taken.img");
     std::fs::write(&taken, b"x").unwrap();
     assert_kind(

@@ -4,12 +4,13 @@ use super::entries::{VolumeEntry, VolumeLive};
 use super::recovery::{fingerprint, hex, open_volume_device};
 use super::{Inner, Registry};
 use crate::error::{DaemonError, ErrorKind, Result};
-use crate::names::check_name;
+use crate::names::{check_name, human_size};
 use crate::own_files;
 use crate::protocol::{VolumeInfo, VolumeStatus};
 use crate::state::{VolumeKind, VolumeState};
 use fss_core::device::{BlockDevice, FileDevice, OpenOptions};
 use fss_core::export::Export;
+use fss_core::geometry::{MAX_CLUSTERS, MAX_CLUSTER_SIZE};
 use fss_core::Volume;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -109,6 +110,15 @@ impl Registry {
             return Err(DaemonError::invalid(
                 "a volume needs a size above 0 (for example --size 1G)",
             ));
+        }
+        // The largest volume fss can snapshot: 2^24 clusters of the largest cluster size.
+        let max = MAX_CLUSTERS * MAX_CLUSTER_SIZE;
+        if size > max {
+            return Err(DaemonError::invalid(format!(
+                "a volume of {size} bytes is too large: fss snapshots volumes of at most {} \
+                 ({max} bytes); give a smaller --size",
+                human_size(max)
+            )));
         }
         let image = image.unwrap_or_else(|| self.paths.volumes_dir().join(format!("{name}.img")));
         if std::fs::symlink_metadata(&image).is_ok() {
