@@ -442,3 +442,39 @@ fn verify_of_an_invalid_snapshot_fails_and_says_why() {
         assert!(!r.stdout.contains("intact") || json, "{}", r.stdout);
     }
 }
+
+#[test]
+fn a_cluster_size_too_small_for_a_large_volume_is_refused_naming_the_minimum() {
+    let (t, d) = daemon();
+    // 15 TiB, sparse: at 4K it would need 2^32 clusters; the engine allows 2^24.
+    let image = t.path().join("big.img");
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(15 << 40)
+        .unwrap();
+    d.ok(&["volume", "add", "big", "--device", image.to_str().unwrap()]);
+    fails(
+        &d,
+        &[
+            "snapshot",
+            "create",
+            "big",
+            "s",
+            "--cluster-size",
+            "4K",
+            "--transient",
+        ],
+        1,
+        "the smallest cluster size for it is 1M",
+    );
+    d.ok(&[
+        "snapshot",
+        "create",
+        "big",
+        "s",
+        "--cluster-size",
+        "1M",
+        "--transient",
+    ]);
+    assert_eq!(d.json(&["snapshot", "info", "s"])["cluster_size"], 1 << 20);
+}

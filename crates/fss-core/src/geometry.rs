@@ -56,6 +56,25 @@ impl Geometry {
                 ));
             }
         }
+        // Only the default grows silently; a size asked for is honoured or refused.
+        if requested.is_some() && shift != size.trailing_zeros() {
+            let min = 1u64 << shift;
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "choose cluster size",
+                format!("{size} bytes"),
+                format!(
+                    "a volume of {volume_len} bytes would need more than 2^24 clusters of that \
+                     size; the smallest cluster size for it is {} ({min} bytes): give that or \
+                     more, or leave the cluster size out",
+                    if min >= 1 << 20 {
+                        format!("{}M", min >> 20)
+                    } else {
+                        format!("{}K", min >> 10)
+                    }
+                ),
+            ));
+        }
         Ok(Geometry {
             volume_len,
             cluster_shift: shift,
@@ -218,9 +237,29 @@ mod tests {
         let g = Geometry::new(2 << 40, None).unwrap();
         assert_eq!(g.cluster_size(), 128 << 10);
         assert_eq!(g.cluster_count(), 1 << 24);
-        let g = Geometry::new((1 << 40) + 1, Some(4096)).unwrap();
+        let g = Geometry::new((1 << 40) + 1, None).unwrap();
         assert!(g.cluster_count() <= MAX_CLUSTERS);
         assert_eq!(g.cluster_size(), 128 << 10);
+    }
+
+    #[test]
+    fn a_requested_size_too_small_for_the_volume_is_refused_naming_the_minimum() {
+        for (len, asked, min) in [
+            ((1u64 << 40) + 1, 4096, "128K"),
+            (15 << 40, 4096, "1M"),
+            (15 << 40, 512 << 10, "1M"),
+            (255 << 40, 1 << 20, "16M"),
+        ] {
+            let e = Geometry::new(len, Some(asked)).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+            assert!(
+                e.to_string().contains(&format!("is {min} (")),
+                "{len} {asked}: {e}"
+            );
+        }
+        // The minimum itself is taken as asked.
+        let g = Geometry::new(15 << 40, Some(1 << 20)).unwrap();
+        assert_eq!(g.cluster_size(), 1 << 20);
     }
 
     #[test]
