@@ -478,3 +478,31 @@ fn a_cluster_size_too_small_for_a_large_volume_is_refused_naming_the_minimum() {
     ]);
     assert_eq!(d.json(&["snapshot", "info", "s"])["cluster_size"], 1 << 20);
 }
+
+#[test]
+fn a_group_sharing_one_store_file_is_refused_and_leaves_nothing() {
+    let (t, d) = daemon();
+    d.ok(&["volume", "create", "w", "--size", "4M"]);
+    let store = t.path().join("shared.fss");
+    let args = [
+        "snapshot",
+        "create-group",
+        "default:a",
+        "w:b",
+        "--store",
+        store.to_str().unwrap(),
+    ];
+    fails(&d, &args, 1, "would share the store");
+    assert!(!store.exists(), "a refused group left {}", store.display());
+    assert_eq!(d.json(&["snapshot", "list"]).as_array().unwrap().len(), 0);
+    // A directory gives each its own.
+    d.ok(&[
+        "snapshot",
+        "create-group",
+        "default:a",
+        "w:b",
+        "--store",
+        t.path().to_str().unwrap(),
+    ]);
+    assert_eq!(d.json(&["snapshot", "list"]).as_array().unwrap().len(), 2);
+}

@@ -324,6 +324,22 @@ impl Registry {
             .iter()
             .map(|m| self.snapshot_plan(inner, m))
             .collect::<Result<_>>()?;
+        // One store each: a shared file would be made for the first and refused (locked) for
+        // the second, after the first's store was already there.
+        for (i, (_, place, _, _)) in plans.iter().enumerate() {
+            if let Some(j) = plans[..i]
+                .iter()
+                .position(|(_, p, _, _)| p.path == place.path)
+            {
+                return Err(DaemonError::invalid(format!(
+                    "snapshots '{}' and '{}' of the group would share the store {}; each needs \
+                     its own: give a directory as --store (a file is made inside it for each)",
+                    members[j].name,
+                    members[i].name,
+                    place.path.display()
+                )));
+            }
+        }
         let group: Vec<(&Volume, &str, &SnapshotOptions)> = plans
             .iter()
             .zip(members)
