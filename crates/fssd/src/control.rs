@@ -285,6 +285,14 @@ impl<W: Write> Connection<'_, W> {
     /// compile until it is handled here. An error means the connection broke.
     fn dispatch(&mut self, env: &Envelope) -> std::io::Result<()> {
         let reg = self.registry;
+        if let Some(p) = env.request.relative_path() {
+            let e = DaemonError::invalid(format!(
+                "the path '{}' is relative: paths sent to the daemon must be absolute (the CLI \
+                 makes them so against its working directory)",
+                p.display()
+            ));
+            return send(self.out, &failure(env.id, &e));
+        }
         let result = match &env.request {
             Request::Status => encode(Ok(reg.status())),
             Request::VolumeCreate { name, size, image } => {

@@ -284,6 +284,26 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The first relative path in the request, if any. Relative paths are refused on the
+    /// socket: they would mean the daemon's working directory, not the caller's (the CLI makes
+    /// every path absolute before sending it).
+    #[must_use]
+    pub fn relative_path(&self) -> Option<&std::path::Path> {
+        let paths: Vec<&std::path::Path> = match self {
+            Request::VolumeCreate { image, .. } => image.as_deref().into_iter().collect(),
+            Request::VolumeAdd { device, .. } => vec![device.as_path()],
+            Request::SnapshotCreate(spec) => spec.store.as_deref().into_iter().collect(),
+            Request::SnapshotCreateGroup { members } => {
+                members.iter().filter_map(|m| m.store.as_deref()).collect()
+            }
+            Request::Restore { files, .. } => files.iter().map(PathBuf::as_path).collect(),
+            _ => Vec::new(),
+        };
+        paths.into_iter().find(|p| p.is_relative())
+    }
+}
+
 /// The largest data frame of a `backup` stream, in bytes.
 pub const MAX_FRAME: usize = 1 << 20;
 

@@ -192,6 +192,16 @@ fn volume_create_add_list_remove_and_their_errors() {
         ErrorKind::InvalidArgument,
         "size above 0",
     );
+    // Relative paths mean nothing to the daemon: refused, whatever carries them.
+    for req in [
+        create("v2", MIB, Some(PathBuf::from("rel.img"))),
+        Request::VolumeAdd {
+            name: "v2".into(),
+            device: PathBuf::from("./rel.img"),
+        },
+    ] {
+        assert_kind(&d.err(req), ErrorKind::InvalidArgument, "is relative");
+    }
     // Sizes no CLI parse produces, straight on the socket: a clear refusal, no file left.
     for size in [u64::MAX, 1 << 63, (256 << 40) + 1] {
         assert_kind(
