@@ -101,6 +101,35 @@ fn own_files_exports_and_file_systems_on_volumes_are_refused() {
     ]);
     assert_eq!(d.json(&["volume", "list"]).as_array().unwrap().len(), 2);
 
+    // A freeze lease names only a file system on an fss volume: the daemon thaws it when the
+    // lease expires, so an unrelated file system frozen by hand is never touched.
+    let plain = tmp.path().join("plain.img");
+    std::fs::File::create(&plain)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let plain_dev = c.attach(&plain, false);
+    run("mkfs.ext4", &["-q", &plain_dev]);
+    let plain_mnt = tmp.path().join("plain-mnt");
+    c.mount(&plain_dev, &plain_mnt, "rw");
+    let mut client = fssd::client::Client::connect(&state).unwrap();
+    let lease = |c: &mut fssd::client::Client, mp: &Path| {
+        c.call(fssd::protocol::Request::LeaseOpen {
+            mount_point: mp.display().to_string(),
+        })
+    };
+    let e = lease(&mut client, &plain_mnt).unwrap_err();
+    assert!(
+        e.message.contains("not a file system on an fss volume"),
+        "{}",
+        e.message
+    );
+    let ok = lease(&mut client, &mnt).unwrap();
+    let id = ok["lease"].as_u64().unwrap();
+    client
+        .call(fssd::protocol::Request::LeaseClose { lease: id })
+        .unwrap();
+
     c.release_all();
     assert_eq!(d.stop(), 0, "the daemon did not stop cleanly:\n{}", d.log());
 }

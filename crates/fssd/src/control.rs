@@ -350,6 +350,14 @@ impl<W: Write> Connection<'_, W> {
     }
 
     fn lease_open(&mut self, mount_point: &str) -> Result<serde_json::Value, DaemonError> {
+        // The daemon thaws what a lease names when it expires: only file systems it serves.
+        if !crate::own_files::is_on_export(self.registry.paths(), std::path::Path::new(mount_point))
+        {
+            return Err(DaemonError::invalid(format!(
+                "{mount_point} is not a file system on an fss volume (a loop device over a file \
+                 in the FUSE directory); freeze leases are only for those"
+            )));
+        }
         let id = self.leases.open(mount_point)?;
         self.mine.push(id);
         Ok(serde_json::json!({ "lease": id, "timeout_seconds": LEASE_TIMEOUT.as_secs() }))

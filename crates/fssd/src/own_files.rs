@@ -186,3 +186,15 @@ fn loop_backing_file(dev: u64) -> Option<PathBuf> {
     let f = f.trim_end_matches('\n');
     Some(PathBuf::from(f.strip_suffix(" (deleted)").unwrap_or(f)))
 }
+
+/// Whether the file system mounted at `mount_point` lives on one of this daemon's exports (a
+/// loop device over a file in its FUSE directory): the only file systems a freeze lease may
+/// thaw.
+#[must_use]
+pub fn is_on_export(paths: &Paths, mount_point: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(mount_point) else {
+        return false;
+    };
+    let fuse_dev = fuse_device(&paths.fuse_dir);
+    fuse_dev.is_some() && on_export(&meta, fuse_dev, &paths.fuse_dir, 0).is_some()
+}

@@ -72,6 +72,12 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The daemon's paths.
+    #[must_use]
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
     /// Load the state (or start one with a 1 GiB volume `default`), open every volume, bring
     /// back persistent snapshots, drop transient ones, finish interrupted deletes. Volumes are
     /// opened as `volume_io` says.
