@@ -506,3 +506,63 @@ fn a_group_sharing_one_store_file_is_refused_and_leaves_nothing() {
     ]);
     assert_eq!(d.json(&["snapshot", "list"]).as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn snapshot_set_raises_a_live_store_maximum_before_it_fills() {
+    use std::os::unix::fs::FileExt;
+    let (_t, mut d) = daemon();
+    d.ok(&[
+        "snapshot",
+        "create",
+        "default",
+        "small",
+        "--max-store-size",
+        "512K",
+    ]);
+    let before = d.ok(&["checksum", "small"]);
+    let write = |d: &Daemon, off: u64, len: usize| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(d.dir.join("dev/default"))
+            .unwrap();
+        f.write_all_at(&vec![0x77; len], off).unwrap();
+        f.sync_all().unwrap();
+    };
+    write(&d, 0, 128 << 10);
+    // Below what the store uses: refused, and nothing changes.
+    fails(
+        &d,
+        &["snapshot", "set", "small", "--max-store-size", "64K"],
+        1,
+        "below",
+    );
+    fails(
+        &d,
+        &["snapshot", "set", "nosuch", "--max-store-size", "1M"],
+        1,
+        "no snapshot named",
+    );
+    fails(
+        &d,
+        &["snapshot", "set", "small", "--max-store-size", "lots"],
+        2,
+        "invalid size",
+    );
+    d.ok(&["snapshot", "set", "small", "--max-store-size", "none"]);
+    assert!(d.json(&["snapshot", "info", "small"])["store_max"].is_null());
+    // What would have invalidated it now fits.
+    write(&d, 1 << 20, 4 << 20);
+    let info = d.json(&["snapshot", "info", "small"]);
+    assert_eq!(info["state"], "valid", "{info}");
+    assert_eq!(d.ok(&["checksum", "small"]), before);
+    // Kept across a restart; and a limit can be set again.
+    d.stop_and_start();
+    assert!(d.json(&["snapshot", "info", "small"])["store_max"].is_null());
+    d.ok(&["snapshot", "set", "small", "--max-store-size", "64M"]);
+    d.stop_and_start();
+    assert_eq!(
+        d.json(&["snapshot", "info", "small"])["store_max"],
+        64 << 20
+    );
+    assert_eq!(d.ok(&["checksum", "small"]), before);
+}

@@ -316,6 +316,10 @@ impl<W: Write> Connection<'_, W> {
                 }
             }
             Request::SnapshotDelete { name } => encode(reg.delete_snapshot(name)),
+            Request::SnapshotSet {
+                name,
+                max_store_size,
+            } => encode(reg.set_snapshot_max(name, *max_store_size)),
             Request::SnapshotList => encode(reg.list_snapshots()),
             Request::SnapshotInfo { name } => encode(reg.describe_snapshot(name)),
             Request::SnapshotVerify { name } => encode(reg.verify_snapshot(name)),

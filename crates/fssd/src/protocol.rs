@@ -218,6 +218,14 @@ pub enum Request {
         /// Name.
         name: String,
     },
+    /// Change a live snapshot's settings: its store's maximum size (`null`: no limit but the
+    /// medium's).
+    SnapshotSet {
+        /// Name.
+        name: String,
+        /// The new maximum in bytes, or `null`.
+        max_store_size: Option<u64>,
+    },
     /// List snapshots.
     SnapshotList,
     /// Describe a snapshot.

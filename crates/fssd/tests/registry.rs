@@ -840,3 +840,27 @@ fn a_running_rollback_holds_its_volume_and_snapshot() {
     assert!(d.reg().running_operations().is_empty());
     assert_eq!(d.checksum("v"), d.checksum("s"));
 }
+
+#[test]
+fn snapshot_set_changes_the_store_maximum_and_keeps_it() {
+    let d = Daemon::start();
+    d.volume("v", 4 * MIB);
+    d.snapshot("v", "s", false);
+    let set = |max: Option<u64>| Request::SnapshotSet {
+        name: "s".into(),
+        max_store_size: max,
+    };
+    let s: SnapshotInfo = d.ok(set(Some(8 * MIB)));
+    assert_eq!(s.store_max, Some(8 * MIB));
+    assert_kind(&d.err(set(Some(4096))), ErrorKind::InvalidArgument, "below");
+    let missing = Request::SnapshotSet {
+        name: "nosuch".into(),
+        max_store_size: None,
+    };
+    assert_kind(&d.err(missing), ErrorKind::NotFound, "no snapshot named");
+    let s: SnapshotInfo = d.ok(set(None));
+    assert_eq!(s.store_max, None);
+    let d = d.restart();
+    let s: SnapshotInfo = d.ok(Request::SnapshotInfo { name: "s".into() });
+    assert_eq!(s.store_max, None);
+}

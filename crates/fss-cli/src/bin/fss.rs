@@ -215,6 +215,14 @@ enum SnapshotCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Change a live snapshot's store maximum: raise it before the store fills, or `none`.
+    Set {
+        /// Snapshot name.
+        name: String,
+        /// The new maximum (K, M, G, T suffixes), or `none` for no limit but the medium's.
+        #[arg(long, value_name = "SIZE|none", value_parser = max_arg)]
+        max_store_size: Max,
+    },
     /// Reread a snapshot's store and check every preserved block's checksum.
     Verify {
         /// Snapshot name.
@@ -223,6 +231,18 @@ enum SnapshotCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A store maximum from the command line: a size, or `none`.
+#[derive(Clone)]
+struct Max(Option<u64>);
+
+fn max_arg(s: &str) -> Result<Max, String> {
+    if s.eq_ignore_ascii_case("none") {
+        Ok(Max(None))
+    } else {
+        size_arg(s).map(|n| Max(Some(n)))
+    }
 }
 
 fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
@@ -427,6 +447,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     specs.push(spec(vol.to_string(), name.to_string(), &opts));
                 }
                 create(&state, specs, json, true)
+            }
+            SnapshotCmd::Set {
+                name,
+                max_store_size: Max(max),
+            } => {
+                let req = Request::SnapshotSet {
+                    name: name.clone(),
+                    max_store_size: max,
+                };
+                let s: SnapshotInfo = decode(call(&mut connect(&state)?, req)?)?;
+                let shown = s
+                    .store_max
+                    .map_or("no limit".into(), fssd::names::human_size);
+                println!("snapshot '{name}': store maximum {shown}");
+                Ok(())
             }
             SnapshotCmd::Delete { name } => {
                 call(

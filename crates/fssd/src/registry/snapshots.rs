@@ -82,6 +82,23 @@ impl Registry {
         self.snapshot_info(&inner, name)
     }
 
+    /// `snapshot-set`: change a live snapshot's store maximum (raise it before the store
+    /// fills, or lift it with `None`), kept in the state for restarts.
+    ///
+    /// # Errors
+    /// No such snapshot, unavailable, or the new maximum is below what the store uses.
+    pub fn set_snapshot_max(&self, name: &str, max: Option<u64>) -> Result<SnapshotInfo> {
+        let mut inner = self.lock();
+        let snap = Self::snapshot(&inner, name)?;
+        snap.set_max_store_bytes(max)?;
+        if let Some(e) = inner.snapshots.get_mut(name) {
+            e.record.max_store_bytes = max;
+        }
+        self.save(&inner)?;
+        tracing::info!(snapshot = name, max = ?max, "store maximum changed");
+        self.snapshot_info(&inner, name)
+    }
+
     /// `snapshot-verify`: check a snapshot's store against its checksums.
     ///
     /// # Errors
