@@ -409,7 +409,6 @@ fn nbd_over_tcp_on_every_address_is_logged_as_exposed() {
 
 #[test]
 fn verify_of_an_invalid_snapshot_fails_and_says_why() {
-    use std::os::unix::fs::FileExt;
     let (_t, d) = daemon();
     d.ok(&[
         "snapshot",
@@ -419,12 +418,7 @@ fn verify_of_an_invalid_snapshot_fails_and_says_why() {
         "--max-store-size",
         "512K",
     ]);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(d.dir.join("dev/default"))
-        .unwrap();
-    f.write_all_at(&vec![0x5a; 4 << 20], 0).unwrap();
-    f.sync_all().unwrap();
+    d.write_volume("default", 0, 4 << 20, 0x5a);
     let list = d.json(&["snapshot", "list"]);
     assert_eq!(list[0]["state"], "invalid", "{list}");
     for json in [false, true] {
@@ -509,7 +503,6 @@ fn a_group_sharing_one_store_file_is_refused_and_leaves_nothing() {
 
 #[test]
 fn snapshot_set_raises_a_live_store_maximum_before_it_fills() {
-    use std::os::unix::fs::FileExt;
     let (_t, mut d) = daemon();
     d.ok(&[
         "snapshot",
@@ -520,15 +513,7 @@ fn snapshot_set_raises_a_live_store_maximum_before_it_fills() {
         "512K",
     ]);
     let before = d.ok(&["checksum", "small"]);
-    let write = |d: &Daemon, off: u64, len: usize| {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(d.dir.join("dev/default"))
-            .unwrap();
-        f.write_all_at(&vec![0x77; len], off).unwrap();
-        f.sync_all().unwrap();
-    };
-    write(&d, 0, 128 << 10);
+    d.write_volume("default", 0, 128 << 10, 0x77);
     // Below what the store uses: refused, and nothing changes.
     fails(
         &d,
@@ -551,7 +536,7 @@ fn snapshot_set_raises_a_live_store_maximum_before_it_fills() {
     d.ok(&["snapshot", "set", "small", "--max-store-size", "none"]);
     assert!(d.json(&["snapshot", "info", "small"])["store_max"].is_null());
     // What would have invalidated it now fits.
-    write(&d, 1 << 20, 4 << 20);
+    d.write_volume("default", 1 << 20, 4 << 20, 0x77);
     let info = d.json(&["snapshot", "info", "small"]);
     assert_eq!(info["state"], "valid", "{info}");
     assert_eq!(d.ok(&["checksum", "small"]), before);

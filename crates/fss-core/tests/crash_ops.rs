@@ -33,7 +33,7 @@ const VOL_LEN: u64 = 512 * KIB;
 const CLUSTER: u64 = 16 * KIB;
 const BS: u64 = 4096;
 const VOL_ID: [u8; 16] = *b"fss crash ops!!!";
-/// The daemon's rollback chunk (`ROLLBACK_CHUNK` in `crates/fssd/src/registry.rs`).
+/// The daemon's rollback chunk (`ROLLBACK_CHUNK` in `crates/fssd/src/registry/rollback.rs`).
 const DAEMON_CHUNK: u64 = 4 << 20;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -435,7 +435,7 @@ fn crash_during_delete_that_moves_entries() {
 // ---------------------------------------------------------------------------------------------
 // Rollback.
 
-/// The daemon's rollback (`rollback_pass` in `crates/fssd/src/registry.rs`): the snapshot's
+/// The daemon's rollback (`rollback_pass` in `crates/fssd/src/registry/rollback.rs`): the snapshot's
 /// bytes over every changed extent, through the engine, in chunks, then a flush. Idempotent.
 fn rollback(vol: &Volume, snap: &Snapshot, chunk: u64) -> fss_core::Result<u64> {
     let extents: Vec<_> = snap

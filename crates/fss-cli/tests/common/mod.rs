@@ -174,6 +174,18 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Write `len` bytes of `byte` at `offset` through the FUSE file of volume `volume`, and
+    /// make them durable (fsync).
+    pub fn write_volume(&self, volume: &str, offset: u64, len: usize, byte: u8) {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.dir.join("dev").join(volume))
+            .unwrap_or_else(|e| panic!("open the FUSE file of {volume}: {e}"));
+        f.write_all_at(&vec![byte; len], offset).unwrap();
+        f.sync_all().unwrap();
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
