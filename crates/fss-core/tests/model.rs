@@ -359,8 +359,20 @@ impl Harness {
             }
             Op::Delete { pick } => {
                 if !self.snaps.is_empty() {
-                    let m = self.snaps.remove(pick % self.snaps.len());
-                    self.vol.delete_snapshot(&m.name).unwrap();
+                    let i = pick % self.snaps.len();
+                    let name = self.snaps[i].name.clone();
+                    match self.vol.delete_snapshot(&name) {
+                        Ok(()) => {}
+                        // All or nothing: a limited older store without room refuses the
+                        // delete and nothing changes. Then do what the error says (lift the
+                        // older limits) and delete again, which must now succeed.
+                        Err(e) if e.kind() == ErrorKind::NoSpace => {
+                            self.refused_delete(i, &e);
+                            self.vol.delete_snapshot(&name).unwrap();
+                        }
+                        Err(e) => panic!("delete {name}: {e}"),
+                    }
+                    let m = self.snaps.remove(i);
                     self.durable.lock().unwrap().retain(|(id, _)| *id != m.id);
                     assert!(self.vol.snapshot(&m.name).is_none());
                 }
@@ -390,6 +402,40 @@ impl Harness {
                 }
             }
         }
+    }
+
+    /// After a delete of `self.snaps[i]` refused for room: it is still there, every snapshot
+    /// kept its validity and its bytes, and then the limits of the older snapshots of its
+    /// chain are lifted, as the error says to do.
+    fn refused_delete(&mut self, i: usize, e: &fss_core::Error) {
+        let m = &self.snaps[i];
+        assert!(
+            self.limited
+                .iter()
+                .any(|&(p, id)| p == m.persistent && id < m.id),
+            "delete of {} refused with no limited older store: {e}",
+            m.name
+        );
+        assert!(e.to_string().contains("nothing was deleted"), "{e}");
+        assert!(self.vol.snapshot(&m.name).is_some());
+        let before: Vec<bool> = self.snaps.iter().map(|s| self.valid(&s.name)).collect();
+        self.check_all();
+        let after: Vec<bool> = self.snaps.iter().map(|s| self.valid(&s.name)).collect();
+        assert_eq!(
+            before, after,
+            "a refused delete changes no snapshot's validity"
+        );
+        let (persistent, id) = (m.persistent, m.id);
+        for s in &self.snaps {
+            if s.persistent == persistent && s.id < id {
+                let snap = self.vol.snapshot(&s.name).unwrap();
+                snap.set_max_store_bytes(None).unwrap();
+            }
+        }
+    }
+
+    fn valid(&self, name: &str) -> bool {
+        self.vol.snapshot(name).is_some_and(|s| s.is_valid())
     }
 
     /// Drop the volume and every handle, reopen from the devices: persistent snapshots come

@@ -299,6 +299,14 @@ impl BlockDevice for FileDevice {
         self.path.display().to_string()
     }
 
+    fn space_available(&self) -> io::Result<Option<u64>> {
+        if self.is_block {
+            return Ok(None);
+        }
+        let st = rustix::fs::fstatvfs(&self.file)?;
+        Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
+    }
+
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<super::Extent>> {
         use super::{push_extent, Extent};
         let end = offset + len;

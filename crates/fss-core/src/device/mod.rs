@@ -87,6 +87,15 @@ pub trait BlockDevice: Send + Sync {
             data: true,
         }])
     }
+
+    /// Bytes the device can still grow by: the free space of the file system holding a
+    /// regular file. `None` when growth is not bounded that way (a raw device, memory).
+    ///
+    /// # Errors
+    /// The device could not be asked.
+    fn space_available(&self) -> io::Result<Option<u64>> {
+        Ok(None)
+    }
 }
 
 /// A run of bytes with one allocation state.
@@ -167,6 +176,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         (**self).allocation(offset, len)
+    }
+    fn space_available(&self) -> io::Result<Option<u64>> {
+        (**self).space_available()
     }
 }
 

@@ -65,6 +65,10 @@ impl BlockDevice for Recorder {
         self.note("allocation");
         Ok(Vec::new())
     }
+    fn space_available(&self) -> io::Result<Option<u64>> {
+        self.note("space_available");
+        Ok(None)
+    }
 }
 
 /// Calls every trait method once through `dev`, in a fixed order.
@@ -81,10 +85,11 @@ fn call_all(dev: &dyn BlockDevice) -> io::Result<()> {
     dev.write_zeroes(0, 512)?;
     dev.describe();
     dev.allocation(0, 512)?;
+    dev.space_available()?;
     Ok(())
 }
 
-const ALL: [&str; 11] = [
+const ALL: [&str; 12] = [
     "len",
     "is_empty",
     "read_at",
@@ -96,6 +101,7 @@ const ALL: [&str; 11] = [
     "write_zeroes",
     "describe",
     "allocation",
+    "space_available",
 ];
 
 #[test]

@@ -93,6 +93,21 @@ impl Store for DeviceStore {
         self.slots.limit()
     }
 
+    fn check_room(&self, new_slots: u64, new_blocks: u64) -> Result<()> {
+        let free = self
+            .dev
+            .space_available()
+            .map_err(|e| Error::io("make room in", self.describe(), e))?;
+        let cluster = self.cluster_size;
+        self.slots.check_room(
+            &self.describe(),
+            |n| n * cluster,
+            new_slots,
+            new_blocks * crate::geometry::BLOCK_SIZE,
+            free,
+        )
+    }
+
     fn set_max_bytes(&self, max: Option<u64>) -> Result<()> {
         self.slots.set_max(&self.describe(), max, self.used_bytes())
     }

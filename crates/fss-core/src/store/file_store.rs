@@ -7,7 +7,7 @@ use super::slots::Slots;
 use super::{Recovered, Store, StoreParams, VerifyReport};
 use crate::device::BlockDevice;
 use crate::error::{Error, ErrorKind, Result};
-use crate::format::layout::Layout;
+use crate::format::layout::{Layout, MIN_RECORDS_PER_BLOCK};
 use crate::format::record::{Body, Bounds, LogWriter, Replay, MAX_RUN};
 use crate::format::superblock::Superblock;
 use crate::format::BLOCK;
@@ -331,6 +331,25 @@ impl Store for FileStore {
 
     fn is_persistent(&self) -> bool {
         true
+    }
+
+    fn check_room(&self, new_slots: u64, new_blocks: u64) -> Result<()> {
+        let free = self
+            .dev
+            .space_available()
+            .map_err(|e| Error::io("make room in", self.describe(), e))?;
+        // The blocks, their records (a log block holds at least MIN_RECORDS_PER_BLOCK), and
+        // one more log block for a batch that starts a fresh one.
+        let log_blocks = new_blocks.div_ceil(MIN_RECORDS_PER_BLOCK) + 1;
+        let need = (new_blocks + log_blocks) * BLOCK as u64;
+        let layout = self.layout;
+        self.slots.check_room(
+            &self.describe(),
+            |n| layout.bytes_for_slots(n),
+            new_slots,
+            need,
+            free,
+        )
     }
 
     fn record_invalid(&self, reason: &str) -> Result<()> {

@@ -127,6 +127,18 @@ pub trait Store: Send + Sync {
     /// Whether the store keeps records durably (a persistent snapshot).
     fn is_persistent(&self) -> bool;
 
+    /// Whether `new_slots` more slots, holding `new_blocks` blocks in all, fit: within the
+    /// maximum size and the medium, and in the free space of the file system under a store
+    /// file. For a move that must not start unless it can finish (a delete moving entries into
+    /// the next older store). The default: no limit known.
+    ///
+    /// # Errors
+    /// `NoSpace`, naming the store and the bytes it lacks; `Io` if the free space could not be
+    /// read.
+    fn check_room(&self, _new_slots: u64, _new_blocks: u64) -> Result<()> {
+        Ok(())
+    }
+
     /// Record durably that the snapshot is invalid (persistent stores; others do nothing).
     ///
     /// # Errors

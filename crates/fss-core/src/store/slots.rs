@@ -61,6 +61,42 @@ impl Slots {
             })
     }
 
+    /// Whether `new_slots` more slots stay within the limit (`bytes_for` as in `allocate`),
+    /// and `disk_need` more bytes fit in `disk_free`, the free space under the medium if known.
+    pub(crate) fn check_room(
+        &self,
+        store: &str,
+        bytes_for: impl Fn(u64) -> u64,
+        new_slots: u64,
+        disk_need: u64,
+        disk_free: Option<u64>,
+    ) -> Result<()> {
+        let want = bytes_for(u64::from(self.count()) + new_slots);
+        let no_space = |detail: String| {
+            Err(Error::new(
+                ErrorKind::NoSpace,
+                "make room in",
+                store,
+                detail,
+            ))
+        };
+        if let Some(limit) = self.limit().filter(|&l| want > l) {
+            return no_space(format!(
+                "it lacks {} bytes: it would take {want} bytes, and its limit is {limit}; raise \
+                 its maximum size (fss snapshot set NAME --max-store-size SIZE|none)",
+                want - limit
+            ));
+        }
+        if let Some(free) = disk_free.filter(|&f| disk_need > f) {
+            return no_space(format!(
+                "its file system lacks {} bytes: {disk_need} bytes are needed and {free} are \
+                 free; free space there first",
+                disk_need - free
+            ));
+        }
+        Ok(())
+    }
+
     /// Change the maximum; refused below what is used.
     pub(crate) fn set_max(&self, store: &str, max: Option<u64>, used: u64) -> Result<()> {
         if let Some(m) = max.filter(|&m| m < used) {

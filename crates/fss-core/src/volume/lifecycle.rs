@@ -215,12 +215,88 @@ impl Volume {
     /// Delete the snapshot `name`, keeping every other snapshot exact: the entries that the
     /// next older snapshot of its chain lacks move into that one's store first.
     ///
+    /// A delete whose entries cannot all fit (the older store's maximum, its file system's
+    /// free space) is refused before anything changes, and every snapshot stays as valid as
+    /// before. A move that fails anyway (an I/O error, space taken meanwhile by others)
+    /// invalidates the older snapshots that needed the entries, as the failure policy says.
+    ///
     /// # Errors
-    /// `NotFound`. A failure to move entries invalidates the snapshots that needed them (the
-    /// failure policy) rather than failing the delete.
+    /// `NotFound`; `NoSpace` naming the older store and what it lacks; `Io`.
     pub fn delete_snapshot(&self, name: &str) -> Result<()> {
         self.core.delete_snapshot(name)
     }
+
+    /// Check, without changing anything, that deleting `name` now could move its entries: the
+    /// check [`Volume::delete_snapshot`] makes first, for callers that record the delete
+    /// before starting it.
+    ///
+    /// # Errors
+    /// As [`Volume::delete_snapshot`].
+    pub fn check_delete(&self, name: &str) -> Result<()> {
+        let chains = self.core.chains();
+        let (c, j) = chains
+            .find(name)
+            .ok_or_else(|| not_found(&self.core.name, name))?;
+        check_room(&chains.chain[c][..j], &chains.chain[c][j])
+    }
+}
+
+fn not_found(volume: &str, name: &str) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        "delete snapshot",
+        format!("'{name}'"),
+        format!("volume '{volume}' has no snapshot of that name"),
+    )
+}
+
+/// Entries of `gone` that `prev` lacks: (cluster, `gone`'s slot, missing blocks).
+type ToMove = Vec<(Cluster, u32, Vec<u16>)>;
+
+fn entries_to_move(prev: &SnapState, gone: &SnapState) -> ToMove {
+    let theirs = gone.map();
+    let mine = prev.map();
+    theirs
+        .iter()
+        .filter_map(|(cl, slot, mask)| {
+            let mut missing = mask.to_vec();
+            if let Some((_, have)) = mine.get(cl) {
+                mask_remove(&mut missing, have);
+            }
+            (!mask_is_empty(&missing)).then_some((Cluster::from_key(cl), slot, missing))
+        })
+        .collect()
+}
+
+/// Whether the store of the snapshot just older than `gone` has room for what must move.
+fn check_room(older: &[Arc<SnapState>], gone: &SnapState) -> Result<()> {
+    let Some(prev) = older.last().filter(|_| older.iter().any(|s| s.is_valid())) else {
+        return Ok(());
+    };
+    let todo = entries_to_move(prev, gone);
+    let new_slots = {
+        let mine = prev.map();
+        todo.iter()
+            .filter(|(cl, _, _)| mine.get(cl.key()).is_none())
+            .count() as u64
+    };
+    let blocks: u64 = todo
+        .iter()
+        .flat_map(|(_, _, m)| mask_runs(m))
+        .map(|(_, n)| u64::from(n))
+        .sum();
+    prev.store.check_room(new_slots, blocks).map_err(|e| {
+        Error::new(
+            e.kind(),
+            "delete snapshot",
+            format!("'{}'", gone.name),
+            format!(
+                "its entries cannot move into the store of the older snapshot '{}': {e}; nothing \
+                 was deleted",
+                prev.name
+            ),
+        )
+    })
 }
 
 /// `InvalidArgument` if a volume appears twice among the members of a group.
@@ -380,31 +456,24 @@ impl VolumeCore {
 
     /// See [`Volume::delete_snapshot`].
     fn delete_snapshot(&self, name: &str) -> Result<()> {
-        // Phase 1, beside live I/O: copy into the next older snapshot what it lacks. Readers
-        // resolving through either find the same bytes; writers only add to the newest valid
-        // snapshot, which phase 2 catches up with.
+        // Phase 1, beside live I/O: check the older store has room, then copy into it what it
+        // lacks. Readers resolving through either find the same bytes; writers only add to
+        // the newest valid snapshot, which phase 2 catches up with.
         {
             let chains = self.chains();
-            if let Some((c, j)) = chains.find(name) {
-                if chains.chain[c][..j].iter().any(|s| s.is_valid()) {
-                    Self::move_entries(&chains.chain[c][..j], &chains.chain[c][j]);
-                }
-            }
+            let (c, j) = chains
+                .find(name)
+                .ok_or_else(|| not_found(&self.name, name))?;
+            check_room(&chains.chain[c][..j], &chains.chain[c][j])?;
+            Self::move_entries(&chains.chain[c][..j], &chains.chain[c][j]);
         }
         // Phase 2, under the barrier: move what was preserved meanwhile, then unlink.
         let mut chains = self.chains_mut();
-        let Some((c, j)) = chains.find(name) else {
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                "delete snapshot",
-                format!("'{name}'"),
-                format!("volume '{}' has no snapshot of that name", self.name),
-            ));
-        };
+        let (c, j) = chains
+            .find(name)
+            .ok_or_else(|| not_found(&self.name, name))?;
         let snap = Arc::clone(&chains.chain[c][j]);
-        if chains.chain[c][..j].iter().any(|s| s.is_valid()) {
-            Self::move_entries(&chains.chain[c][..j], &snap);
-        }
+        Self::move_entries(&chains.chain[c][..j], &snap);
         chains.chain[c].remove(j);
         snap.deleted.store(true, Ordering::Release);
         let clusters = chains.geometry.map_or(0, |g| g.cluster_count());
@@ -425,23 +494,15 @@ impl VolumeCore {
     }
 
     /// Move into the snapshot just older than `gone` the entries of `gone` it lacks, so that
-    /// `older` (all snapshots before `gone` in its chain) still resolve every block.
+    /// `older` (all snapshots before `gone` in its chain) still resolve every block. Nothing
+    /// to do when no older snapshot is valid. [`check_room`] has refused a move that cannot
+    /// fit; one that fails anyway (an I/O error, or space taken meanwhile) invalidates the
+    /// older snapshots that needed the entries, as the failure policy says.
     fn move_entries(older: &[Arc<SnapState>], gone: &SnapState) {
-        let Some(prev) = older.last() else { return };
-        let todo: Vec<(Cluster, u32, Vec<u16>)> = {
-            let theirs = gone.map();
-            let mine = prev.map();
-            theirs
-                .iter()
-                .filter_map(|(cl, slot, mask)| {
-                    let mut missing = mask.to_vec();
-                    if let Some((_, have)) = mine.get(cl) {
-                        mask_remove(&mut missing, have);
-                    }
-                    (!mask_is_empty(&missing)).then_some((Cluster::from_key(cl), slot, missing))
-                })
-                .collect()
+        let Some(prev) = older.last().filter(|_| older.iter().any(|s| s.is_valid())) else {
+            return;
         };
+        let todo = entries_to_move(prev, gone);
         if todo.is_empty() {
             return;
         }
@@ -466,7 +527,6 @@ impl VolumeCore {
                 }
             }
             Err(e) => {
-                // Which older snapshots needed the entries that could not move.
                 let reason = format!(
                     "moving entries from deleted snapshot '{}' failed: {e}",
                     gone.name

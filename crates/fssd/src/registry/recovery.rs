@@ -156,18 +156,26 @@ impl Registry {
                 continue;
             };
             let live = match attach(&vol, &s) {
-                Ok(snap) if s.deleting => {
-                    drop(snap);
-                    match vol.delete_snapshot(&s.name) {
-                        Ok(()) => {
-                            tracing::info!(snapshot = %s.name, "finished deleting snapshot interrupted by a stop");
-                        }
-                        Err(e) => {
-                            tracing::error!(snapshot = %s.name, error = %e, "could not finish deleting snapshot");
-                        }
+                Ok(snap) if s.deleting => match vol.delete_snapshot(&s.name) {
+                    Ok(()) => {
+                        tracing::info!(snapshot = %s.name, "finished deleting snapshot interrupted by a stop");
+                        continue;
                     }
-                    continue;
-                }
+                    Err(e) => {
+                        // Refused, not half done: the snapshot stays, exact.
+                        tracing::error!(snapshot = %s.name, error = %e, "could not finish deleting snapshot; it is kept");
+                        self.publish(&s.name, Export::Snapshot(snap.clone()));
+                        let record = SnapshotState {
+                            deleting: false,
+                            ..s
+                        };
+                        let live = SnapshotLive::Live(snap);
+                        inner
+                            .snapshots
+                            .insert(record.name.clone(), SnapshotEntry { record, live });
+                        continue;
+                    }
+                },
                 Ok(snap) => {
                     tracing::info!(snapshot = %s.name, volume = %s.volume, "persistent snapshot recovered");
                     self.publish(&s.name, Export::Snapshot(snap.clone()));

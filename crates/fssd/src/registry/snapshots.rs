@@ -391,12 +391,17 @@ impl Registry {
         self.unpublish(name);
         let open = self.opens_of(name);
         if open > 0 {
-            if let Some(snap) = inner.snapshot(name) {
-                self.publish(name, Export::Snapshot(snap.clone()));
-            }
+            self.republish(inner, name);
             return Err(DaemonError::busy(format!(
                 "snapshot '{name}' is open ({open} times, by NBD clients or a loop device on its FUSE file); close it first"
             )));
+        }
+        let volume = inner.snapshots.get(name).map(|e| e.record.volume.clone());
+        let vol = volume.and_then(|v| inner.volume(&v).cloned());
+        // Refused before anything changes when its entries cannot move (no room).
+        if let Some(Err(e)) = vol.as_ref().map(|v| v.check_delete(name)) {
+            self.republish(inner, name);
+            return Err(e.into());
         }
         // Remember the delete first: a crash midway is finished at the next start.
         if let Some(entry) = inner.snapshots.get_mut(name) {
@@ -408,12 +413,19 @@ impl Registry {
         };
         let s = entry.record.clone();
         let why = "its delete did not finish; it is finished at the next start".to_string();
-        drop(std::mem::replace(
-            &mut entry.live,
-            SnapshotLive::Unavailable(why),
-        ));
-        if let Some(vol) = inner.volume(&s.volume) {
-            vol.delete_snapshot(name)?;
+        let live = std::mem::replace(&mut entry.live, SnapshotLive::Unavailable(why));
+        if let Some(vol) = vol {
+            if let Err(e) = vol.delete_snapshot(name) {
+                // Refused by the engine (the move lost a race for space): the snapshot stays.
+                if let Some(entry) = inner.snapshots.get_mut(name) {
+                    entry.record.deleting = false;
+                    entry.live = live;
+                }
+                self.republish(inner, name);
+                self.save(inner)?;
+                return Err(e.into());
+            }
+            drop(live);
         } else if s.store_owned {
             let _ = std::fs::remove_file(&s.store);
         }
@@ -429,6 +441,13 @@ impl Registry {
         crate::heap::give_back_free_memory();
         tracing::info!(snapshot = name, "snapshot deleted");
         Ok(())
+    }
+
+    /// Serve snapshot `name` to front-ends again after a refused delete.
+    fn republish(&self, inner: &Inner, name: &str) {
+        if let Some(snap) = inner.snapshot(name) {
+            self.publish(name, Export::Snapshot(snap.clone()));
+        }
     }
 
     pub(super) fn snapshot_info(&self, inner: &Inner, name: &str) -> Result<SnapshotInfo> {
