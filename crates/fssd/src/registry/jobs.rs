@@ -294,7 +294,7 @@ impl Registry {
         let _hold = self.hold(&[volume], &format!("a restore onto '{volume}'"));
         drop(inner);
         tracing::info!(volume, files = ?files, "restore onto volume started");
-        let target = VolumeTarget(vol.clone());
+        let target = VolumeTarget::new(vol.clone(), self.hooks.restore_halt_after);
         let result = fss_core::backup::restore(inputs, &target, progress);
         self.publish(volume, Export::Volume(vol));
         match result {
