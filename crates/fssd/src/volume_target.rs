@@ -1,4 +1,5 @@
-//! A volume as a block device, so that a restore writes onto it through the engine.
+//! A volume as a block device, so that a restore writes onto it through the engine; it counts
+//! what it writes (a failed restore that wrote nothing left the volume as it was).
 
 use fss_core::device::BlockDevice;
 use fss_core::Volume;
@@ -7,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// A volume seen as a block device, for restoring onto it through the engine.
 pub(crate) struct VolumeTarget {
     volume: Volume,
+    /// Calls that changed the volume (writes, zeroes, discards).
+    changes: AtomicU64,
     /// Data writes.
     data_writes: AtomicU64,
     /// Test hook `FSS_TEST_RESTORE_HALT_AFTER`: stop for good after this many data writes.
@@ -18,9 +21,19 @@ impl VolumeTarget {
     pub(crate) fn new(volume: Volume, halt_after: Option<u64>) -> Self {
         VolumeTarget {
             volume,
+            changes: AtomicU64::new(0),
             data_writes: AtomicU64::new(0),
             halt_after,
         }
+    }
+
+    /// Whether anything was written to the volume.
+    pub(crate) fn changed(&self) -> bool {
+        self.changes.load(Ordering::Relaxed) > 0
+    }
+
+    fn count(&self) {
+        self.changes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The test hook: after the chosen data write, wait until the daemon is killed.
@@ -51,6 +64,7 @@ impl BlockDevice for VolumeTarget {
         self.volume.read(buf, offset).map_err(core_io)
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        self.count();
         self.volume.write(buf, offset).map_err(core_io)?;
         self.after_data_write();
         Ok(())
@@ -59,9 +73,11 @@ impl BlockDevice for VolumeTarget {
         self.volume.flush().map_err(core_io)
     }
     fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.count();
         self.volume.discard(offset, len).map_err(core_io)
     }
     fn write_zeroes(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.count();
         self.volume.write_zeroes(offset, len).map_err(core_io)
     }
     fn describe(&self) -> String {
