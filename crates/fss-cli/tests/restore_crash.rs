@@ -124,7 +124,7 @@ impl Interrupted {
             !dir.join("dev").join("dst").exists(),
             "a FUSE file is served"
         );
-        let e = fails(&d, &["snapshot", "create", "dst", "x"]);
+        let e = fails(d, &["snapshot", "create", "dst", "x"]);
         assert!(e.contains("busy with a restore onto 'dst'"), "{e}");
         d.kill9();
         let o = cli.wait_with_output().unwrap();

@@ -161,7 +161,7 @@ impl Registry {
         }
         if let Some(r) = inner.unfinished_restore(volume) {
             return Err(DaemonError::busy(format!(
-                "volume '{volume}' has an unfinished restore; {} first",
+                "volume '{volume}' has an unfinished restore: {}",
                 super::restore::finish_or_abandon(volume, &r.files)
             )));
         }
