@@ -13,7 +13,8 @@ use fss_core::backup::{format::check_chain, restore_readers, BackupReader};
 use fss_core::device::{FileDevice, OpenOptions};
 use fssd::names::human_size;
 use fssd::protocol::{
-    BackupDone, BackupStart, DiffExtent, Request, RestoreDone, RollbackDone, VolumeInfo,
+    BackupDone, BackupStart, DiffExtent, Request, RestoreAbandoned, RestoreDone, RollbackDone,
+    VolumeInfo,
 };
 use std::ffi::OsString;
 use std::fs::File;
@@ -393,6 +394,31 @@ pub fn restore(state: &Path, backups: &[PathBuf], target: &str) -> anyhow::Resul
             }
         }
     }
+}
+
+/// `fss restore --abandon VOLUME`.
+///
+/// # Errors
+/// The daemon refused (no such volume, no unfinished restore, a restore running now).
+pub fn abandon_restore(state: &Path, volume: &str) -> anyhow::Result<()> {
+    let request = Request::RestoreAbandon {
+        volume: volume.to_string(),
+    };
+    let r: RestoreAbandoned = decode(call(&mut connect(state)?, request)?)?;
+    let files: Vec<String> = r.files.iter().map(|f| f.display().to_string()).collect();
+    let served = if r.online {
+        "it is served again"
+    } else {
+        "it is served as it is once it can be opened"
+    };
+    println!(
+        "abandoned the unfinished restore onto volume '{}' from {}: its contents are partial \
+         (part from the backups, part what it held before); {served}: restore it again or \
+         check it before trusting its data",
+        r.volume,
+        files.join(" ")
+    );
+    Ok(())
 }
 
 /// Open every backup and check the chain before anything is written.

@@ -5,123 +5,16 @@
 
 mod common;
 
-use common::{Daemon, Run, FSS};
-use std::io::{BufRead, BufReader};
+use common::{checksum, fails, qemu_io, sha256, volume, Daemon, FSS};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1 << 20;
 
-/// Start `fss serve` on `dir` with extra environment variables (the harness's `start` passes
-/// none); the returned daemon restarts without them.
-fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Daemon {
-    let mut child = Command::new(FSS)
-        .arg("serve")
-        .env("FSS_STATE_DIR", dir)
-        .env("FSS_LOG", "info")
-        .envs(env.iter().copied())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fss serve");
-    let log: Arc<Mutex<String>> = Arc::default();
-    let stderr = child.stderr.take().unwrap();
-    let l = Arc::clone(&log);
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let mut l = l.lock().unwrap();
-            l.push_str(&line);
-            l.push('\n');
-        }
-    });
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines();
-        if let Some(Ok(l)) = lines.next() {
-            let _ = tx.send(l);
-        }
-        for _ in lines {}
-    });
-    let d = Daemon {
-        dir: dir.to_path_buf(),
-        child: Some(child),
-        log,
-        extra: Vec::new(),
-    };
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(l) if l == "ready" => d,
-        other => panic!("daemon did not get ready ({other:?}); log:\n{}", d.log()),
-    }
-}
-
-fn nbd(d: &Daemon, name: &str) -> String {
-    format!(
-        "nbd+unix:///{name}?socket={}",
-        d.dir.join("nbd.sock").display()
-    )
-}
-
-/// Run qemu-io commands against an export; panics with its output on failure.
-fn qemu_io(d: &Daemon, name: &str, cmds: &[&str]) {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.args(["-c", cmd]);
-    }
-    let o = c
-        .arg(nbd(d, name))
-        .output()
-        .expect("qemu-io (apt-get install qemu-utils)");
-    let text =
-        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
-    assert!(
-        o.status.success() && !text.contains("failed"),
-        "qemu-io {cmds:?} on {name}: {text}"
-    );
-}
-
-fn checksum(d: &Daemon, name: &str) -> String {
-    d.ok(&["checksum", name]).trim().to_string()
-}
-
-fn sha256(path: &Path) -> String {
-    let o = Command::new("sha256sum").arg(path).output().unwrap();
-    assert!(o.status.success(), "sha256sum {}", path.display());
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
-}
-
-/// `fss ARGS`, expecting failure with status 1; its stderr.
-fn fails(d: &Daemon, args: &[&str]) -> String {
-    let r: Run = d.fss(args);
-    assert_eq!(
-        r.status, 1,
-        "fss {args:?} should fail with 1: {}{}",
-        r.stdout, r.stderr
-    );
-    r.stderr
-}
-
-/// A volume's entry in `fss volume list --json`.
-fn volume(d: &Daemon, name: &str) -> serde_json::Value {
-    d.json(&["volume", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == name)
-        .cloned()
-        .unwrap()
 }
 
 /// Wait until a volume's open count is (`open`) or is not (`!open`) above zero.
@@ -449,7 +342,7 @@ fn rollback_killed_midway_is_finished_at_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("state");
     // 100 ms between 4 MiB chunks: about 6 s for the 240 MiB changed below.
-    let mut d = start_with_env(&dir, &[("FSS_TEST_ROLLBACK_PAUSE_MS", "100")]);
+    let mut d = Daemon::start_with_env(&dir, &[("FSS_TEST_ROLLBACK_PAUSE_MS", "100")]);
     d.ok(&["volume", "create", "v", "--size", "256M"]);
     qemu_io(&d, "v", &["write -P 0x11 0 256M"]);
     d.ok(&["snapshot", "create", "v", "s1"]);

@@ -71,6 +71,10 @@ pub struct TestHooks {
     /// `FSS_TEST_ROLLBACK_PAUSE_MS`: a pause after each chunk a rollback rewrites, so that a
     /// test can interrupt a rollback midway.
     pub rollback_pause: Option<Duration>,
+    /// `FSS_TEST_RESTORE_HALT_AFTER`: a restore onto a volume stops after writing this many
+    /// data records and waits, never finishing, so that a test can kill the daemon at a known
+    /// point midway (a restore holds one data record per write of at most 1 MiB).
+    pub restore_halt_after: Option<u64>,
     /// `FSS_TEST_FREEZE_HOLD_MS` (read by the CLI): how long a consistent snapshot keeps the
     /// file system frozen before asking for the snapshot, so that a test can kill the CLI
     /// while frozen or let the freeze lease expire.
@@ -89,6 +93,9 @@ impl TestHooks {
         };
         TestHooks {
             rollback_pause: millis("FSS_TEST_ROLLBACK_PAUSE_MS"),
+            restore_halt_after: std::env::var("FSS_TEST_RESTORE_HALT_AFTER")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok()),
             freeze_hold: millis("FSS_TEST_FREEZE_HOLD_MS"),
         }
     }

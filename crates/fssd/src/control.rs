@@ -336,6 +336,7 @@ impl<W: Write> Connection<'_, W> {
                 let r = reg.restore_volume(volume, files, &mut |d, t| chan.progress(d, t));
                 return chan.finish(encode(r));
             }
+            Request::RestoreAbandon { volume } => encode(reg.abandon_restore(volume)),
             Request::Rollback {
                 volume,
                 snapshot,

@@ -280,6 +280,12 @@ pub enum Request {
         /// Backup files, as paths the daemon can open.
         files: Vec<PathBuf>,
     },
+    /// Forget the unfinished restore onto a volume (interrupted or failed midway) and serve
+    /// the volume as it is, partly restored: a [`RestoreAbandoned`].
+    RestoreAbandon {
+        /// The volume.
+        volume: String,
+    },
     /// Return a volume to a snapshot's contents. Progress lines precede the response.
     Rollback {
         /// The volume.
@@ -395,6 +401,18 @@ pub struct RestoreDone {
     pub data_bytes: u64,
     /// Bytes zeroed.
     pub zero_bytes: u64,
+}
+
+/// The response to `restore-abandon`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreAbandoned {
+    /// The volume.
+    pub volume: String,
+    /// The backups of the restore abandoned.
+    pub files: Vec<PathBuf>,
+    /// Whether the volume is served now (false: it could not be opened at start, and is
+    /// served as it is once it can be).
+    pub online: bool,
 }
 
 /// The response to `rollback`.

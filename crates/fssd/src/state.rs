@@ -110,6 +110,27 @@ pub struct RollbackState {
     pub started: u64,
 }
 
+/// A restore onto a volume in progress: written (and flushed) before the first byte of the
+/// volume is written and removed once the restored volume is flushed, so that a restart
+/// finishes an interrupted one (restoring the same chain again from the start is idempotent:
+/// the full backup rewrites every byte) or, when its backups are gone, leaves the volume
+/// offline instead of serving it half restored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreState {
+    /// The volume's name.
+    pub volume: String,
+    /// The volume's identity (hex), so a volume removed and added again under the same name is
+    /// not mistaken for it.
+    pub volume_id: String,
+    /// The backup files, the full one first, as the daemon opens them.
+    pub files: Vec<PathBuf>,
+    /// Their backup ids (hex), in the same order, so that a file replaced by another backup
+    /// is not restored in its place.
+    pub backup_ids: Vec<String>,
+    /// When the restore started, seconds since the epoch.
+    pub started: u64,
+}
+
 /// Everything in `state.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
@@ -127,6 +148,9 @@ pub struct State {
     /// releases read it as before).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rollbacks: Vec<RollbackState>,
+    /// Restores onto volumes in progress (absent when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restores: Vec<RestoreState>,
 }
 
 impl Default for State {
@@ -138,6 +162,7 @@ impl Default for State {
             volumes: Vec::new(),
             snapshots: Vec::new(),
             rollbacks: Vec::new(),
+            restores: Vec::new(),
         }
     }
 }
@@ -273,6 +298,24 @@ mod tests {
         )
         .unwrap();
         assert!(State::load(&p).unwrap_err().to_string().contains("newer"));
+    }
+
+    #[test]
+    fn restores_are_optional_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        State::default().save(&p).unwrap();
+        assert!(!std::fs::read_to_string(&p).unwrap().contains("restores"));
+        let mut s = State::default();
+        s.restores.push(RestoreState {
+            volume: "v".into(),
+            volume_id: "00".into(),
+            files: vec!["/b/full.fss".into(), "/b/incr.fss".into()],
+            backup_ids: vec!["01".into(), "02".into()],
+            started: 3,
+        });
+        s.save(&p).unwrap();
+        assert_eq!(State::load(&p).unwrap(), Some(s));
     }
 
     #[test]

@@ -631,6 +631,16 @@ fn backup_restore_rollback_and_their_errors() {
         ErrorKind::Io,
         "cannot open backup",
     );
+    // Nothing to abandon (interrupted restores: crates/fss-cli/tests/restore_crash.rs).
+    let abandon = |volume: &str| Request::RestoreAbandon {
+        volume: volume.into(),
+    };
+    assert_kind(
+        &d.err(abandon("r")),
+        ErrorKind::InvalidArgument,
+        "no unfinished restore",
+    );
+    assert_kind(&d.err(abandon("nope")), ErrorKind::NotFound, "nope");
 
     let rollback = |volume: &str, snapshot: &str| Request::Rollback {
         volume: volume.into(),

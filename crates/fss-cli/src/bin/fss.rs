@@ -73,14 +73,21 @@ enum Command {
     },
     /// Restore a full backup and its incrementals, in order, onto TARGET: a new image file, an
     /// existing image or block device of the volume's size, or an fss volume (not open, no
-    /// snapshots).
+    /// snapshots). A restore onto a volume that a stop interrupted is finished at the next
+    /// start while its backups are there; otherwise the volume stays offline until it is run
+    /// again or abandoned (--abandon).
     Restore {
         /// The full backup, then incrementals in order (- reads one from standard input).
-        #[arg(required = true, num_args = 1.., value_name = "BACKUP", value_parser = path_arg)]
+        #[arg(required_unless_present = "abandon", num_args = 1.., value_name = "BACKUP",
+              value_parser = path_arg)]
         backups: Vec<PathBuf>,
         /// A new or existing image file, a block device, or an fss volume name.
         #[arg(value_name = "TARGET")]
         target: String,
+        /// Give no backups: forget the unfinished restore onto the volume TARGET (interrupted
+        /// and not finishable, or failed midway) and serve it as it is, partly restored.
+        #[arg(long, conflicts_with = "backups")]
+        abandon: bool,
     },
     /// Return a volume to a snapshot's contents (the snapshot is kept; newer snapshots stay
     /// exact). Refused while the volume is open, unless --force; a stop midway is finished at
@@ -385,7 +392,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             since,
         } => fss_cli::backup::backup(&state, &snapshot, &file, since.as_deref()),
-        Command::Restore { backups, target } => fss_cli::backup::restore(&state, &backups, &target),
+        Command::Restore {
+            target,
+            abandon: true,
+            ..
+        } => fss_cli::backup::abandon_restore(&state, &target),
+        Command::Restore {
+            backups, target, ..
+        } => fss_cli::backup::restore(&state, &backups, &target),
         Command::Rollback {
             volume,
             snapshot,
@@ -548,5 +562,35 @@ fn main() {
     if let Err(e) = run(cli) {
         eprintln!("fss: {e:#}");
         std::process::exit(EXIT_FAILED);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::{CommandFactory, Parser};
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn restore_takes_backups_then_a_target_or_abandon_and_a_volume() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
+        let r = parse(&["fss", "restore", "--abandon", "v"]);
+        assert!(
+            matches!(r, Ok(super::Command::Restore { ref backups, ref target, abandon: true })
+                if backups.is_empty() && target == "v"),
+            "abandon"
+        );
+        let r = parse(&["fss", "restore", "/b/full", "/b/incr", "v"]);
+        assert!(
+            matches!(r, Ok(super::Command::Restore { ref backups, ref target, abandon: false })
+                if backups.len() == 2 && target == "v"),
+            "restore"
+        );
+        assert!(parse(&["fss", "restore", "v"]).is_err(), "no backup");
+        assert!(parse(&["fss", "restore", "--abandon", "/b/full", "v"]).is_err());
     }
 }

@@ -19,6 +19,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub log: Arc<Mutex<String>>,
     pub extra: Vec<String>,
+    /// Environment for the first start only: a restart runs without it.
+    pub env: Vec<(String, String)>,
 }
 
 /// The outcome of a command.
@@ -45,11 +47,24 @@ impl Daemon {
     }
 
     pub fn start_with(dir: &Path, extra: &[&str]) -> Daemon {
+        Self::start_full(dir, extra, &[])
+    }
+
+    /// Start with extra environment variables (test hooks); a restart runs without them.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &str)]) -> Daemon {
+        Self::start_full(dir, &[], env)
+    }
+
+    fn start_full(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut d = Daemon {
             dir: dir.to_path_buf(),
             child: None,
             log: Arc::default(),
             extra: extra.iter().map(ToString::to_string).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
         };
         d.spawn();
         d
@@ -61,6 +76,7 @@ impl Daemon {
             .args(&self.extra)
             .env("FSS_STATE_DIR", &self.dir)
             .env("FSS_LOG", "info")
+            .envs(std::mem::take(&mut self.env))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -189,6 +205,71 @@ impl Daemon {
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
+}
+
+/// The NBD URL of an export of `d`.
+pub fn nbd(d: &Daemon, name: &str) -> String {
+    format!(
+        "nbd+unix:///{name}?socket={}",
+        d.dir.join("nbd.sock").display()
+    )
+}
+
+/// Run qemu-io commands against an export; panics with its output on failure.
+pub fn qemu_io(d: &Daemon, name: &str, cmds: &[&str]) {
+    let mut c = Command::new("qemu-io");
+    c.args(["-f", "raw"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    let o = c
+        .arg(nbd(d, name))
+        .output()
+        .expect("qemu-io (apt-get install qemu-utils)");
+    let text =
+        String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && !text.contains("failed"),
+        "qemu-io {cmds:?} on {name}: {text}"
+    );
+}
+
+/// `fss checksum NAME`.
+pub fn checksum(d: &Daemon, name: &str) -> String {
+    d.ok(&["checksum", name]).trim().to_string()
+}
+
+/// SHA-256 (hex) of a file's or device's contents.
+pub fn sha256(path: &Path) -> String {
+    let o = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(o.status.success(), "sha256sum {}", path.display());
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// `fss ARGS`, expecting failure with status 1; its stderr.
+pub fn fails(d: &Daemon, args: &[&str]) -> String {
+    let r: Run = d.fss(args);
+    assert_eq!(
+        r.status, 1,
+        "fss {args:?} should fail with 1: {}{}",
+        r.stdout, r.stderr
+    );
+    r.stderr
+}
+
+/// A volume's entry in `fss volume list --json`.
+pub fn volume(d: &Daemon, name: &str) -> serde_json::Value {
+    d.json(&["volume", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == name)
+        .cloned()
+        .unwrap()
 }
 
 impl Drop for Daemon {

@@ -37,7 +37,9 @@ mod reader;
 mod writer;
 
 pub use format::{BackupHeader, BackupKind, SnapshotRef};
-pub use reader::{restore, restore_readers, BackupExtent, BackupReader, RestoreSummary};
+pub use reader::{
+    check_restore, restore, restore_readers, BackupExtent, BackupReader, RestoreSummary,
+};
 pub use writer::{write_full, write_incremental};
 
 /// What a backup holds: its header and the counts of its records. Returned by the writers and

@@ -285,13 +285,16 @@ pub fn restore(
     restore_readers(readers, target, progress)
 }
 
-/// Check the chain of `readers` and that `target` (named `target_name`) is as long as their
-/// volume; returns the full backup's header.
-fn check_restore(
-    readers: &[BackupReader],
-    target: &dyn BlockDevice,
-    target_name: &str,
-) -> Result<BackupHeader> {
+/// Check, writing nothing, that `readers` (opened, headers read) are a chain
+/// [`restore_readers`] accepts and that `target` is as long as their volume; returns the full
+/// backup's header. [`restore_readers`] checks the same first; this lets a caller check before
+/// it prepares the target.
+///
+/// # Errors
+/// `InvalidArgument`: a wrong chain (naming the file and what was expected) or a target of the
+/// wrong length.
+pub fn check_restore(readers: &[BackupReader], target: &dyn BlockDevice) -> Result<BackupHeader> {
+    let target_name = format!("target '{}'", target.describe());
     let chain: Vec<(&str, &BackupHeader)> =
         readers.iter().map(|r| (r.name(), r.header())).collect();
     check_chain(&chain).map_err(|p| Error::new(p.kind, "restore", "backup chain", p.detail))?;
@@ -307,7 +310,7 @@ fn check_restore(
         return Err(Error::new(
             ErrorKind::InvalidArgument,
             "restore onto",
-            target_name,
+            &target_name,
             format!(
                 "the target is {} bytes but volume '{}' of '{}' is {} bytes; restore onto a \
                  device or image of exactly that size",
@@ -358,7 +361,7 @@ pub fn restore_readers(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<RestoreSummary> {
     let target_name = format!("target '{}'", target.describe());
-    let first = check_restore(&readers, target, &target_name)?;
+    let first = check_restore(&readers, target)?;
     let count = readers.len();
     let total: u64 = readers.iter().map(|r| r.header().covered).sum();
     let mut summary = RestoreSummary {

@@ -1,7 +1,7 @@
 //! The registry's state: one entry per volume and per snapshot, each holding its record (as
 //! saved in `state.json`) and either its live engine object or why it has none.
 
-use crate::state::{RollbackState, SnapshotState, State, VolumeState};
+use crate::state::{RestoreState, RollbackState, SnapshotState, State, VolumeState};
 use fss_core::{Snapshot, Volume};
 use indexmap::IndexMap;
 
@@ -11,8 +11,9 @@ pub(crate) enum VolumeLive {
     Online(Volume),
     /// Could not be opened at start, and why: not served, no engine object.
     Unopened(String),
-    /// Open, but withdrawn from front-ends because a rollback failed midway, and why: only a
-    /// rollback (which needs the engine object) can bring it back.
+    /// Open, but withdrawn from front-ends because a rollback or a restore failed midway or
+    /// was interrupted, and why: only running it again (which needs the engine object), or
+    /// abandoning a restore, brings it back.
     Withdrawn {
         /// The engine object.
         volume: Volume,
@@ -83,7 +84,8 @@ impl SnapshotEntry {
 
 /// Everything under the registry's main lock.
 pub(crate) struct Inner {
-    /// The state file's other fields (version, clean stop, boot id, unfinished rollbacks);
+    /// The state file's other fields (version, clean stop, boot id, unfinished rollbacks and
+    /// restores);
     /// its `volumes` and `snapshots` are empty: they live in the entries.
     pub(crate) meta: State,
     /// Volumes by name, in the order they were added.
@@ -141,6 +143,15 @@ impl Inner {
         let id = &self.volumes.get(volume)?.record.id;
         self.meta
             .rollbacks
+            .iter()
+            .find(|r| r.volume == volume && &r.volume_id == id)
+    }
+
+    /// The unfinished restore onto the volume `volume` (this incarnation of it), if any.
+    pub(crate) fn unfinished_restore(&self, volume: &str) -> Option<&RestoreState> {
+        let id = &self.volumes.get(volume)?.record.id;
+        self.meta
+            .restores
             .iter()
             .find(|r| r.volume == volume && &r.volume_id == id)
     }

@@ -1,13 +1,11 @@
-//! Long operations and what they hold: diffs, checksums, backups, restores.
+//! Long operations and what they hold: diffs, checksums, backups (restores: `restore.rs`).
 
 use super::{Inner, Registry};
 use crate::error::{DaemonError, Result};
 use crate::protocol::{BackupKind, DiffExtent};
-use crate::volume_target::VolumeTarget;
 use fss_core::export::{Catalog, Export};
 use fss_core::snapshot::PairUse;
 use fss_core::Snapshot;
-use std::path::PathBuf;
 use std::sync::PoisonError;
 
 /// Names held by a long operation; released when dropped.
@@ -137,7 +135,7 @@ impl Registry {
     }
 
     /// Refuse a new snapshot of a volume that a long operation holds now, or whose rollback
-    /// is unfinished.
+    /// or restore is unfinished.
     pub(super) fn check_volume_free(&self, inner: &Inner, volume: &str) -> Result<()> {
         if let Some(what) = self.held_by(volume) {
             return Err(DaemonError::busy(format!(
@@ -159,6 +157,12 @@ impl Registry {
             return Err(DaemonError::busy(format!(
                 "volume '{volume}' has an unfinished rollback to snapshot '{}'; {finish}",
                 r.snapshot
+            )));
+        }
+        if let Some(r) = inner.unfinished_restore(volume) {
+            return Err(DaemonError::busy(format!(
+                "volume '{volume}' has an unfinished restore: {}",
+                super::restore::finish_or_abandon(volume, &r.files)
             )));
         }
         Ok(())
@@ -247,71 +251,5 @@ impl Registry {
             base,
             _hold: self.hold(&names, &what),
         })
-    }
-
-    /// Restore backup files (a full backup, then incrementals in order) onto the volume
-    /// `volume`, which must have no snapshots and not be open. It is not served meanwhile.
-    ///
-    /// # Errors
-    /// The volume is missing, busy, open or has snapshots; a file cannot be opened; the chain
-    /// is wrong or damaged (the library's error, naming the file).
-    pub fn restore_volume(
-        &self,
-        volume: &str,
-        files: &[PathBuf],
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<crate::protocol::RestoreDone> {
-        let mut inputs: Vec<(String, Box<dyn std::io::Read>)> = Vec::new();
-        for f in files {
-            let file = std::fs::File::open(f)
-                .map_err(|e| DaemonError::io(&format!("cannot open backup {}", f.display()), &e))?;
-            inputs.push((f.display().to_string(), Box::new(file)));
-        }
-        let inner = self.lock();
-        let vol = Self::online_volume(&inner, volume)?;
-        if let Some(r) = inner.offline(volume) {
-            return Err(DaemonError::busy(format!(
-                "volume '{volume}' is not served: {r}"
-            )));
-        }
-        let snaps: Vec<&str> = inner
-            .snapshots_of(volume)
-            .map(|s| s.record.name.as_str())
-            .collect();
-        if !snaps.is_empty() {
-            return Err(DaemonError::busy(format!(
-                "volume '{volume}' has snapshots ({}): a restore rewrites the whole volume; \
-                 delete them first, or restore into a new volume or image",
-                snaps.join(", ")
-            )));
-        }
-        if let Some(what) = self.held_by(volume) {
-            return Err(DaemonError::busy(format!(
-                "volume '{volume}' is busy with {what}; wait for it to finish"
-            )));
-        }
-        self.withdraw_unopened(volume, &vol, "a restore")?;
-        let _hold = self.hold(&[volume], &format!("a restore onto '{volume}'"));
-        drop(inner);
-        tracing::info!(volume, files = ?files, "restore onto volume started");
-        let target = VolumeTarget(vol.clone());
-        let result = fss_core::backup::restore(inputs, &target, progress);
-        self.publish(volume, Export::Volume(vol));
-        match result {
-            Ok(s) => {
-                tracing::info!(volume, snapshot = %s.snapshot.name, backups = s.backups, "restore onto volume done");
-                Ok(crate::protocol::RestoreDone {
-                    volume: volume.to_string(),
-                    snapshot: s.snapshot.name,
-                    backups: s.backups as u64,
-                    data_bytes: s.data_bytes,
-                    zero_bytes: s.zero_bytes,
-                })
-            }
-            Err(e) => {
-                tracing::error!(volume, error = %e, "restore onto volume failed");
-                Err(e.into())
-            }
-        }
     }
 }

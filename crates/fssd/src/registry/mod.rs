@@ -4,10 +4,12 @@
 //!
 //! - `mod.rs`: the registry, its state, opening it, saving, publishing, status, stop;
 //! - `recovery.rs`: bringing volumes and snapshots back at start, finishing interrupted
-//!   deletes and rollbacks;
+//!   deletes and rollbacks (interrupted restores: `restore.rs`);
 //! - `volumes.rs`: create, add, list, remove volumes;
 //! - `snapshots.rs`: create (alone or as a group), list, describe, verify, delete snapshots;
-//! - `jobs.rs`: what holds names during long operations, diffs, checksums, backups, restores;
+//! - `jobs.rs`: what holds names during long operations, diffs, checksums, backups;
+//! - `restore.rs`: restoring backups onto a volume, recorded so that an interrupted one is
+//!   finished at start or leaves the volume offline; abandoning one;
 //! - `rollback.rs`: returning a volume to a snapshot;
 //! - `entries.rs`: the state: one entry per volume and per snapshot, with its record and
 //!   either its live engine object or why it has none.
@@ -40,6 +42,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 mod entries;
 mod jobs;
 mod recovery;
+mod restore;
 mod rollback;
 mod snapshots;
 mod volumes;
@@ -79,8 +82,8 @@ impl Registry {
     }
 
     /// Load the state (or start one with a 1 GiB volume `default`), open every volume, bring
-    /// back persistent snapshots, drop transient ones, finish interrupted deletes. Volumes are
-    /// opened as `volume_io` says.
+    /// back persistent snapshots, drop transient ones, finish interrupted deletes, rollbacks
+    /// and restores (or leave their volumes offline). Volumes are opened as `volume_io` says.
     ///
     /// # Errors
     /// The state file is unreadable or damaged, or the default volume cannot be made.
@@ -122,6 +125,7 @@ impl Registry {
             reg.bring_back_volumes(&mut inner, state.volumes, &snapshots);
             reg.bring_back_snapshots(&mut inner, snapshots);
             reg.resume_rollbacks(&mut inner);
+            reg.resume_restores(&mut inner);
             if fresh && inner.volumes.is_empty() {
                 let image = reg.paths.volumes_dir().join("default.img");
                 if let Err(e) = reg.volume_create(

@@ -246,10 +246,7 @@ impl Registry {
             };
             if let Some(why) = failed {
                 tracing::error!(volume = %r.volume, "{why}");
-                self.unpublish(&r.volume);
-                if let Some(entry) = inner.volumes.get_mut(&r.volume) {
-                    entry.live = VolumeLive::Withdrawn { volume: vol, why };
-                }
+                self.take_offline(inner, &r.volume, vol, why);
                 keep.push(r);
             }
         }

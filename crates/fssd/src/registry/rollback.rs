@@ -1,7 +1,6 @@
 //! Returning a volume to a snapshot: recorded first, so that a stop midway is finished at the
 //! next start (`recovery.rs`).
 
-use super::entries::VolumeLive;
 use super::{Inner, Registry};
 use crate::error::{DaemonError, ErrorKind, Result};
 use crate::state::RollbackState;
@@ -183,10 +182,7 @@ impl Registry {
         match result {
             Ok((extents, bytes)) => {
                 inner.meta.rollbacks.retain(|r| r.volume != volume);
-                if let Some(entry) = inner.volumes.get_mut(volume) {
-                    entry.live = VolumeLive::Online(vol.clone());
-                }
-                self.publish(volume, Export::Volume(vol));
+                self.serve_again(&mut inner, volume, vol);
                 tracing::info!(volume, snapshot, extents, bytes, "rollback done");
                 if let Err(e) = self.save(&inner) {
                     return Err(DaemonError::new(
@@ -213,11 +209,7 @@ impl Registry {
                     e.message
                 );
                 tracing::error!(volume, snapshot, "{why}");
-                self.unpublish(volume);
-                if let Some(entry) = inner.volumes.get_mut(volume) {
-                    let (volume, why) = (vol, why.clone());
-                    entry.live = VolumeLive::Withdrawn { volume, why };
-                }
+                self.take_offline(&mut inner, volume, vol, why.clone());
                 Err(DaemonError::new(e.kind, why))
             }
         }

@@ -256,12 +256,20 @@ impl Registry {
                 "volume '{name}' is open ({open} times, by NBD clients or the FUSE file); close it first"
             )));
         }
+        let restore = inner.unfinished_restore(name).is_some();
         let Some((i, key, removed)) = inner.volumes.shift_remove_full(name) else {
             return Ok(());
         };
+        let restores = inner.meta.restores.clone();
+        inner.meta.restores.retain(|r| r.volume != name);
         if let Err(e) = self.save(inner) {
             inner.volumes.shift_insert(i, key, removed);
+            inner.meta.restores = restores;
             return Err(e);
+        }
+        if restore {
+            tracing::warn!(volume = name, image = %removed.record.path.display(),
+                "its unfinished restore is forgotten: the image holds a partially restored volume");
         }
         self.unpublish(name);
         if let Some(v) = removed.volume() {
@@ -306,5 +314,22 @@ impl Registry {
             return Err(busy(open));
         }
         Ok(())
+    }
+
+    /// Serve `vol` (the engine object of volume `name`) again.
+    pub(super) fn serve_again(&self, inner: &mut Inner, name: &str, vol: Volume) {
+        if let Some(entry) = inner.volumes.get_mut(name) {
+            entry.live = VolumeLive::Online(vol.clone());
+        }
+        self.publish(name, Export::Volume(vol));
+    }
+
+    /// Withdraw volume `name` from front-ends and keep it offline for `why`, with its engine
+    /// object (`vol`) for the operation that can bring it back.
+    pub(super) fn take_offline(&self, inner: &mut Inner, name: &str, vol: Volume, why: String) {
+        self.unpublish(name);
+        if let Some(entry) = inner.volumes.get_mut(name) {
+            entry.live = VolumeLive::Withdrawn { volume: vol, why };
+        }
     }
 }
