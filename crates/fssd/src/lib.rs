@@ -33,6 +33,7 @@ pub mod own_files;
 pub mod paths;
 pub mod protocol;
 pub mod registry;
+mod stand_in;
 pub mod state;
 pub mod stores;
 pub mod volume_target;

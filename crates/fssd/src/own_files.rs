@@ -124,6 +124,10 @@ fn own_file(
         (paths.control_socket(), "the control socket"),
         (paths.nbd_socket.clone(), "the NBD socket"),
         (paths.stores_dir(), "the store directory"),
+        (
+            paths.invalidated_dir(),
+            "the daemon's directory of invalidations",
+        ),
         (paths.fuse_dir.clone(), "the FUSE directory"),
     ];
     // A store directory is fine as a store; a volume's default place is fine for a volume.

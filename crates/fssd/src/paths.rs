@@ -57,6 +57,13 @@ impl Paths {
     pub fn stores_dir(&self) -> PathBuf {
         self.state_dir.join("stores")
     }
+
+    /// `<state-dir>/invalidated`: invalidations of snapshots whose store could not take them
+    /// (see `stand_in`), folded into `state.json` at the next start.
+    #[must_use]
+    pub fn invalidated_dir(&self) -> PathBuf {
+        self.state_dir.join("invalidated")
+    }
 }
 
 /// The state directory: `FSS_STATE_DIR`, else `/var/lib/fss` for root, else

@@ -90,6 +90,10 @@ pub struct SnapshotState {
     /// Set while a delete is in progress; a restart finishes it.
     #[serde(default)]
     pub deleting: bool,
+    /// Why it is invalid, when that could not be recorded in its store (a pre-image was lost
+    /// while the store was unavailable): it stays invalid for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
 }
 
 /// A rollback in progress: written before the first byte of the volume is rewritten and

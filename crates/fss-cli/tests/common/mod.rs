@@ -261,6 +261,31 @@ pub fn fails(d: &Daemon, args: &[&str]) -> String {
     r.stderr
 }
 
+/// `dir/data.img`: an 8 MiB image with recognisable bytes.
+pub fn pattern_image(dir: &Path) -> PathBuf {
+    let image = dir.join("data.img");
+    let data: Vec<u8> = (0..8u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&image, &data).unwrap();
+    image
+}
+
+/// A snapshot's `state` and `reason` in `fss snapshot list --json`.
+pub fn snapshot_state(d: &Daemon, name: &str) -> (String, Option<String>) {
+    let list = d.json(&["snapshot", "list"]);
+    let s = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no snapshot {name} in {list}"));
+    (
+        s["state"].as_str().unwrap().to_string(),
+        s["reason"].as_str().map(ToString::to_string),
+    )
+}
+
 /// A volume's entry in `fss volume list --json`.
 pub fn volume(d: &Daemon, name: &str) -> serde_json::Value {
     d.json(&["volume", "list"])

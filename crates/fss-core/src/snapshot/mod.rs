@@ -140,6 +140,13 @@ impl Snapshot {
         self.snap.is_valid()
     }
 
+    /// Mark it invalid for good, recorded in its store, with `reason` (the first reason
+    /// given is kept). For callers that know more than the engine: that a pre-image it needed
+    /// was lost while its store could not be reached.
+    pub fn invalidate(&self, reason: &str) {
+        self.snap.invalidate(reason);
+    }
+
     /// Whether it was deleted (reads then fail with `NotFound`).
     #[must_use]
     pub fn is_deleted(&self) -> bool {

@@ -54,6 +54,16 @@ pub(crate) enum SnapshotLive {
     Live(Snapshot),
     /// Could not be brought back at start, and why.
     Unavailable(String),
+    /// In its volume's chain but not served, and why: its store is unavailable (it stands in
+    /// with `stand_in::StandIn`), or it needs such a newer snapshot's store.
+    Blocked {
+        /// The engine object.
+        snap: Snapshot,
+        /// Why it is not served.
+        why: String,
+        /// Whether its own store is the unavailable one (else a newer snapshot's is).
+        stand_in: bool,
+    },
 }
 
 /// A snapshot the registry knows.
@@ -65,10 +75,18 @@ pub(crate) struct SnapshotEntry {
 }
 
 impl SnapshotEntry {
-    /// The engine object, if it was brought back.
+    /// The engine object, if it is served.
     pub(crate) fn snapshot(&self) -> Option<&Snapshot> {
         match &self.live {
             SnapshotLive::Live(s) => Some(s),
+            SnapshotLive::Unavailable(_) | SnapshotLive::Blocked { .. } => None,
+        }
+    }
+
+    /// The engine object, served or not.
+    pub(crate) fn attached(&self) -> Option<&Snapshot> {
+        match &self.live {
+            SnapshotLive::Live(snap) | SnapshotLive::Blocked { snap, .. } => Some(snap),
             SnapshotLive::Unavailable(_) => None,
         }
     }
@@ -77,7 +95,7 @@ impl SnapshotEntry {
     pub(crate) fn unavailable(&self) -> Option<&str> {
         match &self.live {
             SnapshotLive::Live(_) => None,
-            SnapshotLive::Unavailable(why) => Some(why),
+            SnapshotLive::Unavailable(why) | SnapshotLive::Blocked { why, .. } => Some(why),
         }
     }
 }

@@ -45,6 +45,7 @@ mod recovery;
 mod restore;
 mod rollback;
 mod snapshots;
+mod stand_ins;
 mod volumes;
 
 use entries::Inner;
@@ -92,6 +93,7 @@ impl Registry {
         let loaded = State::load(&state_file)?;
         let fresh = loaded.is_none();
         let mut state = loaded.unwrap_or_default();
+        stand_ins::fold_invalidations(&paths, &mut state)?;
         let recovered_from_crash = !state.clean_shutdown;
         if recovered_from_crash {
             let reboot = !state.boot_id.is_empty() && state.boot_id != boot_id();

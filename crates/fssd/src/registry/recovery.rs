@@ -177,6 +177,9 @@ impl Registry {
                     }
                 },
                 Ok(snap) => {
+                    if let Some(r) = &s.invalid {
+                        snap.invalidate(r);
+                    }
                     tracing::info!(snapshot = %s.name, volume = %s.volume, "persistent snapshot recovered");
                     self.publish(&s.name, Export::Snapshot(snap.clone()));
                     SnapshotLive::Live(snap)
@@ -188,12 +191,28 @@ impl Registry {
                 }
                 Err(e) => {
                     tracing::error!(snapshot = %s.name, error = %e, "snapshot could not be brought back");
-                    SnapshotLive::Unavailable(e.message)
+                    let volume_id = inner.volumes.get(&s.volume).map(|v| v.record.id.clone());
+                    let why = format!(
+                        "its store could not be opened ({}); put it back and restart fss",
+                        e.message
+                    );
+                    match volume_id.and_then(|id| self.attach_stand_in(&vol, &id, &s, &e.message)) {
+                        Some(snap) => SnapshotLive::Blocked {
+                            snap,
+                            why,
+                            stand_in: true,
+                        },
+                        None => SnapshotLive::Unavailable(e.message),
+                    }
                 }
             };
             inner
                 .snapshots
                 .insert(s.name.clone(), SnapshotEntry { record: s, live });
+        }
+        let volumes: Vec<String> = inner.volumes.keys().cloned().collect();
+        for v in volumes {
+            self.block_dependents(inner, &v);
         }
     }
 

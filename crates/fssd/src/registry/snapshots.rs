@@ -252,6 +252,7 @@ impl Registry {
             cluster_size: info.cluster_size,
             mount_point: spec.mount_point.clone(),
             deleting: false,
+            invalid: None,
         }
     }
 
@@ -396,12 +397,19 @@ impl Registry {
                 "snapshot '{name}' is open ({open} times, by NBD clients or a loop device on its FUSE file); close it first"
             )));
         }
-        let volume = inner.snapshots.get(name).map(|e| e.record.volume.clone());
-        let vol = volume.and_then(|v| inner.volume(&v).cloned());
+        let entry = inner.snapshots.get(name);
+        let volume = entry.map(|e| e.record.volume.clone()).unwrap_or_default();
+        // Only a snapshot in its volume's chain has entries to move.
+        let attached = entry.is_some_and(|e| e.attached().is_some());
+        let stand_in = entry.is_some_and(super::stand_ins::is_stand_in);
+        let vol = inner.volume(&volume).filter(|_| attached).cloned();
         // Refused before anything changes when its entries cannot move (no room).
         if let Some(Err(e)) = vol.as_ref().map(|v| v.check_delete(name)) {
             self.republish(inner, name);
             return Err(e.into());
+        }
+        if stand_in {
+            self.invalidate_older(inner, name);
         }
         // Remember the delete first: a crash midway is finished at the next start.
         if let Some(entry) = inner.snapshots.get_mut(name) {
@@ -430,6 +438,7 @@ impl Registry {
             let _ = std::fs::remove_file(&s.store);
         }
         inner.snapshots.shift_remove(name);
+        self.block_dependents(inner, &s.volume);
         // With its last snapshot gone, there is nothing left to be unverified.
         if inner.snapshots_of(&s.volume).next().is_none() {
             if let Some(v) = inner.volumes.get_mut(&s.volume) {
@@ -441,6 +450,25 @@ impl Registry {
         crate::heap::give_back_free_memory();
         tracing::info!(snapshot = name, "snapshot deleted");
         Ok(())
+    }
+
+    /// Before deleting `name`, which stands in for a store that is unavailable: the older
+    /// snapshots of its volume may have resolved blocks through its map, lost with it.
+    fn invalidate_older(&self, inner: &Inner, name: &str) {
+        let Some(gone) = inner.snapshots.get(name).map(|e| e.record.clone()) else {
+            return;
+        };
+        let reason = format!(
+            "the newer snapshot '{name}', whose map it may have needed, was deleted while its \
+             store was unavailable"
+        );
+        for e in inner.snapshots_of(&gone.volume) {
+            if e.record.persistent && e.record.id < gone.id {
+                if let Some(snap) = e.attached() {
+                    snap.invalidate(&reason);
+                }
+            }
+        }
     }
 
     /// Serve snapshot `name` to front-ends again after a refused delete.
@@ -457,19 +485,21 @@ impl Registry {
             ))
         })?;
         let s = &entry.record;
-        let live = entry.snapshot().map(Snapshot::info);
-        let (state, reason) = if let Some(r) = entry.unavailable() {
-            (SnapshotHealth::Unavailable, Some(r.to_string()))
-        } else if let Some(CoreState::Invalid(r)) = live.as_ref().map(|i| i.state.clone()) {
-            (SnapshotHealth::Invalid, Some(r))
-        } else if let Some(r) = inner.unverified(&s.volume) {
-            (
-                SnapshotHealth::Unverified,
-                Some(format!("the volume changed while fss was not running: {r}")),
-            )
-        } else {
-            (SnapshotHealth::Valid, None)
-        };
+        let live = entry.attached().map(Snapshot::info);
+        // Invalid is for good, so it wins over unavailable (a stand-in store can be invalid).
+        let (state, reason) =
+            if let Some(CoreState::Invalid(r)) = live.as_ref().map(|i| i.state.clone()) {
+                (SnapshotHealth::Invalid, Some(r))
+            } else if let Some(r) = entry.unavailable() {
+                (SnapshotHealth::Unavailable, Some(r.to_string()))
+            } else if let Some(r) = inner.unverified(&s.volume) {
+                (
+                    SnapshotHealth::Unverified,
+                    Some(format!("the volume changed while fss was not running: {r}")),
+                )
+            } else {
+                (SnapshotHealth::Valid, None)
+            };
         let stats = live.as_ref().map(|i| i.stats.clone()).unwrap_or_default();
         Ok(SnapshotInfo {
             name: s.name.clone(),
