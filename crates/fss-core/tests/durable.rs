@@ -165,12 +165,21 @@ fn an_invalidated_persistent_snapshot_stays_invalid_after_reopen() {
     let snap = vol.create_snapshot("a", &opts, make(&devs)).unwrap();
     vol.write(&[1; 3 * 65536], 0).unwrap();
     assert!(!snap.is_valid());
+    // What the store holds is counted right away, as a restart would count it.
+    let before = snap.info().stats;
+    assert_eq!(before.clusters_preserved, 2, "{before:?}");
+    assert_eq!(before.blocks_preserved, 32, "{before:?}");
     drop((snap, vol));
     let vol = reopen(&vol_dev, &devs);
     let snap = vol.snapshot("a").unwrap();
     assert!(
         !snap.is_valid(),
         "the invalidation was recorded in the store"
+    );
+    let after = snap.info().stats;
+    assert_eq!(
+        (after.blocks_preserved, after.clusters_preserved),
+        (before.blocks_preserved, before.clusters_preserved)
     );
     let e = snap.read(&mut [0u8; 1], 0).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidSnapshot);

@@ -359,6 +359,12 @@ impl VolumeCore {
                 Ok(later)
             }
             Err(error) => {
+                // What did reach the store is mapped (a restart's replay maps it too), so its
+                // counts are right at once and older snapshots resolve the same before and
+                // after a restart.
+                if !written.is_empty() {
+                    self.map_preserved(chains, c, snap, g, &written);
+                }
                 let mut affected: Vec<Arc<SnapState>> = vec![Arc::clone(snap)];
                 for older in Self::resolving_to(chains, c, t, plan) {
                     if !affected.iter().any(|a| Arc::ptr_eq(a, &older)) {
