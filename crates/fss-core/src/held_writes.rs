@@ -257,7 +257,8 @@ fn commit_loop(inner: &Inner) {
             s.urgent = false;
             std::mem::take(&mut s.queue)
         };
-        make_durable(&batch);
+        let syncs: Vec<&StoreSync> = batch.iter().flat_map(|(_, h)| &h.syncs).collect();
+        make_durable(&syncs);
         let mut failed = None;
         for (_, h) in &batch {
             let r = match &h.change {
@@ -289,27 +290,23 @@ fn commit_loop(inner: &Inner) {
     }
 }
 
-/// Flush every store the batch depends on, once each (group commit); invalidate the snapshots
-/// a failed flush leaves without their pre-images, before any held write reaches the volume.
-fn make_durable(batch: &[(u64, Held)]) {
+/// Flush every store of `syncs` once (group commit); invalidate the snapshots a failed flush
+/// leaves without their pre-images, before any write that relies on them reaches the volume.
+pub(crate) fn make_durable(syncs: &[&StoreSync]) {
     let mut done: Vec<&Arc<SnapState>> = Vec::new();
-    for (_, h) in batch {
-        for s in &h.syncs {
-            if done.iter().any(|d| Arc::ptr_eq(d, &s.snap)) {
-                continue;
-            }
-            done.push(&s.snap);
-            if let Err(e) = s.snap.store.sync() {
-                let reason = format!("its store could not be made durable: {e}");
-                for (_, h2) in batch {
-                    for s2 in h2.syncs.iter().filter(|x| Arc::ptr_eq(&x.snap, &s.snap)) {
-                        for a in &s2.affected {
-                            a.invalidate(&reason);
-                        }
-                    }
+    for s in syncs {
+        if done.iter().any(|d| Arc::ptr_eq(d, &s.snap)) {
+            continue;
+        }
+        done.push(&s.snap);
+        if let Err(e) = s.snap.store.sync() {
+            let reason = format!("its store could not be made durable: {e}");
+            for s2 in syncs.iter().filter(|x| Arc::ptr_eq(&x.snap, &s.snap)) {
+                for a in &s2.affected {
+                    a.invalidate(&reason);
                 }
-                s.snap.invalidate(&reason);
             }
+            s.snap.invalidate(&reason);
         }
     }
 }

@@ -172,7 +172,13 @@ impl VolumeCore {
             self.counters.cow_calls.fetch_add(1, Ordering::Relaxed);
             return Ok((Some(claims), syncs));
         }
-        self.apply_failure_policy(failures, offset)?;
+        if let Err(e) = self.apply_failure_policy(failures, offset) {
+            // Refused, so the volume keeps its bytes; but what the other chain preserved is
+            // mapped, and a later write of these blocks relies on it without preserving again:
+            // it must be as durable as if this write had gone on.
+            crate::held_writes::make_durable(&syncs.iter().collect::<Vec<_>>());
+            return Err(e);
+        }
         Ok((Some(claims), syncs))
     }
 
