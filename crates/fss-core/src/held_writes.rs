@@ -9,10 +9,14 @@
 //! writes to the volume in order. Reads and writes of a held range wait until it is applied,
 //! and a volume flush waits for every held write, so FLUSH keeps its meaning: data and the
 //! records that find the pre-images are durable when it returns.
+//!
+//! With a journal (`held_journal`), a held write is also written there before it is
+//! acknowledged, so that a death of the process does not lose it.
 
 use crate::chain::SnapState;
 use crate::device::BlockDevice;
-use crate::error::Error;
+use crate::error::{Error, Result};
+use crate::held_journal::{self, HeldJournal, Kind};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -67,6 +71,10 @@ struct State {
     stop: bool,
     /// Someone waits for held changes: commit without gathering more.
     urgent: bool,
+    /// Where held changes are kept outside the process, and where the next record goes.
+    journal: Option<(Arc<HeldJournal>, u64)>,
+    /// Test hook: how long the committer waits before each commit.
+    pause: Duration,
 }
 
 struct Inner {
@@ -117,6 +125,8 @@ impl HeldWrites {
                     error: None,
                     stop: false,
                     urgent: false,
+                    journal: None,
+                    pause: Duration::ZERO,
                 }),
                 work: Condvar::new(),
                 applied: Condvar::new(),
@@ -127,7 +137,11 @@ impl HeldWrites {
     }
 
     /// Hold `h` until its stores are durable; returns at once unless too much is held.
-    pub fn hold(&self, h: Held) {
+    ///
+    /// # Errors
+    /// The journal could not take it: the write is not acknowledged (nothing of it reached
+    /// the volume; its pre-images are made durable, as they are mapped already).
+    pub fn hold(&self, h: Held) -> Result<()> {
         let inner = &self.inner;
         let mut s = inner.lock();
         while s.bytes > 0 && s.bytes + h.len > MAX_HELD_BYTES {
@@ -136,6 +150,15 @@ impl HeldWrites {
                 .applied
                 .wait(s)
                 .unwrap_or_else(PoisonError::into_inner);
+        }
+        if s.journal.is_some() {
+            s = match journal_append(inner, s, &h) {
+                Ok(s) => s,
+                Err(e) => {
+                    make_durable(&h.syncs.iter().collect::<Vec<_>>());
+                    return Err(e);
+                }
+            };
         }
         let key = (h.offset, s.next);
         s.next += 1;
@@ -151,6 +174,23 @@ impl HeldWrites {
         if wake {
             inner.work.notify_one();
         }
+        Ok(())
+    }
+
+    /// Keep held changes in `journal` from now on; records are numbered from the next
+    /// arrival on, and everything before counts as retired.
+    pub fn use_journal(&self, journal: Arc<HeldJournal>) -> Result<()> {
+        let mut s = self.inner.lock();
+        journal
+            .retire(s.next)
+            .map_err(|e| Error::io("start the journal of", self.inner.object.clone(), e))?;
+        s.journal = Some((journal, held_journal::START));
+        Ok(())
+    }
+
+    /// Test hook: the committer waits `pause` before each commit, so held writes stay held.
+    pub fn set_pause(&self, pause: Duration) {
+        self.inner.lock().pause = pause;
     }
 
     fn start_committer(&self) {
@@ -221,6 +261,40 @@ impl Drop for HeldWrites {
     }
 }
 
+/// Append `h` to the journal as the next arrival; when the record area is full, first wait
+/// until everything held is applied and reuse it from the start.
+fn journal_append<'a>(
+    inner: &'a Inner,
+    mut s: MutexGuard<'a, State>,
+    h: &Held,
+) -> Result<MutexGuard<'a, State>> {
+    let data: &[u8] = match &h.change {
+        HeldChange::Write(d) => d,
+        HeldChange::Discard | HeldChange::Zeroes => &[],
+    };
+    let kind = match h.change {
+        HeldChange::Write(_) => Kind::Write,
+        HeldChange::Discard => Kind::Discard,
+        HeldChange::Zeroes => Kind::Zeroes,
+    };
+    while s.journal.as_ref().is_some_and(|(_, at)| {
+        *at > held_journal::START && *at + data.len() as u64 > held_journal::LIMIT
+    }) {
+        s = hurry(inner, s);
+        s = inner
+            .applied
+            .wait(s)
+            .unwrap_or_else(PoisonError::into_inner);
+    }
+    let seq = s.next + 1;
+    if let Some((j, at)) = s.journal.as_mut() {
+        *at = j
+            .append(*at, seq, kind, h.offset, h.len, data)
+            .map_err(|e| Error::io("journal a write to", inner.object.clone(), e).at(h.offset))?;
+    }
+    Ok(s)
+}
+
 /// Ask the committer not to gather more before its next commit (a waiter is about to sleep).
 fn hurry<'a>(inner: &'a Inner, mut s: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
     if !s.urgent {
@@ -255,6 +329,12 @@ fn commit_loop(inner: &Inner) {
                     .0;
             }
             s.urgent = false;
+            if !s.pause.is_zero() {
+                let pause = s.pause;
+                drop(s);
+                std::thread::sleep(pause);
+                s = inner.lock();
+            }
             std::mem::take(&mut s.queue)
         };
         let syncs: Vec<&StoreSync> = batch.iter().flat_map(|(_, h)| &h.syncs).collect();
@@ -276,6 +356,22 @@ fn commit_loop(inner: &Inner) {
                 });
             }
         }
+        // Retired before a later write of these blocks may be applied, so that a replay
+        // never puts older bytes over newer ones.
+        let journal = inner.lock().journal.as_ref().map(|(j, _)| Arc::clone(j));
+        if let (Some(j), Some((last, _))) = (journal, batch.last()) {
+            if let Err(e) = j.retire(last + 1) {
+                tracing::error!(volume = %inner.object, error = %e,
+                    "could not retire applied writes in the journal; a replay would apply them again");
+                failed.get_or_insert_with(|| {
+                    Error::io(
+                        "retire applied writes in the journal of",
+                        inner.object.clone(),
+                        e,
+                    )
+                });
+            }
+        }
         let mut s = inner.lock();
         if s.error.is_none() {
             s.error = failed;
@@ -283,6 +379,13 @@ fn commit_loop(inner: &Inner) {
         for (n, h) in &batch {
             s.ranges.remove(&(h.offset, *n));
             s.bytes -= h.len;
+        }
+        // Everything applied and retired: reuse the record area from the start.
+        if s.ranges.is_empty() && s.queue.is_empty() {
+            if let Some((j, at)) = s.journal.as_mut() {
+                j.reused(*at);
+                *at = held_journal::START;
+            }
         }
         inner.count.fetch_sub(batch.len(), Ordering::AcqRel);
         drop(s);

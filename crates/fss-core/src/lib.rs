@@ -31,6 +31,7 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod geometry;
+mod held_journal;
 mod held_writes;
 pub mod snapshot;
 mod snapshot_types;

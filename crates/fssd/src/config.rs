@@ -79,6 +79,9 @@ pub struct TestHooks {
     /// file system frozen before asking for the snapshot, so that a test can kill the CLI
     /// while frozen or let the freeze lease expire.
     pub freeze_hold: Option<Duration>,
+    /// `FSS_TEST_HOLD_COMMITS_MS`: every volume's committer waits this long before each
+    /// commit, so that acknowledged writes stay held and a test can kill the daemon then.
+    pub hold_commits: Option<Duration>,
 }
 
 impl TestHooks {
@@ -97,6 +100,7 @@ impl TestHooks {
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok()),
             freeze_hold: millis("FSS_TEST_FREEZE_HOLD_MS"),
+            hold_commits: millis("FSS_TEST_HOLD_COMMITS_MS"),
         }
     }
 }

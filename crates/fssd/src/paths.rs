@@ -66,6 +66,24 @@ impl Paths {
     }
 }
 
+/// Where the journals of held writes live (`<run-dir>/journal`): memory that outlives the
+/// process but not the machine. `FSS_RUN_DIR`, else `/run/fss` for root, else
+/// `$XDG_RUNTIME_DIR/fss`, else `<state-dir>/run` (a disk file then: correct, but its pages
+/// may be written back).
+#[must_use]
+pub fn journal_dir(state_dir: &Path) -> PathBuf {
+    let run = if let Some(d) = std::env::var_os("FSS_RUN_DIR").filter(|d| !d.is_empty()) {
+        PathBuf::from(d)
+    } else if rustix::process::geteuid().is_root() {
+        PathBuf::from("/run/fss")
+    } else if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Path::new(&x).join("fss")
+    } else {
+        state_dir.join("run")
+    };
+    run.join("journal")
+}
+
 /// The state directory: `FSS_STATE_DIR`, else `/var/lib/fss` for root, else
 /// `$XDG_STATE_HOME/fss` (default `~/.local/state/fss`).
 #[must_use]

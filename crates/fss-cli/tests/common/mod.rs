@@ -75,6 +75,8 @@ impl Daemon {
             .arg("serve")
             .args(&self.extra)
             .env("FSS_STATE_DIR", &self.dir)
+            // The journals of held writes, kept with the test's files.
+            .env("FSS_RUN_DIR", self.dir.join("run"))
             .env("FSS_LOG", "info")
             .envs(std::mem::take(&mut self.env))
             .stdout(Stdio::piped())

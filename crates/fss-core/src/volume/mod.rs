@@ -13,6 +13,7 @@ mod write;
 use crate::core::VolumeCore;
 use crate::device::{BlockDevice, Extent};
 use crate::error::{Error, Result};
+use crate::held_journal::{HeldJournal, Kind};
 use crate::snapshot::Snapshot;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -150,6 +151,46 @@ impl Volume {
             return Err(e);
         }
         s.dev.flush().map_err(|e| Error::io("flush", s.object(), e))
+    }
+
+    /// Keep acknowledged writes that have not reached the device yet in `journal` too (a file
+    /// in memory that outlives the process, such as one on tmpfs), so that the death of the
+    /// process loses none of them. First replays, through the write path, what a previous
+    /// process left there on this boot (`boot_id`), and flushes the volume: call it once the
+    /// volume's persistent snapshots are attached, before it serves I/O. Returns how many
+    /// changes were replayed.
+    ///
+    /// # Errors
+    /// `Io` reading or writing the journal, or from a replayed change; the journal is then
+    /// left as it was, to be replayed again.
+    pub fn attach_journal(&self, journal: Arc<dyn BlockDevice>, boot_id: [u8; 16]) -> Result<u64> {
+        let s = &self.core;
+        let j = Arc::new(HeldJournal::new(journal, s.id, boot_id));
+        let (pending, _) = j
+            .pending()
+            .map_err(|e| Error::io("read the journal of", s.object(), e))?;
+        let n = pending.len() as u64;
+        for p in pending {
+            match p.kind {
+                Kind::Write => self.write(&p.data, p.offset)?,
+                Kind::Discard => self.discard(p.offset, p.len)?,
+                Kind::Zeroes => self.write_zeroes(p.offset, p.len)?,
+            }
+        }
+        if n > 0 {
+            // Applied and durable (pre-images first, as for any held write) before the journal
+            // is started afresh.
+            self.flush()?;
+        }
+        s.held.use_journal(j)?;
+        Ok(n)
+    }
+
+    /// Test hook: hold acknowledged writes back for `pause` before each commit, so that a test
+    /// can kill the process while writes are held.
+    #[doc(hidden)]
+    pub fn pause_commits(&self, pause: std::time::Duration) {
+        self.core.held.set_pause(pause);
     }
 
     /// Wait until every acknowledged write has reached the device (held writes applied),

@@ -93,7 +93,12 @@ impl VolumeCore {
             .in_buf(offset);
             if syncs.is_empty() {
                 // Behind any held write of the same blocks, which the client sent earlier.
-                self.held.wait_clear(pos, n);
+                // Blocks, not bytes: a held write that shares a block with this one preserved
+                // its pre-image, which may not be durable yet (the held write is applied only
+                // after it is), and this one must not reach the block before that either.
+                let (b0, b1) = block_span(pos, n);
+                self.held
+                    .wait_clear(b0 * BLOCK_SIZE, (b1 - b0) * BLOCK_SIZE);
                 let r = match change {
                     // Over pre-images just read through the page cache: overwrite them there.
                     Change::Write(buf) if claims.is_some() => {
@@ -115,7 +120,7 @@ impl VolumeCore {
                         Change::Zeroes => HeldChange::Zeroes,
                     },
                     syncs,
-                });
+                })?;
             }
             drop(claims);
             pos += n;

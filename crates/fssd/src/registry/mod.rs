@@ -41,6 +41,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
 mod entries;
 mod jobs;
+mod journals;
 mod recovery;
 mod restore;
 mod rollback;
@@ -126,6 +127,7 @@ impl Registry {
             let snapshots = std::mem::take(&mut state.snapshots);
             reg.bring_back_volumes(&mut inner, state.volumes, &snapshots);
             reg.bring_back_snapshots(&mut inner, snapshots);
+            reg.replay_journals(&mut inner);
             reg.resume_rollbacks(&mut inner);
             reg.resume_restores(&mut inner);
             if fresh && inner.volumes.is_empty() {
@@ -228,8 +230,11 @@ impl Registry {
     pub fn shutdown(&self) {
         let mut inner = self.lock();
         for (name, entry) in &mut inner.volumes {
-            if let Err(e) = entry.volume().map_or(Ok(()), Volume::flush) {
-                tracing::error!(volume = %name, error = %e, "flush at stop failed");
+            match entry.volume().map(Volume::flush) {
+                // Nothing is held any more: the journal has nothing to keep.
+                Some(Ok(())) => self.remove_journal(&entry.record.id),
+                Some(Err(e)) => tracing::error!(volume = %name, error = %e, "flush at stop failed"),
+                None => {}
             }
             entry.record.fingerprint = fingerprint(&entry.record.path, true);
         }

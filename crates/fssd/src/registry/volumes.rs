@@ -212,6 +212,7 @@ impl Registry {
         let size = dev.len();
         let dyn_dev: Arc<dyn BlockDevice> = dev;
         let vol = Volume::with_identity(name, dyn_dev, id);
+        self.start_journal(&vol, &hex(&id))?;
         let record = VolumeState {
             name: name.to_string(),
             id: hex(&id),
@@ -272,6 +273,7 @@ impl Registry {
                 "its unfinished restore is forgotten: the image holds a partially restored volume");
         }
         self.unpublish(name);
+        self.remove_journal(&removed.record.id);
         if let Some(v) = removed.volume() {
             let _ = v.flush();
         }
