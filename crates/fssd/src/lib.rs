@@ -17,6 +17,7 @@
 //! - [`freeze`]: freezing and thawing file systems;
 //! - [`own_files`]: refusing volumes and stores that are, or live on, fss's own files and exports;
 //! - [`heap`]: giving freed memory back to the system;
+//! - [`heartbeat`]: the daemon's last sign of life, kept on disk, for the next start;
 //! - [`names`]: names and sizes; [`paths`]: the state directory's places; [`error`]: the
 //!   daemon's error and its kinds.
 
@@ -28,6 +29,7 @@ pub mod daemon;
 pub mod error;
 pub mod freeze;
 pub mod heap;
+pub mod heartbeat;
 pub mod names;
 pub mod own_files;
 pub mod paths;

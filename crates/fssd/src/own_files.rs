@@ -116,6 +116,7 @@ fn own_file(
     let named = [
         (paths.state_dir.clone(), "the state directory"),
         (paths.lock_file(), "the daemon's lock file"),
+        (paths.heartbeat_file(), "the daemon's heartbeat file"),
         (paths.state_file(), "the daemon's state file"),
         (
             paths.state_file().with_extension("json.tmp"),
