@@ -168,6 +168,28 @@ impl ShutdownHandle {
         self.inner.shutdown.load(Ordering::SeqCst)
     }
 
+    /// Stop accepting and stop reading requests, for a hand-over to another process: a
+    /// connection serving an export answers every request it has already read, then closes
+    /// (its client sees the end of the stream after the last reply, and may reconnect to the
+    /// next process); a connection still negotiating is closed. Returns how many connections
+    /// were told; [`Server::wait_idle`] waits for them.
+    pub fn drain(&self) -> usize {
+        self.shutdown();
+        let conns = self.inner.conns();
+        for (id, e) in conns.iter() {
+            tracing::info!(connection = id, peer = %e.peer, export = ?e.export,
+                "draining NBD connection: answering what it sent, then closing");
+            let how = if e.export.is_some() {
+                Shutdown::Read
+            } else {
+                Shutdown::Both
+            };
+            // Already closed by the client is fine.
+            let _ = e.stream.shutdown(how);
+        }
+        conns.len()
+    }
+
     /// Force every open connection closed (a hard disconnect). Requests already running finish
     /// in the engine (no write is torn), but their replies may not reach the client. Returns
     /// how many connections were told to close; [`Server::wait_idle`] waits for them.
