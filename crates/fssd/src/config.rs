@@ -79,6 +79,10 @@ pub struct TestHooks {
     /// file system frozen before asking for the snapshot, so that a test can kill the CLI
     /// while frozen or let the freeze lease expire.
     pub freeze_hold: Option<Duration>,
+    /// `FSS_TEST_CHILD_CRASH_AT_START`: the first this many serving processes a supervisor
+    /// starts kill themselves (SIGKILL) right at start, before they are ready, so that a test
+    /// can make a crash loop or a crash before ready.
+    pub child_crash_at_start: Option<u64>,
 }
 
 impl TestHooks {
@@ -97,6 +101,9 @@ impl TestHooks {
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok()),
             freeze_hold: millis("FSS_TEST_FREEZE_HOLD_MS"),
+            child_crash_at_start: std::env::var("FSS_TEST_CHILD_CRASH_AT_START")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok()),
         }
     }
 }
