@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// How often an accept loop looks at the shutdown flag while no client connects.
+/// How often an accept loop looks at the shutdown flag while no client connects (a shutdown
+/// also wakes it at once).
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
 
 /// Tunables. The defaults suit a daemon serving a handful of clients on a small machine.
@@ -110,6 +111,8 @@ struct Inner {
     options: ServerOptions,
     shared: Arc<SharedBudget>,
     shutdown: AtomicBool,
+    /// Readable once shut down (an eventfd): wakes the accept loops at once.
+    wake: Option<std::os::fd::OwnedFd>,
     next_id: AtomicU64,
     conns: Mutex<BTreeMap<u64, Entry>>,
     conns_changed: Condvar,
@@ -159,6 +162,9 @@ impl ShutdownHandle {
     pub fn shutdown(&self) {
         if !self.inner.shutdown.swap(true, Ordering::SeqCst) {
             tracing::info!("NBD server shutting down: no new connections");
+            if let Some(w) = &self.inner.wake {
+                let _ = rustix::io::write(w, &1u64.to_ne_bytes());
+            }
         }
     }
 
@@ -228,6 +234,11 @@ impl Server {
                 shared: SharedBudget::new(options.max_total_bytes_in_flight),
                 options,
                 shutdown: AtomicBool::new(false),
+                wake: rustix::event::eventfd(
+                    0,
+                    rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+                )
+                .ok(),
                 next_id: AtomicU64::new(1),
                 conns: Mutex::new(BTreeMap::new()),
                 conns_changed: Condvar::new(),
@@ -290,7 +301,10 @@ impl Server {
                 return Ok(());
             }
             self.reap_handshakes();
-            let mut fds = [PollFd::new(listener, PollFlags::IN)];
+            let mut fds = vec![PollFd::new(listener, PollFlags::IN)];
+            if let Some(w) = &self.inner.wake {
+                fds.push(PollFd::new(w, PollFlags::IN));
+            }
             match poll(&mut fds, Some(&timeout)) {
                 Ok(0) => continue,
                 Ok(_) => {}

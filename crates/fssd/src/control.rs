@@ -72,12 +72,18 @@ pub fn serve_with(listener: &UnixListener, services: &Arc<Services>, stop: &Atom
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Wake as soon as a client connects; look at the stop flag and the leases at
-                // least every 50 ms.
-                let mut fds = [rustix::event::PollFd::new(
+                // Wake as soon as a client connects or a restart is handed off; look at the
+                // stop flag and the leases at least every 50 ms.
+                let mut fds = vec![rustix::event::PollFd::new(
                     listener,
                     rustix::event::PollFlags::IN,
                 )];
+                if let Some(w) = services.restart.waker() {
+                    fds.push(rustix::event::PollFd::from_borrowed_fd(
+                        w,
+                        rustix::event::PollFlags::IN,
+                    ));
+                }
                 let timeout = rustix::event::Timespec {
                     tv_sec: 0,
                     tv_nsec: 50_000_000,

@@ -10,6 +10,7 @@ use crate::error::{DaemonError, Result};
 use crate::handover::RestartInfo;
 use crate::registry::Registry;
 use crate::serving::{Link, Supervision};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -29,6 +30,8 @@ pub struct Handoff {
 /// thread.
 pub struct RestartGate {
     link: Option<Link>,
+    /// Wakes the control loop when a restart is handed off (an eventfd).
+    wake: Option<OwnedFd>,
     supervision: Supervision,
     stop: Arc<AtomicBool>,
     active: AtomicBool,
@@ -51,8 +54,14 @@ impl RestartGate {
     /// Setting `stop` ends the control loop.
     #[must_use]
     pub fn new(link: Option<Link>, supervision: Supervision, stop: Arc<AtomicBool>) -> Self {
+        let wake = rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .ok();
         RestartGate {
             link,
+            wake,
             supervision,
             stop,
             active: AtomicBool::new(false),
@@ -64,6 +73,12 @@ impl RestartGate {
     #[must_use]
     pub fn link(&self) -> Option<&Link> {
         self.link.as_ref()
+    }
+
+    /// Readable once a restart is handed off: the control loop polls it beside its listener.
+    #[must_use]
+    pub fn waker(&self) -> Option<BorrowedFd<'_>> {
+        self.wake.as_ref().map(AsFd::as_fd)
     }
 
     /// What `status` says of the process model.
@@ -136,6 +151,9 @@ impl RestartGate {
         });
         active.1 = true;
         self.stop.store(true, Ordering::Release);
+        if let Some(w) = &self.wake {
+            let _ = rustix::io::write(w, &1u64.to_ne_bytes());
+        }
         let info = saved_rx.recv().map_err(|_| {
             DaemonError::internal("the daemon stopped before the restart was saved")
         })?;

@@ -143,8 +143,10 @@ impl Supervisor<'_> {
                 Ok(ToSupervisor::Ready) => self.on_ready(&mut running),
                 Ok(ToSupervisor::Restart) => self.on_restart_request(&mut running),
                 Err(RecvTimeoutError::Timeout) => {}
-                // The process is going: its end shows below.
-                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(TICK),
+                // The process is going: its end shows below, in a moment.
+                Err(RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
             }
             let status = match running.started.child.try_wait() {
                 Ok(Some(s)) => s,
