@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{checksum, fails, qemu_io, Daemon, FSS};
+use common::{checksum, fails, qemu_io, snapshot_names, wait_until, Daemon, FSS};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -72,14 +72,7 @@ fn restart_refuses_transient_snapshots_unless_told_to_drop_them() {
     d.ok(&["snapshot", "create", "default", "p"]);
     let out = d.ok(&["restart", "--drop-transient"]);
     assert!(out.contains("dropped transient snapshots: t"), "{out}");
-    let names: Vec<String> = d
-        .json(&["snapshot", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(names, ["p"]);
+    assert_eq!(snapshot_names(&d), ["p"]);
 }
 
 /// Replace `path` (a running binary: written aside, then renamed over it).
@@ -279,11 +272,9 @@ fn restart_waits_for_a_rollback_or_carries_it_over() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let t = Instant::now();
-        while d.log().matches("rollback started").count() < started {
-            assert!(t.elapsed() < Duration::from_secs(10), "{}", d.log());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_until(Duration::from_secs(10), "no rollback started", || {
+            d.log().matches("rollback started").count() >= started
+        });
         std::thread::sleep(Duration::from_millis(300));
         let out = d.ok(&["restart", "--timeout", timeout]);
         (out, rollback.wait_with_output().unwrap().status.code())
@@ -302,13 +293,13 @@ fn restart_waits_for_a_rollback_or_carries_it_over() {
         "{out}"
     );
     assert_eq!(cli, Some(1), "the rollback's client saw its daemon go");
-    let t = Instant::now();
-    while !d
-        .log()
-        .contains("finished the interrupted rollback of volume v to snapshot s1")
-    {
-        assert!(t.elapsed() < Duration::from_secs(20), "{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(
+        Duration::from_secs(20),
+        "the rollback was not resumed",
+        || {
+            d.log()
+                .contains("finished the interrupted rollback of volume v to snapshot s1")
+        },
+    );
     assert_eq!(checksum(&d, "v"), s1);
 }

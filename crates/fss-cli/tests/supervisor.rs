@@ -7,8 +7,8 @@
 
 mod common;
 
-use common::loopdev::{run, Cleanup};
-use common::{alive, checksum, qemu_io, signal, Daemon, FSS};
+use common::loopdev::{ext4_on, Cleanup};
+use common::{alive, checksum, qemu_io, signal, snapshot_names, wait_until, Daemon, FSS};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -54,14 +54,7 @@ fn a_killed_serving_process_is_replaced_within_a_second() {
     assert_eq!(checksum(&d, "v"), vsum);
     assert_eq!(checksum(&d, "p"), psum);
     qemu_io(&d, "v", &["read -P 0x42 0 1M", "read -P 0x41 1M 3M"]);
-    let names: Vec<String> = d
-        .json(&["snapshot", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(names, ["p"]);
+    assert_eq!(snapshot_names(&d), ["p"]);
     let log = d.log();
     assert_eq!(
         log.matches("dropped transient snapshot t").count(),
@@ -139,14 +132,11 @@ fn killing_the_supervisor_ends_the_serving_process_and_the_next_serve_recovers()
     let serving = d.serving_pid();
     // The helper kills the process it started: the supervisor.
     d.kill9();
-    let t = Instant::now();
-    while alive(serving) {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "the serving process outlived its supervisor"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(
+        Duration::from_secs(5),
+        "the serving process outlived its supervisor",
+        || !alive(serving),
+    );
     // Right away, as after a crash of the whole daemon.
     d.restart();
     let st = d.json(&["status"]);
@@ -209,10 +199,8 @@ fn a_freeze_lease_of_a_killed_serving_process_is_still_honoured() {
     let d = Daemon::start(&state);
     d.ok(&["volume", "create", "vol", "--size", "64M"]);
     let mut c = Cleanup::default();
-    let dev = c.attach(&state.join("dev/vol"), false);
-    run("mkfs.ext4", &["-q", &dev]);
     let mnt = tmp.path().join("mnt");
-    c.mount(&dev, &mnt, "rw");
+    ext4_on(&mut c, &state.join("dev/vol"), &mnt);
     let mut cli = Command::new(FSS)
         .args(["snapshot", "create", mnt.to_str().unwrap(), "held"])
         .env("FSS_STATE_DIR", &state)
@@ -222,14 +210,11 @@ fn a_freeze_lease_of_a_killed_serving_process_is_still_honoured() {
         .spawn()
         .unwrap();
     let leases = state.join("leases.json");
-    let t = Instant::now();
-    while !std::fs::read_to_string(&leases)
-        .unwrap_or_default()
-        .contains("\"mount_point\"")
-    {
-        assert!(t.elapsed() < Duration::from_secs(10), "no lease recorded");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(Duration::from_secs(10), "no lease recorded", || {
+        std::fs::read_to_string(&leases)
+            .unwrap_or_default()
+            .contains("\"mount_point\"")
+    });
     let opened = Instant::now();
     std::thread::sleep(Duration::from_millis(300));
     // The serving process dies first, then the client, which would otherwise thaw on its
@@ -250,17 +235,14 @@ fn a_freeze_lease_of_a_killed_serving_process_is_still_honoured() {
         .status()
         .unwrap();
     assert!(!still_frozen.success(), "frozen until the lease's deadline");
-    while !d
-        .log()
-        .contains("thawed the file system: the freeze lease was not closed within 10 s")
-    {
-        assert!(
-            opened.elapsed() < Duration::from_secs(13),
-            "not thawed by the deadline; log:\n{}",
+    wait_until(
+        Duration::from_secs(13),
+        "not thawed by the deadline",
+        || {
             d.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+                .contains("thawed the file system: the freeze lease was not closed within 10 s")
+        },
+    );
     assert!(
         opened.elapsed() >= Duration::from_millis(9500),
         "thawed at the deadline, not before"

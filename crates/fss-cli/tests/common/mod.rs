@@ -255,6 +255,25 @@ impl Daemon {
     }
 }
 
+/// Wait until `cond` holds, at most `limit` (then fail, saying `what`).
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "{what} (waited {limit:?})");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The names in `fss snapshot list`, oldest first.
+pub fn snapshot_names(d: &Daemon) -> Vec<String> {
+    d.json(&["snapshot", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// Send `sig` to `pid`.
 pub fn signal(pid: u32, sig: rustix::process::Signal) {
     let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
