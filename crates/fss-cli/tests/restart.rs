@@ -303,3 +303,43 @@ fn restart_waits_for_a_rollback_or_carries_it_over() {
     );
     assert_eq!(checksum(&d, "v"), s1);
 }
+
+#[test]
+fn a_client_connecting_during_a_restart_waits_in_the_backlog() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The drained process waits a second before it exits: nothing accepts meanwhile.
+    let d = Daemon::start_with_env(
+        &tmp.path().join("state"),
+        &[("FSS_TEST_RESTART_HOLD_MS", "1000")],
+    );
+    d.ok(&["volume", "create", "v", "--size", "8M"]);
+    qemu_io(&d, "v", &["write -P 0x5c 0 1M"]);
+    let restart = {
+        let dir = d.dir.clone();
+        std::thread::spawn(move || {
+            Command::new(FSS)
+                .args(["restart", "--json"])
+                .env("FSS_STATE_DIR", dir)
+                .output()
+                .unwrap()
+        })
+    };
+    wait_until(Duration::from_secs(10), "the restart did not drain", || {
+        d.log().contains("test hook: holding the restart")
+    });
+    // A client without reconnect support: it waits in the backlog, then the new process
+    // answers it.
+    let t = Instant::now();
+    qemu_io(&d, "v", &["read -P 0x5c 0 1M", "write -P 0x5d 1M 1M"]);
+    assert!(t.elapsed() > Duration::from_millis(300), "it waited");
+    let out = restart.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_ne!(r["new_pid"], r["old_pid"]);
+    assert!(r["ms"].as_u64().unwrap() >= 1000, "{r}");
+    qemu_io(&d, "v", &["read -P 0x5d 1M 1M"]);
+}

@@ -83,6 +83,10 @@ pub struct TestHooks {
     /// starts kill themselves (SIGKILL) right at start, before they are ready, so that a test
     /// can make a crash loop or a crash before ready.
     pub child_crash_at_start: Option<u64>,
+    /// `FSS_TEST_RESTART_HOLD_MS`: for `fss restart`, how long the serving process waits
+    /// after it drained and saved, before it answers and exits, so that a test can connect a
+    /// client while nothing accepts.
+    pub restart_hold: Option<Duration>,
 }
 
 impl TestHooks {
@@ -104,6 +108,7 @@ impl TestHooks {
             child_crash_at_start: std::env::var("FSS_TEST_CHILD_CRASH_AT_START")
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok()),
+            restart_hold: millis("FSS_TEST_RESTART_HOLD_MS"),
         }
     }
 }

@@ -175,7 +175,7 @@ pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<Stopped> {
     let frontends = start(&registry, opts, sockets)?;
     let listener = bind_socket(&control_path)?;
     let gate = RestartGate::new(None, Supervision::default(), Arc::clone(&signals.stop));
-    let stopped = serve(&registry, frontends, &listener, gate, &signals);
+    let stopped = serve(&registry, frontends, &listener, gate, &signals, opts);
     drop(listener);
     let _ = std::fs::remove_file(&control_path);
     Ok(stopped)
@@ -216,6 +216,7 @@ pub fn run_serving(
         &handover.control,
         gate,
         &signals,
+        opts,
     ))
 }
 
@@ -226,6 +227,7 @@ fn serve(
     listener: &UnixListener,
     gate: RestartGate,
     signals: &Signals,
+    opts: &ServeOptions,
 ) -> Stopped {
     let paths = registry.paths();
     let services = Arc::new(Services {
@@ -240,7 +242,12 @@ fn serve(
     tracing::info!(state_dir = %paths.state_dir.display(), "fss daemon ready");
     control::serve_with(listener, &services, &signals.stop);
     if let Some(handoff) = services.restart.take_handoff() {
-        finish_restart(registry, &mut frontends, handoff);
+        finish_restart(
+            registry,
+            &mut frontends,
+            handoff,
+            opts.test_hooks.restart_hold,
+        );
         return Stopped::Upgrade;
     }
     tracing::info!("stopping: waiting for open devices to close (a second signal forces)");
@@ -264,7 +271,12 @@ fn serve(
 
 /// The end of `fss restart` (the control connection that asked waited for long operations):
 /// drain the front-ends, save (a clean stop unless operations are carried over), answer.
-fn finish_restart(registry: &Registry, frontends: &mut [Box<dyn FrontEnd>], handoff: Handoff) {
+fn finish_restart(
+    registry: &Registry,
+    frontends: &mut [Box<dyn FrontEnd>],
+    handoff: Handoff,
+    hold: Option<Duration>,
+) {
     let mut info = handoff.info;
     tracing::info!("restart: draining the front-ends");
     for f in frontends.iter_mut() {
@@ -281,6 +293,10 @@ fn finish_restart(registry: &Registry, frontends: &mut [Box<dyn FrontEnd>], hand
         registry.flush_volumes();
     }
     tracing::info!("restart: state saved; handing over to the next process");
+    if let Some(hold) = hold {
+        tracing::warn!(?hold, "test hook: holding the restart before exiting");
+        std::thread::sleep(hold);
+    }
     if handoff.saved.send(info).is_ok() {
         let _ = handoff.answered.recv_timeout(Duration::from_secs(5));
     }
