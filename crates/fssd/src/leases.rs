@@ -259,3 +259,55 @@ fn thaw(l: &Lease, why: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_leases_are_taken_over_thawed_when_past_and_watched_otherwise() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = tmp.path().join("leases.json");
+        let dir = tmp.path().display().to_string();
+        let first = Leases::recover(file.clone());
+        let id = first.open(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(text.contains(&dir), "{text}");
+        // The process dies with the lease open: the next one watches it.
+        drop(first);
+        let second = Leases::recover(file.clone());
+        assert!(second.all_open(&Some(id)));
+        let newer = second.open(&dir).unwrap_or_else(|e| panic!("{e}"));
+        assert!(newer > id, "ids go on after the recorded ones");
+        assert!(second.close(newer) && second.close(id));
+        assert!(!second.all_open(&Some(id)));
+        // One past its deadline is thawed (here: not frozen, so nothing to do) and forgotten.
+        let past = LeaseFile {
+            boot_id: crate::registry::boot_id(),
+            leases: vec![Recorded {
+                id: 7,
+                mount_point: dir.clone(),
+                deadline_ms: boot_ms().saturating_sub(1),
+            }],
+        };
+        std::fs::write(&file, serde_json::to_vec(&past).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let third = Leases::recover(file.clone());
+        assert!(!third.all_open(&Some(7)));
+        assert!(!std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .contains(&dir));
+        // Another boot's leases mean nothing.
+        let other = LeaseFile {
+            boot_id: "another boot".into(),
+            leases: vec![Recorded {
+                id: 7,
+                mount_point: dir.clone(),
+                deadline_ms: boot_ms() + 60_000,
+            }],
+        };
+        std::fs::write(&file, serde_json::to_vec(&other).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!Leases::recover(file).all_open(&Some(7)));
+    }
+}
