@@ -255,3 +255,33 @@ fn a_freeze_lease_of_a_killed_serving_process_is_still_honoured() {
     assert!(!thaw.success(), "already thawed (EINVAL)");
     c.release_all();
 }
+
+#[test]
+fn a_ctrl_c_stops_cleanly_once() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::CommandExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("state");
+    // Its own process group, as a shell's foreground job: a Ctrl-C signals all of it.
+    let mut serve = Command::new(FSS)
+        .arg("serve")
+        .env("FSS_STATE_DIR", &dir)
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(serve.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    let group = rustix::process::Pid::from_child(&serve);
+    rustix::process::kill_process_group(group, rustix::process::Signal::INT).unwrap();
+    let out = serve.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("fss daemon stopped cleanly"), "{log}");
+    assert!(!log.contains("forced"), "one signal, not two: {log}");
+    assert!(!dir.join("control.sock").exists());
+}

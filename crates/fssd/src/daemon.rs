@@ -160,7 +160,7 @@ pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<Stopped> {
     check_socket_path(&control_path).map_err(DaemonError::invalid)?;
     let _lock = lock_state_dir(paths)?;
     crate::supervisor::wait_for_previous_serving_process(paths);
-    let signals = Signals::install()?;
+    let signals = Signals::install(true)?;
     let registry = Arc::new(Registry::open(
         paths.clone(),
         opts.volume_io,
@@ -192,7 +192,7 @@ pub fn run_serving(
     handover: Handover,
     start: StartFrontEnds<'_>,
 ) -> Result<Stopped> {
-    let signals = Signals::install()?;
+    let signals = Signals::install(false)?;
     let registry = Arc::new(Registry::open(
         opts.paths.clone(),
         opts.volume_io,
@@ -337,20 +337,30 @@ struct Signals {
 }
 
 impl Signals {
-    fn install() -> Result<Self> {
+    /// `interrupt`: SIGINT stops too (not in a serving process, see [`install_signals`]).
+    fn install(interrupt: bool) -> Result<Self> {
         let s = Signals {
             stop: Arc::new(AtomicBool::new(false)),
             force: Arc::new(AtomicBool::new(false)),
         };
-        install_signals(&s.stop, &s.force)?;
+        install_signals(&s.stop, &s.force, interrupt)?;
         Ok(s)
     }
 }
 
-fn install_signals(stop: &Arc<AtomicBool>, force: &Arc<AtomicBool>) -> Result<()> {
+/// `SIGTERM` (and `SIGINT` when `interrupt`) stop, a second one forces. A serving process
+/// takes no `SIGINT` (it swallows it): a Ctrl-C reaches the whole foreground process group,
+/// and the supervisor passes it on as one `SIGTERM`.
+fn install_signals(stop: &Arc<AtomicBool>, force: &Arc<AtomicBool>, interrupt: bool) -> Result<()> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(|e| DaemonError::io("cannot install signal handlers", &e))?;
+    let failed = |e: std::io::Error| DaemonError::io("cannot install signal handlers", &e);
+    let mut signals = if interrupt {
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    } else {
+        signal_hook::flag::register(SIGINT, Arc::new(AtomicBool::new(false))).map_err(failed)?;
+        signal_hook::iterator::Signals::new([SIGTERM])
+    }
+    .map_err(failed)?;
     let (stop, force) = (Arc::clone(stop), Arc::clone(force));
     std::thread::Builder::new()
         .name("fss-signals".into())

@@ -16,8 +16,10 @@
 //!   ([`EXIT_UPGRADE`](crate::handover::EXIT_UPGRADE)) it starts that binary; if it dies
 //!   before it is ready, the previous image (held open) is started again and `last_restart`
 //!   says why.
-//! - SIGTERM, SIGINT: passed on to the serving process (a second one forces its stop); once
-//!   it has stopped, the supervisor removes the socket files and exits.
+//! - SIGTERM, SIGINT: passed on to the serving process as SIGTERM (a second one forces its
+//!   stop; the serving process swallows SIGINT, which a Ctrl-C sends it too, being in the
+//!   same process group); once it has stopped, the supervisor removes the socket files and
+//!   exits.
 
 mod held;
 mod spawn;

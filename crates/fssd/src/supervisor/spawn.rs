@@ -122,8 +122,6 @@ pub(crate) fn start(
         .env(handover::ENV_PID, std::process::id().to_string())
         .env(handover::ENV_RESTARTS, env.restarts.to_string())
         .env_remove("NOTIFY_SOCKET")
-        // Ctrl-C reaches the supervisor only, which stops the serving process once.
-        .process_group(0)
         .stdin(Stdio::null());
     match env.last_restart.and_then(|l| serde_json::to_string(l).ok()) {
         Some(json) => cmd.env(handover::ENV_LAST_RESTART, json),
