@@ -343,3 +343,18 @@ fn a_client_connecting_during_a_restart_waits_in_the_backlog() {
     assert!(r["ms"].as_u64().unwrap() >= 1000, "{r}");
     qemu_io(&d, "v", &["read -P 0x5d 1M 1M"]);
 }
+
+#[test]
+fn without_the_supervisor_there_is_no_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start_with(&tmp.path().join("state"), &["--no-supervisor"]);
+    let st = d.json(&["status"]);
+    assert_eq!(st["supervisor_pid"], serde_json::Value::Null);
+    assert_eq!(st["pid"], d.child.as_ref().unwrap().id(), "one process");
+    let e = fails(&d, &["restart"]);
+    assert!(
+        e.contains("runs without its supervisor (fss serve --no-supervisor)"),
+        "{e}"
+    );
+    assert_eq!(d.stop(), 0);
+}
