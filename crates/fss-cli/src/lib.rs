@@ -8,6 +8,8 @@
 //! - [`backup`]: `fss diff`, `backup`, `restore`, `rollback`;
 //! - [`progress`]: progress bars and plain progress lines;
 //! - [`frontends`]: starting and stopping NBD and FUSE for `fss serve`;
+//! - [`serve`]: `fss serve` (the supervisor, its serving process, or both in one process);
+//! - [`restart`]: `fss restart`;
 //! - here: the state directory, connecting and calling, and clap parsers for sizes and paths
 //!   ([`size_arg`], [`path_arg`]: paths made absolute against the caller's directory).
 
@@ -16,6 +18,8 @@ pub mod consistent;
 pub mod mounts;
 pub mod output;
 pub mod progress;
+pub mod restart;
+pub mod serve;
 
 use anyhow::Context;
 use std::path::PathBuf;
@@ -81,8 +85,9 @@ pub fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::R
 /// The front-ends `fss serve` starts (NBD, FUSE).
 pub mod frontends {
     use fssd::config::ServeOptions;
-    use fssd::daemon::{bind_socket, FrontEnd};
+    use fssd::daemon::{FrontEnd, FrontEndSockets};
     use fssd::registry::Registry;
+    use fssd::serving::FuseConnection;
     use fssd::DaemonError;
     use std::sync::Arc;
     use std::time::Duration;
@@ -92,10 +97,23 @@ pub mod frontends {
         server: fss_nbd::Server,
         stop: fss_nbd::ShutdownHandle,
         threads: Vec<std::thread::JoinHandle<()>>,
-        socket: std::path::PathBuf,
+        /// The socket file to remove at the stop (not when a supervisor holds the socket).
+        socket: Option<std::path::PathBuf>,
     }
 
     impl FrontEnd for Nbd {
+        fn drain(&mut self) -> usize {
+            let n = self.stop.drain();
+            if !self.server.wait_idle(Duration::from_secs(5)) {
+                let left = self.stop.disconnect_all();
+                tracing::warn!(
+                    connections = left,
+                    "closed NBD connections that did not drain"
+                );
+            }
+            n
+        }
+
         fn stop(&mut self) {
             self.stop.shutdown();
             if !self.server.wait_idle(Duration::from_secs(5)) {
@@ -105,11 +123,19 @@ pub mod frontends {
             for t in self.threads.drain(..) {
                 let _ = t.join();
             }
-            let _ = std::fs::remove_file(&self.socket);
+            if let Some(socket) = &self.socket {
+                let _ = std::fs::remove_file(socket);
+            }
         }
     }
 
-    fn start_nbd(registry: &Arc<Registry>, opts: &ServeOptions) -> fssd::Result<Nbd> {
+    fn start_nbd(
+        registry: &Arc<Registry>,
+        opts: &ServeOptions,
+        unix: std::os::unix::net::UnixListener,
+        tcp: Option<std::net::TcpListener>,
+        own_socket_file: bool,
+    ) -> fssd::Result<Nbd> {
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
         // As many workers as a deep client queue (fio iodepth 16, the kernel client's default
         // queue): concurrent first overwrites into persistent snapshots then share one flush.
@@ -120,17 +146,13 @@ pub mod frontends {
         let server = fss_nbd::Server::new(catalog, options);
         let stop = server.shutdown_handle();
         let mut threads = Vec::new();
-        let unix = bind_socket(&opts.paths.nbd_socket)?;
         let s = server.clone();
         threads.push(spawn("fss-nbd-unix", move || {
             if let Err(e) = s.serve_unix(unix) {
                 tracing::error!(error = %e, "NBD unix socket stopped");
             }
         })?);
-        if let Some(addr) = &opts.nbd_listen {
-            let tcp = std::net::TcpListener::bind(addr)
-                .map_err(|e| DaemonError::io(&format!("cannot listen for NBD on {addr}"), &e))?;
-            crate::warn_if_exposed(&tcp);
+        if let Some(tcp) = tcp {
             let s = server.clone();
             threads.push(spawn("fss-nbd-tcp", move || {
                 if let Err(e) = s.serve_tcp(tcp) {
@@ -147,7 +169,7 @@ pub mod frontends {
             server,
             stop,
             threads,
-            socket: opts.paths.nbd_socket.clone(),
+            socket: own_socket_file.then(|| opts.paths.nbd_socket.clone()),
         })
     }
 
@@ -175,7 +197,21 @@ pub mod frontends {
         }
     }
 
-    fn start_fuse(registry: &Arc<Registry>, opts: &ServeOptions) -> fssd::Result<Fuse> {
+    fn start_fuse(
+        registry: &Arc<Registry>,
+        opts: &ServeOptions,
+        inherited: Option<FuseConnection>,
+    ) -> fssd::Result<Fuse> {
+        if let Some(conn) = inherited {
+            // INTEGRATION POINT (FUSE hand-over): serve the connection the supervisor mounted
+            // (`conn.fd`, resumed without INIT when `conn.resume`). The supervisor hands none
+            // over until fss-fuse can serve one (`supervisor::held::open_fuse_connection`).
+            return Err(DaemonError::internal(format!(
+                "the supervisor handed over a FUSE connection (resume: {}), which this fss-fuse \
+                 cannot serve yet",
+                conn.resume
+            )));
+        }
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
         let opens = Arc::new(fssd::catalog::OpenCounter::default());
         registry.add_usage_source(opens.source());
@@ -198,35 +234,28 @@ pub mod frontends {
         Ok(Fuse(Some(fuse)))
     }
 
-    /// Start every front-end.
+    /// Start every front-end, on the sockets made for them.
     ///
     /// # Errors
-    /// A front-end could not start (a socket in use, no FUSE).
+    /// A front-end could not start (no FUSE).
     pub fn start(
         registry: &Arc<Registry>,
         opts: &ServeOptions,
+        sockets: FrontEndSockets,
     ) -> fssd::Result<Vec<Box<dyn FrontEnd>>> {
-        let fuse = start_fuse(registry, opts)?;
-        let nbd = start_nbd(registry, opts)?;
+        let fuse = start_fuse(registry, opts, sockets.fuse)?;
+        let nbd = start_nbd(
+            registry,
+            opts,
+            sockets.nbd_unix,
+            sockets.nbd_tcp,
+            sockets.own_socket_files,
+        )?;
         registry.set_endpoints(
             Some(opts.paths.fuse_dir.clone()),
             Some(opts.paths.nbd_socket.clone()),
             opts.nbd_listen.clone(),
         );
         Ok(vec![Box::new(nbd), Box::new(fuse)])
-    }
-}
-
-/// Plain NBD over TCP has neither authentication nor encryption: say so loudly when the
-/// listener is reachable from other machines.
-fn warn_if_exposed(tcp: &std::net::TcpListener) {
-    if let Ok(local) = tcp.local_addr() {
-        if !local.ip().is_loopback() {
-            tracing::warn!(
-                "NBD over TCP on {local} serves every volume read-write, unencrypted and without \
-                 authentication, to anyone who can reach that address; listen on 127.0.0.1 (or \
-                 use the unix socket) unless the network is trusted"
-            );
-        }
     }
 }

@@ -82,6 +82,14 @@ pub struct TestHooks {
     /// `FSS_TEST_HOLD_COMMITS_MS`: every volume's committer waits this long before each
     /// commit, so that acknowledged writes stay held and a test can kill the daemon then.
     pub hold_commits: Option<Duration>,
+    /// `FSS_TEST_CHILD_CRASH_AT_START`: the first this many serving processes a supervisor
+    /// starts kill themselves (SIGKILL) right at start, before they are ready, so that a test
+    /// can make a crash loop or a crash before ready.
+    pub child_crash_at_start: Option<u64>,
+    /// `FSS_TEST_RESTART_HOLD_MS`: for `fss restart`, how long the serving process waits
+    /// after it drained and saved, before it answers and exits, so that a test can connect a
+    /// client while nothing accepts.
+    pub restart_hold: Option<Duration>,
 }
 
 impl TestHooks {
@@ -101,6 +109,10 @@ impl TestHooks {
                 .and_then(|v| v.parse::<u64>().ok()),
             freeze_hold: millis("FSS_TEST_FREEZE_HOLD_MS"),
             hold_commits: millis("FSS_TEST_HOLD_COMMITS_MS"),
+            child_crash_at_start: std::env::var("FSS_TEST_CHILD_CRASH_AT_START")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok()),
+            restart_hold: millis("FSS_TEST_RESTART_HOLD_MS"),
         }
     }
 }

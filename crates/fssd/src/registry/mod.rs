@@ -38,7 +38,7 @@ use fingerprint::{settled_fingerprint, PreviousStop};
 use fss_core::export::Export;
 use fss_core::Volume;
 use indexmap::IndexMap;
-use recovery::boot_id;
+pub(crate) use recovery::boot_id;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
@@ -241,7 +241,28 @@ impl Registry {
             volumes: inner.volumes.len() as u64,
             snapshots: inner.snapshots.len() as u64,
             recovered_from_crash: inner.recovered_from_crash,
+            supervisor_pid: None,
+            restarts: 0,
+            last_restart: None,
         }
+    }
+
+    /// The transient snapshots (their records live in this process only: they are dropped
+    /// when it ends).
+    #[must_use]
+    pub fn transient_snapshots(&self) -> Vec<String> {
+        self.lock()
+            .snapshots
+            .values()
+            .filter(|s| !s.record.persistent)
+            .map(|s| s.record.name.clone())
+            .collect()
+    }
+
+    /// Flush every volume (held writes are applied and made durable) without recording a
+    /// clean stop: for a stop that leaves long operations to the next start.
+    pub fn flush_volumes(&self) {
+        flush_all(&self.lock());
     }
 
     /// Flush every volume, record fingerprints and a clean stop.
@@ -280,4 +301,12 @@ fn previous_stop(state: &State, paths: &Paths) -> PreviousStop {
         );
     }
     stop
+}
+
+fn flush_all(inner: &Inner) {
+    for (name, entry) in &inner.volumes {
+        if let Err(e) = entry.volume().map_or(Ok(()), Volume::flush) {
+            tracing::error!(volume = %name, error = %e, "flush at stop failed");
+        }
+    }
 }

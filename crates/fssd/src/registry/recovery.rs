@@ -17,7 +17,7 @@ use rustix::io::Errno;
 use std::path::Path;
 use std::sync::Arc;
 
-pub(super) fn boot_id() -> String {
+pub(crate) fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
