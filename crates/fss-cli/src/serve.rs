@@ -62,6 +62,7 @@ pub fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         nbd_listen: a.nbd_listen,
         volume_io,
         test_hooks: fssd::config::TestHooks::from_env(),
+        fuse_mount: None,
     };
     let message = |e: fssd::DaemonError| anyhow::anyhow!(e.message);
     let start = Box::new(crate::frontends::start);

@@ -15,7 +15,15 @@ pub struct ServeOptions {
     pub volume_io: VolumeIo,
     /// Test-only hooks ([`TestHooks::from_env`] at start; default off).
     pub test_hooks: TestHooks,
+    /// Opens `/dev/fuse` and mounts it on the FUSE directory, for the supervisor to hold (the
+    /// FUSE front-end's `mount_connection`; the daemon library does not depend on it). `None`:
+    /// each serving process mounts its own, which dies with it.
+    pub fuse_mount: Option<FuseMount>,
 }
+
+/// See [`ServeOptions::fuse_mount`]: the mount point to a `/dev/fuse` descriptor mounted there,
+/// or a message saying what failed.
+pub type FuseMount = fn(&std::path::Path) -> std::result::Result<std::os::fd::OwnedFd, String>;
 
 /// How the daemon does I/O on its volumes (images and block devices). Stores are not
 /// affected. Every mode is coherent: a direct read of a range first writes back the page

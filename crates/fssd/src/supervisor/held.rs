@@ -87,16 +87,27 @@ impl Held {
     }
 }
 
-/// INTEGRATION POINT (FUSE hand-over). Open `/dev/fuse` and mount it on the FUSE directory
-/// (fss-fuse `mount_connection`), returning the connection for the supervisor to hold; every
-/// serving process then gets it as `FSS_SUPERVISOR_FDS=...,fuse=N`, with `FSS_FUSE_RESUME=1`
-/// from the second on, and serves it (`FrontEndSockets::fuse`) instead of mounting itself;
-/// the supervisor unmounts it at the final stop and aborts it in a crash loop. Until the
-/// FUSE front-end can serve an inherited connection, there is none: each serving process
-/// mounts the directory itself, and it dies with that process, as before.
-#[allow(clippy::unnecessary_wraps)] // the mount can fail once it is wired
-fn open_fuse_connection(_opts: &ServeOptions) -> Result<Option<HeldFuse>> {
-    Ok(None)
+/// Open `/dev/fuse` and mount it on the FUSE directory ([`ServeOptions::fuse_mount`]),
+/// returning the connection for the supervisor to hold; every serving process then gets it as
+/// `FSS_SUPERVISOR_FDS=...,fuse=N`, with `FSS_FUSE_RESUME=1` from the second on, and serves it
+/// (`FrontEndSockets::fuse`) instead of mounting itself; the supervisor unmounts it at the
+/// final stop and aborts it in a crash loop. Without a mount function, there is none: each
+/// serving process mounts the directory itself, and it dies with that process.
+fn open_fuse_connection(opts: &ServeOptions) -> Result<Option<HeldFuse>> {
+    let Some(mount) = opts.fuse_mount else {
+        return Ok(None);
+    };
+    let dir = opts.paths.fuse_dir.clone();
+    let fd = mount(&dir).map_err(|e| {
+        crate::error::DaemonError::new(
+            crate::error::ErrorKind::Io,
+            format!(
+                "cannot mount the FUSE directory {}: {e}; is /dev/fuse available (modprobe fuse)?",
+                dir.display()
+            ),
+        )
+    })?;
+    Ok(Some(HeldFuse { fd, dir }))
 }
 
 /// Abort the FUSE connection (a crash loop: no process will answer it again), so that users
