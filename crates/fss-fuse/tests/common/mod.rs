@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod child;
+
 use fss_core::device::{FileDevice, OpenOptions};
 use fss_core::export::{Catalog, Export, ExportInfo};
 use fss_core::Volume;
