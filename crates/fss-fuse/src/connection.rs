@@ -53,12 +53,14 @@ pub fn mount_connection(dir: &Path) -> Result<OwnedFd> {
     if rustix::process::geteuid().is_root() {
         mount_direct(dir)
     } else {
-        fusermount::mount(
-            dir,
-            &format!("fsname={FSNAME},{OPTIONS},nodev,nosuid,noexec,noatime"),
-        )
-        .map_err(|e| mount_error(dir, e))
+        mount_through_helper(dir)
     }
+}
+
+/// `fusermount3` mounts and passes the descriptor back.
+fn mount_through_helper(dir: &Path) -> Result<OwnedFd> {
+    let options = format!("fsname={FSNAME},{OPTIONS},nodev,nosuid,noexec,noatime");
+    fusermount::mount(dir, &options).map_err(|e| mount_error(dir, e))
 }
 
 /// mount(2) with a descriptor of our own.
@@ -217,7 +219,55 @@ fn unescape(field: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::session::{Session, Setup, Start};
+    use fss_core::export::{Catalog, Export, ExportInfo};
+    use std::sync::Arc;
+
+    struct Empty;
+    impl Catalog for Empty {
+        fn lookup(&self, _: &str) -> Option<Export> {
+            None
+        }
+        fn list(&self) -> Vec<ExportInfo> {
+            Vec::new()
+        }
+    }
+
+    /// The path a process that is not root takes, run as root (these tests need root).
+    #[test]
+    fn mounting_through_fusermount3_hands_back_a_served_connection() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("dev");
+        std::fs::create_dir(&dir).unwrap();
+        let fd = mount_through_helper(&dir).unwrap();
+        let setup = Setup {
+            catalog: Arc::new(Empty),
+            hook: None,
+            threads: 2,
+            max_background: 16,
+            files: None,
+        };
+        let mut session = Session::start(fd, &setup, Start::Fresh).unwrap();
+        let line = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .find(|l| l.split(' ').nth(4) == dir.to_str())
+            .map(str::to_string)
+            .unwrap();
+        assert!(line.contains(" - fuse.fss fss "), "{line}");
+        assert!(line.contains("nosuid,nodev,noexec,noatime"), "{line}");
+        assert!(line.contains("default_permissions"), "{line}");
+        assert!(std::fs::read_dir(&dir).unwrap().next().is_none());
+        assert!(connection_id(&dir).is_ok());
+        fusermount::unmount(&dir).unwrap();
+        assert!(
+            session.join(std::time::Duration::from_secs(10)),
+            "the session ends"
+        );
+        assert!(connection_id(&dir).is_err());
+    }
 
     #[test]
     fn mountinfo_fields() {

@@ -355,3 +355,6 @@ impl FssFs {
         file_io::seek(f.export()?, offset, whence).map(reply::lseek_out)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -13,6 +13,7 @@ use common::{
 };
 use fss_fuse::{FuseFrontEnd, Hooks, Start};
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -107,6 +108,30 @@ fn check_files(dir: &Path, written: &Written) {
     }
 }
 
+/// Kill -9 the serving process [`KILLS`] times at growing intervals, each time starting the
+/// next one on the same connection; after the last kill, this process serves.
+fn kill_in_turn(fd: &OwnedFd, s: &Serving, mut helper: Helper) -> FuseFrontEnd {
+    for kill in 1..=KILLS {
+        std::thread::sleep(Duration::from_millis(200 + 100 * kill as u64));
+        helper.kill();
+        // The writer's requests wait in the kernel meanwhile.
+        std::thread::sleep(Duration::from_millis(50));
+        if kill == KILLS {
+            break;
+        }
+        helper = Helper::spawn("helper_child", fd, s, Start::Resume, None);
+    }
+    FuseFrontEnd::serve_connection(
+        fd.try_clone().unwrap(),
+        &s.dir,
+        catalog_over(&s.image, None),
+        Hooks::default(),
+        &s.session,
+        Start::Resume,
+    )
+    .unwrap()
+}
+
 #[test]
 fn ext4_on_loop_survives_kill_9_of_the_server() {
     let _g = serial();
@@ -125,7 +150,7 @@ fn ext4_on_loop_survives_kill_9_of_the_server() {
 
     let fd = fss_fuse::mount_connection(&s.dir).unwrap();
     let _detach = DetachLast(s.dir.clone());
-    let mut helper = Helper::spawn("helper_child", &fd, &s, Start::Fresh, None);
+    let helper = Helper::spawn("helper_child", &fd, &s, Start::Fresh, None);
     let lo = LoopDev::attach(&s.dir.join("vol"), &["--direct-io=on"]);
     assert!(lo.direct_io(), "the loop device does direct I/O");
     run("mkfs.ext4", &["-q", "-F", &lo.dev]);
@@ -138,27 +163,7 @@ fn ext4_on_loop_survives_kill_9_of_the_server() {
         let (dir, stop) = (mnt_dir.clone(), Arc::clone(&stop));
         std::thread::spawn(move || writer(dir, stop))
     };
-    for kill in 0..KILLS {
-        std::thread::sleep(Duration::from_millis(300 + 100 * kill as u64));
-        helper.kill();
-        // The writer's requests wait in the kernel meanwhile.
-        std::thread::sleep(Duration::from_millis(50));
-        if kill + 1 < KILLS {
-            helper = Helper::spawn("helper_child", &fd, &s, Start::Resume, None);
-        } else {
-            break;
-        }
-    }
-    // The last one is served here, to the end.
-    let fuse = FuseFrontEnd::serve_connection(
-        fd.try_clone().unwrap(),
-        &s.dir,
-        catalog_over(&s.image, None),
-        Hooks::default(),
-        &s.session,
-        Start::Resume,
-    )
-    .unwrap();
+    let fuse = kill_in_turn(&fd, &s, helper);
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     assert!(

@@ -308,27 +308,13 @@ fn operation<'a>(header: &InHeader, body: &'a [u8]) -> Result<Operation<'a>, Err
             f.need(size::OPEN_IN)?;
             Operation::Open { flags: f.u32()? }
         }
-        opcode::READ => {
-            f.need(size::READ_IN)?;
-            Operation::Read {
-                fh: f.u64()?,
-                offset: f.u64()?,
-                size: f.u32()?,
-            }
-        }
-        opcode::WRITE => write(&mut f)?,
-        opcode::FLUSH => {
-            f.need(size::FLUSH_IN)?;
-            Operation::Flush
-        }
-        opcode::RELEASE => {
-            f.need(size::RELEASE_IN)?;
-            Operation::Release { fh: f.u64()? }
-        }
-        opcode::FSYNC => {
-            f.need(size::FSYNC_IN)?;
-            Operation::Fsync { fh: f.u64()? }
-        }
+        opcode::READ
+        | opcode::WRITE
+        | opcode::FLUSH
+        | opcode::RELEASE
+        | opcode::FSYNC
+        | opcode::LSEEK
+        | opcode::FALLOCATE => file_operation(header.opcode, &mut f)?,
         opcode::OPENDIR => Operation::OpenDir,
         opcode::READDIR => {
             f.need(size::READ_IN)?;
@@ -343,6 +329,43 @@ fn operation<'a>(header: &InHeader, body: &'a [u8]) -> Result<Operation<'a>, Err
         opcode::INTERRUPT => {
             f.need(size::INTERRUPT_IN)?;
             Operation::Interrupt
+        }
+        opcode::CREATE
+        | opcode::MKNOD
+        | opcode::MKDIR
+        | opcode::UNLINK
+        | opcode::RMDIR
+        | opcode::RENAME
+        | opcode::RENAME2
+        | opcode::LINK
+        | opcode::SYMLINK => Operation::NamespaceChange,
+        other => Operation::Unsupported(other),
+    })
+}
+
+/// The operations on an open file (their arguments start with the file handle).
+fn file_operation<'a>(opcode: u32, f: &mut Fields<'a>) -> Result<Operation<'a>, Errno> {
+    Ok(match opcode {
+        opcode::READ => {
+            f.need(size::READ_IN)?;
+            Operation::Read {
+                fh: f.u64()?,
+                offset: f.u64()?,
+                size: f.u32()?,
+            }
+        }
+        opcode::WRITE => write(f)?,
+        opcode::FLUSH => {
+            f.need(size::FLUSH_IN)?;
+            Operation::Flush
+        }
+        opcode::RELEASE => {
+            f.need(size::RELEASE_IN)?;
+            Operation::Release { fh: f.u64()? }
+        }
+        opcode::FSYNC => {
+            f.need(size::FSYNC_IN)?;
+            Operation::Fsync { fh: f.u64()? }
         }
         opcode::LSEEK => {
             f.need(size::LSEEK_IN)?;
@@ -361,15 +384,6 @@ fn operation<'a>(header: &InHeader, body: &'a [u8]) -> Result<Operation<'a>, Err
                 mode: f.i32()?,
             }
         }
-        opcode::CREATE
-        | opcode::MKNOD
-        | opcode::MKDIR
-        | opcode::UNLINK
-        | opcode::RMDIR
-        | opcode::RENAME
-        | opcode::RENAME2
-        | opcode::LINK
-        | opcode::SYMLINK => Operation::NamespaceChange,
         other => Operation::Unsupported(other),
     })
 }
