@@ -6,33 +6,22 @@
 
 mod common;
 
-use common::child::{catalog_over, serve_if_helper, Helper, Serving};
-use common::{disk_tempdir, is_mount_point, serial, wait_until, Pattern, TestCatalog};
+use common::child::{catalog_over, serve_if_helper, AbortOnPanic, DetachLast, Helper, Serving};
+use common::{
+    disk_tempdir, is_mount_point, recording_hooks, serial, wait_until, Pattern, TestCatalog,
+};
 use fss_core::device::MemDevice;
-use fss_core::export::Export;
+use fss_core::export::{Catalog, Export};
 use fss_core::Volume;
 use fss_fuse::{FuseError, FuseFrontEnd, Hooks, Start};
 use std::fs::{File, OpenOptions};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
-
-type Events = Arc<Mutex<Vec<(String, bool)>>>;
-
-fn recording_hooks() -> (Hooks, Events) {
-    let events: Events = Arc::default();
-    let e = Arc::clone(&events);
-    let hooks = Hooks {
-        on_open_change: Some(Arc::new(move |name: &str, open: bool| {
-            e.lock().unwrap().push((name.to_string(), open));
-        })),
-    };
-    (hooks, events)
-}
 
 /// Not a test of its own: the serving process that other tests kill.
 #[test]
@@ -40,24 +29,56 @@ fn helper_child() {
     serve_if_helper();
 }
 
-/// In every outcome: abort the connection if the test failed (so nothing waits for a server
-/// that is gone), then detach the mount.
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = fss_fuse::abort_connection(&self.0);
-        }
-        // Not is_mount_point: a stat of a mount nobody serves would wait forever.
-        if fss_fuse::connection_id(&self.0).is_ok() {
-            let _ = fss_fuse::detach_mount(&self.0);
-        }
-    }
+/// Serve (a copy of) the connection `fd` mounted on `dir`.
+fn serve(
+    fd: &OwnedFd,
+    dir: &Path,
+    catalog: Arc<dyn Catalog>,
+    hooks: Hooks,
+    session: &Path,
+    start: Start,
+) -> fss_fuse::Result<FuseFrontEnd> {
+    let fd = fd.try_clone().unwrap();
+    FuseFrontEnd::serve_connection(fd, dir, catalog, hooks, session, start)
 }
 
-fn dup(fd: &OwnedFd) -> OwnedFd {
-    fd.try_clone().unwrap()
+/// A connection mounted and not yet served, and a memory volume "vol" to serve on it. Fields
+/// drop in order: abort (if failing), detach, then the rest.
+struct Rig {
+    _abort: AbortOnPanic,
+    _detach: DetachLast,
+    fd: OwnedFd,
+    vol: Volume,
+    catalog: Arc<TestCatalog>,
+    dir: PathBuf,
+    session: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Rig {
+    fn new(len: u64) -> Rig {
+        let tmp = disk_tempdir();
+        let dir = tmp.path().join("dev");
+        let vol = Volume::new("vol", Arc::new(MemDevice::new(len)));
+        let catalog = Arc::new(TestCatalog::default());
+        catalog.add(Export::Volume(vol.clone()));
+        let fd = fss_fuse::mount_connection(&dir).unwrap();
+        Rig {
+            _abort: AbortOnPanic(dir.clone()),
+            _detach: DetachLast(dir.clone()),
+            fd,
+            vol,
+            catalog,
+            session: tmp.path().join("fuse-session.json"),
+            dir,
+            _tmp: tmp,
+        }
+    }
+
+    fn serve(&self, hooks: Hooks, start: Start) -> fss_fuse::Result<FuseFrontEnd> {
+        let catalog = Arc::clone(&self.catalog) as Arc<dyn Catalog>;
+        serve(&self.fd, &self.dir, catalog, hooks, &self.session, start)
+    }
 }
 
 fn rw(path: &Path) -> File {
@@ -71,25 +92,10 @@ fn rw(path: &Path) -> File {
 #[test]
 fn an_open_file_survives_a_session_switch_in_process() {
     let _g = serial();
-    let tmp = disk_tempdir();
-    let dir = tmp.path().join("dev");
-    let session = tmp.path().join("fuse-session.json");
-    let vol = Volume::new("vol", Arc::new(MemDevice::new(8 * MIB)));
-    let catalog = Arc::new(TestCatalog::default());
-    catalog.add(Export::Volume(vol.clone()));
-
-    let fd = fss_fuse::mount_connection(&dir).unwrap();
-    let _cleanup = Cleanup(dir.clone());
+    let rig = Rig::new(8 * MIB);
+    let (dir, session, vol) = (&rig.dir, &rig.session, &rig.vol);
     let (hooks, first_events) = recording_hooks();
-    let first = FuseFrontEnd::serve_connection(
-        dup(&fd),
-        &dir,
-        catalog.clone(),
-        hooks,
-        &session,
-        Start::Fresh,
-    )
-    .unwrap();
+    let first = rig.serve(hooks, Start::Fresh).unwrap();
     let f = rw(&dir.join("vol"));
     let ino = f.metadata().unwrap().ino();
     let mut p = Pattern::new(1);
@@ -103,10 +109,10 @@ fn an_open_file_survives_a_session_switch_in_process() {
     first.detach().unwrap();
     // (Nothing may stat the directory now: it would wait for the next session.)
     assert!(
-        fss_fuse::connection_id(&dir).is_ok(),
+        fss_fuse::connection_id(dir).is_ok(),
         "detaching leaves the mount"
     );
-    for file in [&session, &session.with_extension("table.json")] {
+    for file in [session, &session.with_extension("table.json")] {
         let mode = std::fs::metadata(file).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{}", file.display());
     }
@@ -126,15 +132,7 @@ fn an_open_file_survives_a_session_switch_in_process() {
     );
 
     let (hooks, events) = recording_hooks();
-    let second = FuseFrontEnd::serve_connection(
-        dup(&fd),
-        &dir,
-        catalog.clone(),
-        hooks,
-        &session,
-        Start::Resume,
-    )
-    .unwrap();
+    let second = rig.serve(hooks, Start::Resume).unwrap();
     assert_eq!(reader.join().unwrap().unwrap(), a);
     // The open count was rebuilt from the table file.
     assert_eq!(*events.lock().unwrap(), vec![("vol".to_string(), true)]);
@@ -162,32 +160,16 @@ fn an_open_file_survives_a_session_switch_in_process() {
         vec![("vol".to_string(), true), ("vol".to_string(), false)]
     );
     second.detach().unwrap();
-    fss_fuse::unmount(&dir).unwrap();
-    assert!(!is_mount_point(&dir));
+    fss_fuse::unmount(dir).unwrap();
+    assert!(!is_mount_point(dir));
 }
 
 #[test]
 fn a_fresh_session_on_an_initialised_connection_leaves_the_request_for_a_resume() {
     let _g = serial();
-    let tmp = disk_tempdir();
-    let dir = tmp.path().join("dev");
-    let session = tmp.path().join("fuse-session.json");
-    let catalog = Arc::new(TestCatalog::default());
-    catalog.add(Export::Volume(Volume::new(
-        "vol",
-        Arc::new(MemDevice::new(MIB)),
-    )));
-    let fd = fss_fuse::mount_connection(&dir).unwrap();
-    let _cleanup = Cleanup(dir.clone());
-    let first = FuseFrontEnd::serve_connection(
-        dup(&fd),
-        &dir,
-        catalog.clone(),
-        Hooks::default(),
-        &session,
-        Start::Fresh,
-    )
-    .unwrap();
+    let rig = Rig::new(MIB);
+    let dir = &rig.dir;
+    let first = rig.serve(Hooks::default(), Start::Fresh).unwrap();
     first.detach().unwrap();
     let stat = {
         let p = dir.join("vol");
@@ -196,31 +178,16 @@ fn a_fresh_session_on_an_initialised_connection_leaves_the_request_for_a_resume(
     std::thread::sleep(Duration::from_millis(100));
     // A mistaken fresh start reads the stat's request, refuses to go on, and leaves it
     // unanswered ...
-    match FuseFrontEnd::serve_connection(
-        dup(&fd),
-        &dir,
-        catalog.clone(),
-        Hooks::default(),
-        &session,
-        Start::Fresh,
-    ) {
+    match rig.serve(Hooks::default(), Start::Fresh) {
         Err(FuseError::Handshake { reason }) => assert!(reason.contains("resume"), "{reason}"),
         other => panic!("a fresh start on a used connection: {other:?}"),
     }
     assert!(!stat.is_finished());
     // ... and the kernel resends it to the resumed session.
-    let second = FuseFrontEnd::serve_connection(
-        dup(&fd),
-        &dir,
-        catalog,
-        Hooks::default(),
-        &session,
-        Start::Resume,
-    )
-    .unwrap();
+    let second = rig.serve(Hooks::default(), Start::Resume).unwrap();
     assert_eq!(stat.join().unwrap().unwrap(), MIB);
     second.detach().unwrap();
-    fss_fuse::unmount(&dir).unwrap();
+    fss_fuse::unmount(dir).unwrap();
 }
 
 /// Reads here hang in the first (killed) helper.
@@ -241,7 +208,8 @@ fn a_read_left_unanswered_by_a_killed_server_is_answered_by_the_next() {
     let marker = tmp.path().join("stalled");
 
     let fd = fss_fuse::mount_connection(&s.dir).unwrap();
-    let _cleanup = Cleanup(s.dir.clone());
+    let _detach = DetachLast(s.dir.clone());
+    let _abort = AbortOnPanic(s.dir.clone());
     let helper = Helper::spawn(
         "helper_child",
         &fd,
@@ -272,8 +240,8 @@ fn a_read_left_unanswered_by_a_killed_server_is_answered_by_the_next() {
 
     // This process takes over, over the same image, without the stall.
     let catalog = catalog_over(&s.image, None);
-    let next = FuseFrontEnd::serve_connection(
-        dup(&fd),
+    let next = serve(
+        &fd,
         &s.dir,
         catalog,
         Hooks::default(),
@@ -308,27 +276,11 @@ fn a_read_left_unanswered_by_a_killed_server_is_answered_by_the_next() {
 #[test]
 fn an_aborted_connection_fails_requests_instead_of_hanging() {
     let _g = serial();
-    let tmp = disk_tempdir();
-    let dir = tmp.path().join("dev");
-    let session = tmp.path().join("fuse-session.json");
-    let catalog = Arc::new(TestCatalog::default());
-    catalog.add(Export::Volume(Volume::new(
-        "vol",
-        Arc::new(MemDevice::new(MIB)),
-    )));
-    let fd = fss_fuse::mount_connection(&dir).unwrap();
-    let _cleanup = Cleanup(dir.clone());
-    let fuse = FuseFrontEnd::serve_connection(
-        dup(&fd),
-        &dir,
-        catalog,
-        Hooks::default(),
-        &session,
-        Start::Fresh,
-    )
-    .unwrap();
+    let rig = Rig::new(MIB);
+    let dir = &rig.dir;
+    let fuse = rig.serve(Hooks::default(), Start::Fresh).unwrap();
     let f = File::open(dir.join("vol")).unwrap();
-    let dev = std::fs::metadata(&dir).unwrap().dev();
+    let dev = std::fs::metadata(dir).unwrap().dev();
     fuse.detach().unwrap();
     let reader = std::thread::spawn(move || {
         let mut b = [0u8; 512];
@@ -336,8 +288,8 @@ fn an_aborted_connection_fails_requests_instead_of_hanging() {
     });
     std::thread::sleep(Duration::from_millis(100));
     assert!(!reader.is_finished());
-    assert_eq!(fss_fuse::connection_id(&dir).unwrap(), dev);
-    fss_fuse::abort_connection(&dir).unwrap();
+    assert_eq!(fss_fuse::connection_id(dir).unwrap(), dev);
+    fss_fuse::abort_connection(dir).unwrap();
     assert!(
         reader.join().unwrap().is_err(),
         "an aborted connection answers with an error"
@@ -345,7 +297,6 @@ fn an_aborted_connection_fails_requests_instead_of_hanging() {
     // The descriptor still held here sees the end of the connection too.
     let e = std::fs::metadata(dir.join("vol")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(107), "ENOTCONN: {e}");
-    drop(fd);
-    fss_fuse::unmount(&dir).unwrap();
-    assert!(!is_mount_point(&dir));
+    fss_fuse::unmount(dir).unwrap();
+    assert!(!is_mount_point(dir));
 }

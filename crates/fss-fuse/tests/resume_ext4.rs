@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::child::{catalog_over, serve_if_helper, Helper, Serving};
+use common::child::{catalog_over, serve_if_helper, AbortOnPanic, DetachLast, Helper, Serving};
 use common::{
     disk_tempdir, is_mount_point, output, require_commands, run, serial, FsMount, LoopDev, Pattern,
 };
@@ -27,30 +27,6 @@ const KILLS: usize = 4;
 #[test]
 fn helper_child() {
     serve_if_helper();
-}
-
-/// Declared after the file system's guards, so dropped before them: if the test failed,
-/// abort the FUSE connection first, so that unmounting ext4 and detaching the loop device
-/// get errors rather than wait for a server that is gone. Then detach the FUSE mount.
-struct AbortOnPanic(PathBuf);
-
-impl Drop for AbortOnPanic {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = fss_fuse::abort_connection(&self.0);
-        }
-    }
-}
-
-/// Detaches the FUSE mount last, whatever happened.
-struct DetachLast(PathBuf);
-
-impl Drop for DetachLast {
-    fn drop(&mut self) {
-        if fss_fuse::connection_id(&self.0).is_ok() {
-            let _ = fss_fuse::detach_mount(&self.0);
-        }
-    }
 }
 
 /// The files the writer made: (name, seed, length), every one fsynced.

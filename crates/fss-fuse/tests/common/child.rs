@@ -2,7 +2,7 @@
 //! [`ENV_MODE`] set so that its `helper_child` test serves a FUSE connection (handed over as
 //! its standard input) over a volume in an image file, and waits to be killed.
 
-use super::TestCatalog;
+use super::{HookedDevice, TestCatalog};
 use fss_core::device::{BlockDevice, FileDevice, OpenOptions};
 use fss_core::export::Export;
 use fss_core::Volume;
@@ -110,37 +110,44 @@ impl Drop for Helper {
     }
 }
 
-/// Reads touching one offset hang forever (after creating a marker file).
-struct StallDevice {
-    inner: FileDevice,
-    at: u64,
-    marker: PathBuf,
+/// Reads touching `at` hang forever, after creating `marker`.
+fn stalling(inner: FileDevice, at: u64, marker: PathBuf) -> HookedDevice<FileDevice> {
+    HookedDevice {
+        inner,
+        before_read: Box::new(move |offset, len| {
+            if offset <= at && at < offset + len as u64 {
+                std::fs::write(&marker, b"stalled")?;
+                loop {
+                    std::thread::sleep(Duration::from_secs(60));
+                }
+            }
+            Ok(())
+        }),
+    }
 }
 
-impl BlockDevice for StallDevice {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if offset <= self.at && self.at < offset + buf.len() as u64 {
-            std::fs::write(&self.marker, b"stalled")?;
-            loop {
-                std::thread::sleep(Duration::from_secs(60));
-            }
+/// Declare after the guards of anything stacked on the FUSE file (loop devices, mounts), so
+/// that it is dropped before them: if the test failed, abort the FUSE connection first, so
+/// that undoing them gets errors rather than waits for a server that is gone.
+pub struct AbortOnPanic(pub PathBuf);
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = fss_fuse::abort_connection(&self.0);
         }
-        self.inner.read_at(buf, offset)
     }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn flush(&self) -> io::Result<()> {
-        self.inner.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.inner.discard(offset, len)
-    }
-    fn describe(&self) -> String {
-        "stall".into()
+}
+
+/// Declare first, so that it is dropped last: detaches the FUSE mount whatever happened.
+pub struct DetachLast(pub PathBuf);
+
+impl Drop for DetachLast {
+    fn drop(&mut self) {
+        // Not is_mount_point: a stat of a mount nobody serves would wait forever.
+        if fss_fuse::connection_id(&self.0).is_ok() {
+            let _ = fss_fuse::detach_mount(&self.0);
+        }
     }
 }
 
@@ -157,11 +164,9 @@ pub fn serve_if_helper() {
         .expect("the FUSE descriptor on stdin");
     let image = var(ENV_IMAGE);
     let device: Option<Arc<dyn BlockDevice>> = std::env::var(ENV_STALL_AT).ok().map(|at| {
-        Arc::new(StallDevice {
-            inner: FileDevice::open(&image, &OpenOptions::default()).expect("open the image"),
-            at: at.parse().expect("a stall offset"),
-            marker: var(ENV_STALL_MARKER),
-        }) as Arc<dyn BlockDevice>
+        let inner = FileDevice::open(&image, &OpenOptions::default()).expect("open the image");
+        let at = at.parse().expect("a stall offset");
+        Arc::new(stalling(inner, at, var(ENV_STALL_MARKER))) as Arc<dyn BlockDevice>
     });
     let catalog = catalog_over(&image, device);
     let start = if mode == "fresh" {
