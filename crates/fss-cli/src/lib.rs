@@ -183,11 +183,19 @@ pub mod frontends {
             .map_err(|e| DaemonError::io("cannot start a front-end thread", &e))
     }
 
-    /// The FUSE directory: one file per volume and snapshot.
-    struct Fuse(Option<fss_fuse::FuseFrontEnd>);
+    /// The FUSE directory: one file per volume and snapshot; and whether its connection was
+    /// handed over by the supervisor (which keeps it mounted for the next process).
+    struct Fuse(Option<fss_fuse::FuseFrontEnd>, bool);
 
     impl FrontEnd for Fuse {
         fn stop(&mut self) {
+            if self.1 {
+                // Requests not read yet stay queued for the next process.
+                if let Some(Err(e)) = self.0.take().map(fss_fuse::FuseFrontEnd::detach) {
+                    tracing::warn!(error = %e, "FUSE session did not detach cleanly");
+                }
+                return;
+            }
             if let Some(f) = self.0.take() {
                 // Files still open (a loop device) are detached lazily and served until closed.
                 if let Err(e) = f.unmount() {
@@ -202,16 +210,6 @@ pub mod frontends {
         opts: &ServeOptions,
         inherited: Option<FuseConnection>,
     ) -> fssd::Result<Fuse> {
-        if let Some(conn) = inherited {
-            // INTEGRATION POINT (FUSE hand-over): serve the connection the supervisor mounted
-            // (`conn.fd`, resumed without INIT when `conn.resume`). The supervisor hands none
-            // over until fss-fuse can serve one (`supervisor::held::open_fuse_connection`).
-            return Err(DaemonError::internal(format!(
-                "the supervisor handed over a FUSE connection (resume: {}), which this fss-fuse \
-                 cannot serve yet",
-                conn.resume
-            )));
-        }
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
         let opens = Arc::new(fssd::catalog::OpenCounter::default());
         registry.add_usage_source(opens.source());
@@ -221,6 +219,31 @@ pub mod frontends {
             })),
         };
         let dir = &opts.paths.fuse_dir;
+        if let Some(conn) = inherited {
+            // The connection the supervisor mounted and holds: it outlives this process, and
+            // a resumed one has the kernel resend what the previous process left unanswered.
+            let start = if conn.resume {
+                fss_fuse::Start::Resume
+            } else {
+                fss_fuse::Start::Fresh
+            };
+            let session_file = opts.paths.state_dir.join("fuse-session.json");
+            let fuse = fss_fuse::FuseFrontEnd::serve_connection(
+                conn.fd,
+                dir,
+                catalog,
+                hooks,
+                &session_file,
+                start,
+            )
+            .map_err(|e| {
+                DaemonError::new(
+                    fssd::error::ErrorKind::Io,
+                    format!("cannot serve the FUSE directory {}: {e}", dir.display()),
+                )
+            })?;
+            return Ok(Fuse(Some(fuse), true));
+        }
         let fuse = fss_fuse::FuseFrontEnd::mount(dir, catalog, hooks).map_err(|e| {
             DaemonError::new(
                 fssd::error::ErrorKind::Io,
@@ -231,7 +254,7 @@ pub mod frontends {
             )
         })?;
         tracing::info!(dir = %dir.display(), "FUSE directory mounted");
-        Ok(Fuse(Some(fuse)))
+        Ok(Fuse(Some(fuse), false))
     }
 
     /// Start every front-end, on the sockets made for them.

@@ -62,7 +62,7 @@ pub fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         nbd_listen: a.nbd_listen,
         volume_io,
         test_hooks: fssd::config::TestHooks::from_env(),
-        fuse_mount: None,
+        fuse_mount: Some(|dir| fss_fuse::mount_connection(dir).map_err(|e| e.to_string())),
     };
     let message = |e: fssd::DaemonError| anyhow::anyhow!(e.message);
     let start = Box::new(crate::frontends::start);

@@ -95,11 +95,25 @@ fn existing(path: &Path) -> Option<std::fs::Metadata> {
     None
 }
 
-/// The device number of the FUSE directory's file system, if it is mounted there.
+/// The device number of the FUSE directory's file system, if it is mounted there. Read from
+/// `/proc/self/mountinfo`, never by a stat of the directory: between two serving processes,
+/// and at start before the FUSE session runs, nobody answers it and a stat would wait.
 fn fuse_device(fuse_dir: &Path) -> Option<u64> {
-    let dir = std::fs::metadata(fuse_dir).ok()?;
-    let parent = std::fs::metadata(fuse_dir.join("..")).ok()?;
-    (dir.dev() != parent.dev()).then_some(dir.dev())
+    let parent = fuse_dir.parent()?.canonicalize().ok()?;
+    let dir = parent.join(fuse_dir.file_name()?);
+    let want = dir.to_str()?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.get(4) != Some(&want) {
+            return None;
+        }
+        let (major, minor) = f.get(2)?.split_once(':')?;
+        Some(rustix::fs::makedev(
+            major.parse().ok()?,
+            minor.parse().ok()?,
+        ))
+    })
 }
 
 fn same(a: &std::fs::Metadata, b: &Path) -> bool {
@@ -129,10 +143,13 @@ fn own_file(
             paths.invalidated_dir(),
             "the daemon's directory of invalidations",
         ),
-        (paths.fuse_dir.clone(), "the FUSE directory"),
     ];
+    // The mounted FUSE directory is caught as an export; unmounted, it can be looked at.
+    let fuse_dir = fuse_device(&paths.fuse_dir)
+        .is_none()
+        .then(|| (paths.fuse_dir.clone(), "the FUSE directory"));
     // A store directory is fine as a store; a volume's default place is fine for a volume.
-    for (p, what) in named {
+    for (p, what) in named.into_iter().chain(fuse_dir) {
         let allowed = matches!(used_as, Use::Store) && p == paths.stores_dir();
         if !allowed && same(meta, &p) {
             return Some(format!("it is {what}"));
