@@ -114,7 +114,19 @@ fn open_fuse_connection(opts: &ServeOptions) -> Result<Option<HeldFuse>> {
 /// of the file system get errors instead of hanging; detach the directory if that fails.
 pub(crate) fn abort_fuse(f: &HeldFuse) {
     let aborted = fuse_connection_id(&f.dir).is_some_and(|id| {
-        std::fs::write(format!("/sys/fs/fuse/connections/{id}/abort"), b"1").is_ok()
+        let dir = format!("/sys/fs/fuse/connections/{id}");
+        if !std::path::Path::new(&dir).exists() {
+            // The FUSE control file system is not always mounted (it was not on our CI
+            // machine): mount it, or the abort falls back to a detach that may hang users.
+            let _ = rustix::mount::mount(
+                "fusectl",
+                "/sys/fs/fuse/connections",
+                "fusectl",
+                rustix::mount::MountFlags::empty(),
+                None,
+            );
+        }
+        std::fs::write(format!("{dir}/abort"), b"1").is_ok()
     });
     if aborted {
         tracing::error!(dir = %f.dir.display(), "aborted the FUSE connection: its users get errors");
