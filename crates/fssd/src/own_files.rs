@@ -137,6 +137,22 @@ fn own_file(
             "the daemon's state file",
         ),
         (paths.control_socket(), "the control socket"),
+        (
+            paths.state_dir.join("fuse-session.json"),
+            "the daemon's FUSE session file",
+        ),
+        (
+            paths.state_dir.join("fuse-session.table.json"),
+            "the daemon's FUSE session file",
+        ),
+        (
+            paths.state_dir.join("leases.json"),
+            "the daemon's lease file",
+        ),
+        (
+            paths.state_dir.join("serving.pid"),
+            "the daemon's process record",
+        ),
         (paths.nbd_socket.clone(), "the NBD socket"),
         (paths.stores_dir(), "the store directory"),
         (
