@@ -98,7 +98,7 @@ fn existing(path: &Path) -> Option<std::fs::Metadata> {
 /// The device number of the FUSE directory's file system, if it is mounted there. Read from
 /// `/proc/self/mountinfo`, never by a stat of the directory: between two serving processes,
 /// and at start before the FUSE session runs, nobody answers it and a stat would wait.
-fn fuse_device(fuse_dir: &Path) -> Option<u64> {
+pub(crate) fn fuse_device(fuse_dir: &Path) -> Option<u64> {
     let parent = fuse_dir.parent()?.canonicalize().ok()?;
     let dir = parent.join(fuse_dir.file_name()?);
     let want = dir.to_str()?;

@@ -146,16 +146,10 @@ fn unmount_fuse(f: &HeldFuse) {
 /// The number of the FUSE connection mounted at `dir` (its device's minor number, which
 /// names it under `/sys/fs/fuse/connections/`), read from mountinfo: a `stat` of the mount
 /// would wait on a connection nobody serves.
+/// The FUSE connection number of the mount on `dir` (its device's minor number), read from
+/// mountinfo: a stat of the directory would wait while no process serves it.
 fn fuse_connection_id(dir: &std::path::Path) -> Option<u32> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = dir.to_str()?;
-    text.lines().rev().find_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        if f.get(4) != Some(&want) {
-            return None;
-        }
-        f.get(2)?.split_once(':')?.1.parse().ok()
-    })
+    crate::own_files::fuse_device(dir).map(rustix::fs::minor)
 }
 
 fn serving_record(paths: &Paths) -> PathBuf {
