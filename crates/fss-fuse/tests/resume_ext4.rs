@@ -32,9 +32,16 @@ fn helper_child() {
 /// The files the writer made: (name, seed, length), every one fsynced.
 type Written = Vec<(String, u64, usize)>;
 
-/// Write and fsync files until told to stop; the first error ends it.
-fn writer(dir: PathBuf, stop: Arc<AtomicBool>) -> std::io::Result<Written> {
-    let mut written = Vec::new();
+/// Bytes of files the writer keeps at most: the oldest go first, so that a fast machine
+/// churns the 256 MiB file system instead of filling it.
+const KEEP_BYTES: usize = 64 << 20;
+
+/// Write and fsync files until told to stop, removing the oldest ones beyond
+/// [`KEEP_BYTES`]; the first error ends it. Returns the files still there and how many
+/// were written in all.
+fn writer(dir: PathBuf, stop: Arc<AtomicBool>) -> std::io::Result<(Written, u64)> {
+    let mut written = std::collections::VecDeque::new();
+    let mut kept = 0usize;
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let len = 4096 + usize::try_from(i * 7919 % (256 << 10)).unwrap();
@@ -42,10 +49,18 @@ fn writer(dir: PathBuf, stop: Arc<AtomicBool>) -> std::io::Result<Written> {
         let mut f = std::fs::File::create_new(dir.join(&name))?;
         f.write_all(&Pattern::new(i).bytes(len))?;
         f.sync_all()?;
-        written.push((name, i, len));
+        written.push_back((name, i, len));
+        kept += len;
+        while kept > KEEP_BYTES {
+            let Some((old, _, old_len)) = written.pop_front() else {
+                break;
+            };
+            std::fs::remove_file(dir.join(old))?;
+            kept -= old_len;
+        }
         i += 1;
     }
-    Ok(written)
+    Ok((written.into(), i))
 }
 
 /// Write a line to the kernel log, to find what the kernel logged after it.
@@ -146,12 +161,8 @@ fn ext4_on_loop_survives_kill_9_of_the_server() {
         common::wait_until(Duration::from_secs(30), || w.is_finished()),
         "the writer hangs: a request of a killed server was never answered"
     );
-    let written = w.join().unwrap().expect("the writer never sees an error");
-    assert!(
-        written.len() > 10,
-        "the writer wrote {} files",
-        written.len()
-    );
+    let (written, total) = w.join().unwrap().expect("the writer never sees an error");
+    assert!(total > 10, "the writer wrote {total} files");
     assert_eq!(fuse.open_files(), vec![("vol".to_string(), 1)]);
 
     // Read everything back from the device, not the page cache: mount again.
@@ -174,10 +185,7 @@ fn ext4_on_loop_survives_kill_9_of_the_server() {
         "the kernel logged errors for {dev}:\n{}",
         errors.join("\n")
     );
-    println!(
-        "{} files written and fsynced across {KILLS} kills of the server",
-        written.len()
-    );
+    println!("{total} files written and fsynced across {KILLS} kills of the server");
     fuse.detach().unwrap();
     fss_fuse::unmount(&s.dir).unwrap();
     assert!(!is_mount_point(&s.dir));
