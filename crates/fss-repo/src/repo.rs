@@ -1,0 +1,289 @@
+//! An open repository: its backend, its keys, and the reading of its indexes and manifests.
+
+use crate::backend::{open_url, Backend};
+use crate::crypto::{
+    hex, open_doc, read_key_file, read_or_create_key_file, seal_doc, unhex, ChunkId, Keys,
+};
+use crate::error::{RepoError, Result};
+use crate::format::{
+    backup_object, Config, IndexEntry, Manifest, Mark, PackIndex, BACKUPS, CHUNK_SIZE, CONFIG,
+    FORMAT, INDEX, KEY_CHECK, MARKS, VERSION,
+};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+/// Where a chunk is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The pack's name.
+    pub pack: String,
+    /// The chunk's entry in it.
+    pub entry: IndexEntry,
+}
+
+/// Every indexed chunk, and the packs a garbage-collection mark names (whose chunks a backup
+/// must not reuse).
+#[derive(Debug, Default)]
+pub struct ChunkIndex {
+    /// Chunk id to location.
+    pub chunks: HashMap<ChunkId, Location>,
+    /// Packs that have an index.
+    pub packs: HashSet<String>,
+    /// Packs named by a mark.
+    pub marked: HashSet<String>,
+}
+
+/// An open repository.
+pub struct Repository {
+    backend: Box<dyn Backend>,
+    keys: Keys,
+    config: Config,
+    url: String,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Repository")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Repository {
+    /// Create a repository at `url`, encrypted with the key in `key_file` (created with a new
+    /// random key when it does not exist) or unencrypted.
+    ///
+    /// # Errors
+    /// A repository already exists there, the key file is unusable, or the store refused.
+    pub fn init(url: &str, key_file: Option<&Path>) -> Result<Self> {
+        let backend = open_url(url)?;
+        Self::init_on(backend, url, key_file)
+    }
+
+    /// [`Repository::init`] on a given backend.
+    ///
+    /// # Errors
+    /// As [`Repository::init`].
+    pub fn init_on(backend: Box<dyn Backend>, url: &str, key_file: Option<&Path>) -> Result<Self> {
+        if backend.exists(CONFIG)? {
+            return Err(RepoError::Invalid(format!(
+                "{url} already holds a repository; use it, or choose another URL"
+            )));
+        }
+        let (keys, config) = if let Some(path) = key_file {
+            let keys = Keys::from_master(&read_or_create_key_file(path)?);
+            let check = hex(&keys.seal(KEY_CHECK));
+            (keys, new_config("chacha20poly1305", None, Some(check)))
+        } else {
+            let id_key = crate::crypto::random_hex(32);
+            let keys = Keys::plain(unhex::<32>(&id_key).unwrap_or([0; 32]));
+            (keys, new_config("none", Some(id_key), None))
+        };
+        let json = serde_json::to_vec_pretty(&config)
+            .map_err(|e| RepoError::Invalid(format!("cannot encode the config: {e}")))?;
+        backend.put(CONFIG, &json)?;
+        Ok(Repository {
+            backend,
+            keys,
+            config,
+            url: url.to_string(),
+        })
+    }
+
+    /// Open the repository at `url` with its key file, if it is encrypted.
+    ///
+    /// # Errors
+    /// No repository there, a wrong or missing key, or the store refused.
+    pub fn open(url: &str, key_file: Option<&Path>) -> Result<Self> {
+        let backend = open_url(url)?;
+        Self::open_on(backend, url, key_file)
+    }
+
+    /// [`Repository::open`] on a given backend.
+    ///
+    /// # Errors
+    /// As [`Repository::open`].
+    pub fn open_on(backend: Box<dyn Backend>, url: &str, key_file: Option<&Path>) -> Result<Self> {
+        let raw = match backend.get(CONFIG) {
+            Err(RepoError::Missing { .. }) => {
+                return Err(RepoError::Invalid(format!(
+                    "{url} holds no fss repository (no 'config' object); create one with `fss repo init {url}`"
+                )))
+            }
+            r => r?,
+        };
+        let config: Config =
+            serde_json::from_slice(&raw).map_err(|e| RepoError::corrupt(CONFIG, e.to_string()))?;
+        if config.format != FORMAT || config.version != VERSION {
+            return Err(RepoError::corrupt(
+                CONFIG,
+                format!(
+                    "format {} version {} is not {FORMAT} {VERSION}",
+                    config.format, config.version
+                ),
+            ));
+        }
+        let keys = match (&config.id_key, &config.key_check, key_file) {
+            (Some(id), None, _) => Keys::plain(
+                unhex::<32>(id).ok_or_else(|| RepoError::corrupt(CONFIG, "bad id_key"))?,
+            ),
+            (None, Some(_), None) => return Err(RepoError::KeyRequired),
+            (None, Some(check), Some(path)) => {
+                let keys = Keys::from_master(&read_key_file(path)?);
+                let sealed = crate::crypto::unhex_vec(check)
+                    .ok_or_else(|| RepoError::corrupt(CONFIG, "bad key_check"))?;
+                if keys.open(&sealed).as_deref() != Some(KEY_CHECK) {
+                    return Err(RepoError::WrongKey {
+                        detail: format!("{} is not the key of {url}", path.display()),
+                    });
+                }
+                keys
+            }
+            _ => {
+                return Err(RepoError::corrupt(
+                    CONFIG,
+                    "neither id_key nor key_check, or both",
+                ))
+            }
+        };
+        Ok(Repository {
+            backend,
+            keys,
+            config,
+            url: url.to_string(),
+        })
+    }
+
+    /// The backend.
+    #[must_use]
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// The keys.
+    #[must_use]
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// The chunk size.
+    #[must_use]
+    pub fn chunk_size(&self) -> u32 {
+        self.config.chunk_size
+    }
+
+    /// The URL it was opened with.
+    #[must_use]
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Every backup, oldest first.
+    ///
+    /// # Errors
+    /// A manifest cannot be read or decoded.
+    pub fn backups(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend.list(BACKUPS)? {
+            out.push(self.read_doc::<Manifest>(&name)?);
+        }
+        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        Ok(out)
+    }
+
+    /// One backup by id.
+    ///
+    /// # Errors
+    /// [`RepoError::NoSuchBackup`], or it cannot be read.
+    pub fn backup(&self, id: &str) -> Result<Manifest> {
+        match self.read_doc(&backup_object(id)) {
+            Err(RepoError::Missing { .. }) => Err(RepoError::NoSuchBackup(id.to_string())),
+            r => r,
+        }
+    }
+
+    /// Read every pack index and every mark.
+    ///
+    /// # Errors
+    /// An index or mark cannot be read.
+    pub fn load_index(&self) -> Result<ChunkIndex> {
+        let mut idx = ChunkIndex::default();
+        for (_, mark) in self.marks()? {
+            idx.marked.extend(mark.packs);
+        }
+        for (name, _) in self.backend.list(INDEX)? {
+            let pi: PackIndex = match self.read_doc(&name) {
+                // Deleted by a concurrent prune between the listing and the read.
+                Err(RepoError::Missing { .. }) => continue,
+                r => r?,
+            };
+            let marked = idx.marked.contains(&pi.pack);
+            for entry in pi.chunks {
+                // A chunk stored twice (again after its first pack was marked) is found in
+                // the unmarked pack, so the marked one can go.
+                let keep_old = idx
+                    .chunks
+                    .get(&entry.id)
+                    .is_some_and(|old| marked || !idx.marked.contains(&old.pack));
+                if !keep_old {
+                    idx.chunks.insert(
+                        entry.id,
+                        Location {
+                            pack: pi.pack.clone(),
+                            entry,
+                        },
+                    );
+                }
+            }
+            idx.packs.insert(pi.pack);
+        }
+        Ok(idx)
+    }
+
+    /// Every garbage-collection mark with its object name.
+    ///
+    /// # Errors
+    /// A mark cannot be read.
+    pub fn marks(&self) -> Result<Vec<(String, Mark)>> {
+        let mut out = Vec::new();
+        for (name, _) in self.backend.list(MARKS)? {
+            match self.read_doc::<Mark>(&name) {
+                Err(RepoError::Missing { .. }) => {}
+                r => out.push((name, r?)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Read and open a sealed document.
+    ///
+    /// # Errors
+    /// Missing, unreadable or damaged.
+    pub fn read_doc<T: serde::de::DeserializeOwned>(&self, object: &str) -> Result<T> {
+        let sealed = self.backend.get(object)?;
+        open_doc(&self.keys, object, &sealed)
+    }
+
+    /// Seal and store a document; returns the bytes stored.
+    ///
+    /// # Errors
+    /// The store refused.
+    pub fn write_doc<T: serde::Serialize>(&self, object: &str, doc: &T) -> Result<u64> {
+        let json = serde_json::to_vec(doc)
+            .map_err(|e| RepoError::Invalid(format!("cannot encode {object}: {e}")))?;
+        let sealed = seal_doc(&self.keys, &json);
+        self.backend.put(object, &sealed)?;
+        Ok(sealed.len() as u64)
+    }
+}
+
+fn new_config(encryption: &str, id_key: Option<String>, key_check: Option<String>) -> Config {
+    Config {
+        format: FORMAT.to_string(),
+        version: VERSION,
+        chunk_size: CHUNK_SIZE,
+        encryption: encryption.to_string(),
+        id_key,
+        key_check,
+    }
+}
