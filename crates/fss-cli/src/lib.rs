@@ -18,6 +18,9 @@ pub mod consistent;
 pub mod mounts;
 pub mod output;
 pub mod progress;
+pub mod repo;
+pub mod repo_args;
+pub mod repo_stream;
 pub mod restart;
 pub mod serve;
 

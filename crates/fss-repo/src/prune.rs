@@ -33,7 +33,7 @@ pub fn select(backups: &[Manifest], policy: &KeepPolicy) -> HashSet<String> {
     }
     let mut keep = HashSet::new();
     for list in per_volume.values_mut() {
-        list.sort_by(|a, b| (b.created, &b.id).cmp(&(a.created, &a.id)));
+        list.sort_by(|a, b| crate::repo::order(b).cmp(&crate::repo::order(a)));
         keep.extend(list.iter().take(policy.last).map(|b| b.id.clone()));
         for (period, n) in [
             (Period::Hour, policy.hourly),

@@ -187,7 +187,7 @@ impl Repository {
         for (name, _) in self.backend.list(BACKUPS)? {
             out.push(self.read_doc::<Manifest>(&name)?);
         }
-        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        out.sort_by(|a, b| order(a).cmp(&order(b)));
         Ok(out)
     }
 
@@ -286,4 +286,11 @@ fn new_config(encryption: &str, id_key: Option<String>, key_check: Option<String
         id_key,
         key_check,
     }
+}
+
+/// The order of backups in time: when made (to the second), then, within a second, the
+/// snapshot's creation time (later snapshots of a volume are newer), then the id.
+#[must_use]
+pub fn order(m: &Manifest) -> (u64, u64, &str) {
+    (m.created, m.snapshot_created_ns, &m.id)
 }

@@ -52,6 +52,9 @@ enum Command {
     /// Create, add, list and remove volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
+    /// Create, list, verify and prune backup repositories (docs/REPOSITORY.md).
+    #[command(subcommand)]
+    Repo(fss_cli::repo_args::RepoCmd),
     /// Take, list, inspect, verify and delete snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
@@ -84,12 +87,17 @@ enum Command {
     Backup {
         /// The snapshot to back up.
         snapshot: String,
-        /// The backup file (written as FILE.partial, then renamed), or - for standard output.
-        #[arg(value_name = "FILE|-")]
+        /// The backup file (written as FILE.partial, then renamed), - for standard output, or
+        /// a repository URL (s3://BUCKET/PREFIX or file:///PATH, docs/REPOSITORY.md): then the
+        /// backup is incremental from the newest earlier snapshot of the volume that is in the
+        /// repository and still exists, and full otherwise.
+        #[arg(value_name = "FILE|-|URL")]
         file: String,
-        /// Make an incremental backup from this older snapshot of the same volume.
+        /// Make an incremental backup from this older snapshot of the same volume (files only).
         #[arg(long, value_name = "OLDER")]
         since: Option<String>,
+        #[command(flatten)]
+        repo: fss_cli::repo_args::RepoArgs,
     },
     /// Restore a full backup and its incrementals, in order, onto TARGET: a new image file, an
     /// existing image or block device of the volume's size, or an fss volume (not open, no
@@ -97,16 +105,19 @@ enum Command {
     /// start while its backups are there; otherwise the volume stays offline until it is run
     /// again or abandoned (--abandon).
     Restore {
-        /// The full backup, then incrementals in order (- reads one from standard input).
-        #[arg(required_unless_present = "abandon", num_args = 1.., value_name = "BACKUP",
-              value_parser = path_arg)]
-        backups: Vec<PathBuf>,
-        /// A new or existing image file, a block device, or an fss volume name.
-        #[arg(value_name = "TARGET")]
-        target: String,
+        /// The full backup, then incrementals in order (- reads one from standard input), or a
+        /// repository URL with --backup ID; then TARGET: a new or existing image file, a block
+        /// device, or an fss volume name.
+        #[arg(required = true, num_args = 1.., value_name = "BACKUP... TARGET")]
+        paths: Vec<String>,
+        /// The backup to restore from the repository URL (`fss repo list URL` shows the ids).
+        #[arg(long, value_name = "ID")]
+        backup: Option<String>,
+        #[command(flatten)]
+        repo: fss_cli::repo_args::RepoArgs,
         /// Give no backups: forget the unfinished restore onto the volume TARGET (interrupted
         /// and not finishable, or failed midway) and serve it as it is, partly restored.
-        #[arg(long, conflicts_with = "backups")]
+        #[arg(long)]
         abandon: bool,
     },
     /// Return a volume to a snapshot's contents (the snapshot is kept; newer snapshots stay
@@ -418,15 +429,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             snapshot,
             file,
             since,
-        } => fss_cli::backup::backup(&state, &snapshot, &file, since.as_deref()),
+            repo,
+        } => fss_cli::repo_args::backup(&state, &snapshot, &file, since.as_deref(), &repo),
         Command::Restore {
-            target,
-            abandon: true,
-            ..
-        } => fss_cli::backup::abandon_restore(&state, &target),
-        Command::Restore {
-            backups, target, ..
-        } => fss_cli::backup::restore(&state, &backups, &target),
+            paths,
+            abandon,
+            backup,
+            repo,
+        } => fss_cli::repo_args::restore(&state, &paths, abandon, backup.as_deref(), &repo),
+        Command::Repo(cmd) => fss_cli::repo_args::run(cmd),
         Command::Rollback {
             volume,
             snapshot,
@@ -581,17 +592,21 @@ mod tests {
         let parse = |args: &[&str]| Cli::try_parse_from(args).map(|c| c.command);
         let r = parse(&["fss", "restore", "--abandon", "v"]);
         assert!(
-            matches!(r, Ok(super::Command::Restore { ref backups, ref target, abandon: true })
-                if backups.is_empty() && target == "v"),
+            matches!(r, Ok(super::Command::Restore { ref paths, abandon: true, .. })
+                if paths == &["v"]),
             "abandon"
         );
         let r = parse(&["fss", "restore", "/b/full", "/b/incr", "v"]);
         assert!(
-            matches!(r, Ok(super::Command::Restore { ref backups, ref target, abandon: false })
-                if backups.len() == 2 && target == "v"),
+            matches!(r, Ok(super::Command::Restore { ref paths, abandon: false, .. })
+                if paths.len() == 3 && paths[2] == "v"),
             "restore"
         );
-        assert!(parse(&["fss", "restore", "v"]).is_err(), "no backup");
-        assert!(parse(&["fss", "restore", "--abandon", "/b/full", "v"]).is_err());
+        let r = parse(&["fss", "restore", "s3://b/p", "--backup", "X", "/t.img"]);
+        assert!(
+            matches!(r, Ok(super::Command::Restore { ref paths, ref backup, .. })
+                if paths.len() == 2 && backup.as_deref() == Some("X")),
+            "repository restore"
+        );
     }
 }
