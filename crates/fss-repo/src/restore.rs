@@ -194,12 +194,8 @@ pub fn restore(
 ) -> Result<RestoreStats> {
     let index = repo.load_index()?;
     let jobs = Mutex::new(plan(&index, m)?);
-    let done = AtomicU64::new(0);
-    let fetched = AtomicU64::new(0);
-    let data_bytes = AtomicU64::new(0);
-    let write_err = |e: std::io::Error| {
-        RepoError::io(format!("cannot write the restore of backup {}", m.id), e)
-    };
+    let counters = Counters::default();
+    let write_err = |e: std::io::Error| write_error(m, e);
     if write_zeros {
         let zeros = vec![0u8; m.chunk_size as usize];
         for (i, c) in m.chunks.iter().enumerate() {
@@ -207,31 +203,24 @@ pub fn restore(
                 let len = crate::writer::chunk_len(m.size, m.chunk_size, i);
                 write_at(i as u64 * u64::from(m.chunk_size), &zeros[..len]).map_err(write_err)?;
                 progress(
-                    done.fetch_add(len as u64, Ordering::Relaxed) + len as u64,
+                    counters.done.fetch_add(len as u64, Ordering::Relaxed) + len as u64,
                     m.size,
                 );
             }
         }
     }
     let worker = || -> Result<()> {
-        loop {
-            let Some(job) = jobs.lock().ok().and_then(|mut j| j.pop()) else {
-                return Ok(());
-            };
-            let range = fetch(repo, &m.id, &job.pack, job.start, job.end - job.start)?;
-            fetched.fetch_add(range.len() as u64, Ordering::Relaxed);
-            for (e, offsets) in &job.chunks {
-                let at = usize::try_from(e.offset - job.start).unwrap_or(0);
-                let blob = &range[at..at + e.length as usize];
-                let data = decode_blob(repo, &m.id, &job.pack, e, blob)?;
-                for &off in offsets {
-                    write_at(off, &data).map_err(write_err)?;
-                    data_bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                    let n = data.len() as u64;
-                    progress(done.fetch_add(n, Ordering::Relaxed) + n, m.size);
+        while let Some(job) = jobs.lock().ok().and_then(|mut j| j.pop()) {
+            let r = run_job(repo, m, &job, write_at, &counters, progress);
+            if r.is_err() {
+                // Stop the other threads: the restore has failed.
+                if let Ok(mut j) = jobs.lock() {
+                    j.clear();
                 }
+                return r;
             }
         }
+        Ok(())
     };
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..connections.max(1)).map(|_| s.spawn(worker)).collect();
@@ -247,7 +236,43 @@ pub fn restore(
         first
     })?;
     Ok(RestoreStats {
-        data_bytes: data_bytes.load(Ordering::Relaxed),
-        fetched_bytes: fetched.load(Ordering::Relaxed),
+        data_bytes: counters.data.load(Ordering::Relaxed),
+        fetched_bytes: counters.fetched.load(Ordering::Relaxed),
     })
+}
+
+#[derive(Default)]
+struct Counters {
+    done: AtomicU64,
+    fetched: AtomicU64,
+    data: AtomicU64,
+}
+
+fn write_error(m: &Manifest, e: std::io::Error) -> RepoError {
+    RepoError::io(format!("cannot write the restore of backup {}", m.id), e)
+}
+
+/// Fetch one range, check its chunks, write them where the backup puts them.
+fn run_job(
+    repo: &Repository,
+    m: &Manifest,
+    job: &Job,
+    write_at: &WriteAt<'_>,
+    c: &Counters,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<()> {
+    let range = fetch(repo, &m.id, &job.pack, job.start, job.end - job.start)?;
+    c.fetched.fetch_add(range.len() as u64, Ordering::Relaxed);
+    for (e, offsets) in &job.chunks {
+        let at = usize::try_from(e.offset - job.start).unwrap_or(0);
+        let blob = range.get(at..at + e.length as usize).unwrap_or_default();
+        let data = decode_blob(repo, &m.id, &job.pack, e, blob)?;
+        let n = data.len() as u64;
+        for &off in offsets {
+            write_at(off, &data).map_err(|e| write_error(m, e))?;
+            c.data.fetch_add(n, Ordering::Relaxed);
+            progress(c.done.fetch_add(n, Ordering::Relaxed) + n, m.size);
+        }
+    }
+    Ok(())
 }

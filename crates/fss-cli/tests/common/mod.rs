@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod loopdev;
+pub mod rgw;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -210,12 +211,17 @@ impl Daemon {
     /// Write `len` bytes of `byte` at `offset` through the FUSE file of volume `volume`, and
     /// make them durable (fsync).
     pub fn write_volume(&self, volume: &str, offset: u64, len: usize, byte: u8) {
+        self.write_volume_bytes(volume, offset, &vec![byte; len]);
+    }
+
+    /// Write `bytes` at `offset` through the FUSE file of volume `volume`, durably.
+    pub fn write_volume_bytes(&self, volume: &str, offset: u64, bytes: &[u8]) {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(self.dir.join("dev").join(volume))
             .unwrap_or_else(|e| panic!("open the FUSE file of {volume}: {e}"));
-        f.write_all_at(&vec![byte; len], offset).unwrap();
+        f.write_all_at(bytes, offset).unwrap();
         f.sync_all().unwrap();
     }
 
