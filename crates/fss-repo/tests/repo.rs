@@ -49,7 +49,8 @@ fn encrypted_repository_hides_data_and_refuses_a_wrong_key() {
     let known = b"the plaintext of a known block, repeated so it is easy to find".repeat(64);
     let mut img = image(2 * MIB, 1);
     img[4096..4096 + known.len()].copy_from_slice(&known);
-    let m = backup(&repo, "vol", "s1", 1, &img, None).unwrap_or_else(|e| panic!("{e}"));
+    let volume = "a-volume-name-long-enough-to-never-occur-by-chance";
+    let m = backup(&repo, volume, "s1", 1, &img, None).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(restore(&repo, &m.id).unwrap_or_else(|e| panic!("{e}")), img);
     let stored = all_files(&dir.path().join("repo"));
     assert!(
