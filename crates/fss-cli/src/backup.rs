@@ -145,6 +145,7 @@ pub fn backup(state: &Path, snapshot: &str, dest: &str, since: Option<&str>) -> 
     let request = Request::Backup {
         snapshot: snapshot.to_string(),
         since: since.map(str::to_string),
+        align: None,
     };
     let mut client = connect(state)?;
     let mut rep = Reporter::new(format!("backup {snapshot}"));

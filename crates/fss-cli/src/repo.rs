@@ -34,8 +34,10 @@ fn open(url: &str, opts: &RepoOpts) -> anyhow::Result<Repository> {
 ///
 /// # Errors
 /// A repository is there already, or the store refused.
-pub fn init(url: &str, encrypt: Option<&Path>) -> anyhow::Result<()> {
-    Repository::init(url, encrypt).with_context(|| format!("cannot create repository {url}"))?;
+pub fn init(url: &str, encrypt: Option<&Path>, chunk_size: u64) -> anyhow::Result<()> {
+    let chunk_size = u32::try_from(chunk_size).unwrap_or(u32::MAX);
+    Repository::init_with(url, encrypt, chunk_size)
+        .with_context(|| format!("cannot create repository {url}"))?;
     match encrypt {
         Some(k) => println!("created encrypted repository {url} (key: {}; keep a copy: without it nothing can be restored)", k.display()),
         None => println!("created repository {url} (not encrypted)"),
@@ -129,6 +131,7 @@ fn stream_into(
     let request = Request::Backup {
         snapshot: snapshot.to_string(),
         since: since.map(str::to_string),
+        align: Some(u64::from(repo.chunk_size())),
     };
     let mut client = connect(state)?;
     let (mut w, r) = channel();
@@ -248,8 +251,21 @@ fn restore_existing(
     if len != m.size {
         bail!("{} has {len} bytes; backup {} is of a {}-byte volume: restore onto a target of that size or a new file", path.display(), m.id, m.size);
     }
+    write_into(repo, m, &f, path, true, opts, progress)
+}
+
+/// Restore `m` into the open file `f` (named `path`) and flush it.
+fn write_into(
+    repo: &Repository,
+    m: &Manifest,
+    f: &std::fs::File,
+    path: &Path,
+    zeros: bool,
+    opts: &RepoOpts,
+    progress: &Progress<'_>,
+) -> anyhow::Result<fss_repo::RestoreStats> {
     let write = |off: u64, data: &[u8]| f.write_all_at(data, off);
-    let s = fss_repo::restore(repo, m, &write, true, opts.connections, progress)?;
+    let s = fss_repo::restore(repo, m, &write, zeros, opts.connections, progress)?;
     f.sync_all()
         .with_context(|| format!("cannot flush {}", path.display()))?;
     Ok(s)
@@ -280,10 +296,7 @@ fn restore_new(
             .with_context(|| format!("cannot create {}", partial.display()))?;
         f.set_len(m.size)
             .with_context(|| format!("cannot size {}", partial.display()))?;
-        let write = |off: u64, data: &[u8]| f.write_all_at(data, off);
-        let s = fss_repo::restore(repo, m, &write, false, opts.connections, progress)?;
-        f.sync_all()
-            .with_context(|| format!("cannot flush {}", partial.display()))?;
+        let s = write_into(repo, m, &f, &partial, false, opts, progress)?;
         std::fs::rename(&partial, path).with_context(|| {
             format!("cannot rename {} to {}", partial.display(), path.display())
         })?;

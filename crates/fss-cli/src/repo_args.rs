@@ -42,6 +42,9 @@ pub enum RepoCmd {
         /// Encrypt with this key file.
         #[arg(long, value_name = "KEYFILE", value_parser = path_arg)]
         encrypt: Option<PathBuf>,
+        /// Chunk size (a power of two, 64K to 16M; docs/REPOSITORY.md says why 1M).
+        #[arg(long, value_name = "SIZE", value_parser = crate::size_arg, default_value = "1M")]
+        chunk_size: u64,
     },
     /// List the backups: id, volume, snapshot, created, size, new and stored bytes.
     List {
@@ -101,7 +104,11 @@ pub enum RepoCmd {
 /// The command failed.
 pub fn run(cmd: RepoCmd) -> anyhow::Result<()> {
     match cmd {
-        RepoCmd::Init { url, encrypt } => crate::repo::init(&url, encrypt.as_deref()),
+        RepoCmd::Init {
+            url,
+            encrypt,
+            chunk_size,
+        } => crate::repo::init(&url, encrypt.as_deref(), chunk_size),
         RepoCmd::List { url, json, repo } => crate::repo::list(&url, json, &repo.opts()),
         RepoCmd::Verify {
             url,

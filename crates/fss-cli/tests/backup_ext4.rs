@@ -11,7 +11,7 @@
 mod common;
 
 use common::loopdev::{run, s, sums, Cleanup};
-use common::Daemon;
+use common::{data, Daemon};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,20 +22,6 @@ use std::sync::Mutex;
 static SERIAL: Mutex<()> = Mutex::new(());
 
 const KIB: u64 = 1024;
-
-/// Pseudo-random bytes from `seed`.
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
 
 fn put(path: &Path, bytes: &[u8]) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -42,32 +42,21 @@ fn repository_backups_restore_to_their_snapshots() {
     for (i, snap) in ["s1", "s2"].iter().enumerate() {
         let img = tmp.path().join(format!("{snap}.img"));
         let id = list[i]["id"].as_str().unwrap();
-        d.ok(&[
-            "restore",
-            &url,
-            "--backup",
-            id,
-            img.to_str().unwrap(),
-            k[0],
-            k[1],
-        ]);
-        assert_eq!(sha256(&img), checksum(&d, snap), "{snap}");
-        // Onto an existing image of the size: every byte is written, zeroes too.
-        std::fs::write(&img, vec![0xee; 64 << 20]).unwrap();
-        d.ok(&[
-            "restore",
-            &url,
-            "--backup",
-            id,
-            img.to_str().unwrap(),
-            k[0],
-            k[1],
-        ]);
-        assert_eq!(
-            sha256(&img),
-            checksum(&d, snap),
-            "{snap} onto an existing image"
-        );
+        // Into a new file, then onto an existing image of the size (every byte is written,
+        // zeroes too).
+        for what in ["a new file", "an existing image"] {
+            d.ok(&[
+                "restore",
+                &url,
+                "--backup",
+                id,
+                img.to_str().unwrap(),
+                k[0],
+                k[1],
+            ]);
+            assert_eq!(sha256(&img), checksum(&d, snap), "{snap} into {what}");
+            std::fs::write(&img, vec![0xee; 64 << 20]).unwrap();
+        }
     }
     d.ok(&["repo", "verify", &url, "--read-data", k[0], k[1]]);
 

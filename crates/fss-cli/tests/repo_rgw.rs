@@ -13,7 +13,7 @@ mod common;
 
 use common::loopdev::{run, s, Cleanup};
 use common::rgw::Gateway;
-use common::{Daemon, FSS};
+use common::{data, Daemon, FSS};
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -70,20 +70,6 @@ fn sha(p: &Path) -> String {
         .next()
         .unwrap()
         .to_string()
-}
-
-/// Pseudo-random bytes from `seed`.
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
 }
 
 /// Distinct 1 MiB chunks that the extents of `fss diff A B` overlap.
@@ -334,36 +320,26 @@ fn kill_prune_and_keys(gw: &Gateway, d: &Daemon, tmp: &Path, k: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    ok(
-        d,
-        &[
-            "repo",
-            "prune",
-            url,
-            "--keep-last",
-            "2",
-            "--gc-grace",
-            "0",
-            "--key",
-            k,
-        ],
-    );
+    let prune = || {
+        ok(
+            d,
+            &[
+                "repo",
+                "prune",
+                url,
+                "--keep-last",
+                "2",
+                "--gc-grace",
+                "0",
+                "--key",
+                k,
+            ],
+        )
+    };
+    prune();
     let status = running.wait().unwrap();
     assert!(status.success(), "the backup beside the prune failed");
-    ok(
-        d,
-        &[
-            "repo",
-            "prune",
-            url,
-            "--keep-last",
-            "2",
-            "--gc-grace",
-            "0",
-            "--key",
-            k,
-        ],
-    );
+    prune();
     let kept = list(d, url, k);
     assert_eq!(kept.len(), 2, "{kept:?}");
     for b in &kept {

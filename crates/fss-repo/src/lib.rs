@@ -11,7 +11,7 @@
 //! Everything is synchronous; the S3 client's tokio runtime stays inside [`s3`].
 
 pub mod backend;
-mod calendar;
+pub mod calendar;
 pub mod crypto;
 pub mod error;
 pub mod format;

@@ -56,15 +56,33 @@ impl Repository {
     /// # Errors
     /// A repository already exists there, the key file is unusable, or the store refused.
     pub fn init(url: &str, key_file: Option<&Path>) -> Result<Self> {
-        let backend = open_url(url)?;
-        Self::init_on(backend, url, key_file)
+        Self::init_with(url, key_file, CHUNK_SIZE)
     }
 
-    /// [`Repository::init`] on a given backend.
+    /// [`Repository::init`] with another chunk size (a power of two, 64 KiB to 16 MiB).
+    ///
+    /// # Errors
+    /// As [`Repository::init`], or an unusable chunk size.
+    pub fn init_with(url: &str, key_file: Option<&Path>, chunk_size: u32) -> Result<Self> {
+        if !chunk_size_ok(chunk_size) {
+            return Err(RepoError::Invalid(format!(
+                "chunk size {chunk_size} is not a power of two from 64 KiB to 16 MiB"
+            )));
+        }
+        let backend = open_url(url)?;
+        Self::init_on(backend, url, key_file, chunk_size)
+    }
+
+    /// [`Repository::init_with`] on a given backend.
     ///
     /// # Errors
     /// As [`Repository::init`].
-    pub fn init_on(backend: Box<dyn Backend>, url: &str, key_file: Option<&Path>) -> Result<Self> {
+    pub fn init_on(
+        backend: Box<dyn Backend>,
+        url: &str,
+        key_file: Option<&Path>,
+        chunk_size: u32,
+    ) -> Result<Self> {
         if backend.exists(CONFIG)? {
             return Err(RepoError::Invalid(format!(
                 "{url} already holds a repository; use it, or choose another URL"
@@ -73,11 +91,14 @@ impl Repository {
         let (keys, config) = if let Some(path) = key_file {
             let keys = Keys::from_master(&read_or_create_key_file(path)?);
             let check = hex(&keys.seal(KEY_CHECK));
-            (keys, new_config("chacha20poly1305", None, Some(check)))
+            (
+                keys,
+                new_config("chacha20poly1305", None, Some(check), chunk_size),
+            )
         } else {
             let id_key = crate::crypto::random_hex(32);
             let keys = Keys::plain(unhex::<32>(&id_key).unwrap_or([0; 32]));
-            (keys, new_config("none", Some(id_key), None))
+            (keys, new_config("none", Some(id_key), None, chunk_size))
         };
         let json = serde_json::to_vec_pretty(&config)
             .map_err(|e| RepoError::Invalid(format!("cannot encode the config: {e}")))?;
@@ -114,6 +135,12 @@ impl Repository {
         };
         let config: Config =
             serde_json::from_slice(&raw).map_err(|e| RepoError::corrupt(CONFIG, e.to_string()))?;
+        if !chunk_size_ok(config.chunk_size) {
+            return Err(RepoError::corrupt(
+                CONFIG,
+                format!("chunk size {} is out of range", config.chunk_size),
+            ));
+        }
         if config.format != FORMAT || config.version != VERSION {
             return Err(RepoError::corrupt(
                 CONFIG,
@@ -277,11 +304,20 @@ impl Repository {
     }
 }
 
-fn new_config(encryption: &str, id_key: Option<String>, key_check: Option<String>) -> Config {
+fn chunk_size_ok(n: u32) -> bool {
+    n.is_power_of_two() && (64 << 10..=16 << 20).contains(&n)
+}
+
+fn new_config(
+    encryption: &str,
+    id_key: Option<String>,
+    key_check: Option<String>,
+    chunk_size: u32,
+) -> Config {
     Config {
         format: FORMAT.to_string(),
         version: VERSION,
-        chunk_size: CHUNK_SIZE,
+        chunk_size,
         encryption: encryption.to_string(),
         id_key,
         key_check,

@@ -194,7 +194,19 @@ pub fn restore(
 ) -> Result<RestoreStats> {
     let index = repo.load_index()?;
     let jobs = Mutex::new(plan(&index, m)?);
-    let counters = Counters::default();
+    // Progress counts what is written: without zeroes, the data chunks only.
+    let total = if write_zeros {
+        m.size
+    } else {
+        (0..m.chunks.len())
+            .filter(|&i| m.chunks[i].is_some())
+            .map(|i| crate::writer::chunk_len(m.size, m.chunk_size, i) as u64)
+            .sum()
+    };
+    let counters = Counters {
+        total,
+        ..Counters::default()
+    };
     let write_err = |e: std::io::Error| write_error(m, e);
     if write_zeros {
         let zeros = vec![0u8; m.chunk_size as usize];
@@ -243,6 +255,7 @@ pub fn restore(
 
 #[derive(Default)]
 struct Counters {
+    total: u64,
     done: AtomicU64,
     fetched: AtomicU64,
     data: AtomicU64,
@@ -271,7 +284,7 @@ fn run_job(
         for &off in offsets {
             write_at(off, &data).map_err(|e| write_error(m, e))?;
             c.data.fetch_add(n, Ordering::Relaxed);
-            progress(c.done.fetch_add(n, Ordering::Relaxed) + n, m.size);
+            progress(c.done.fetch_add(n, Ordering::Relaxed) + n, c.total);
         }
     }
     Ok(())

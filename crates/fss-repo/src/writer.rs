@@ -30,6 +30,14 @@ pub struct BackupMeta {
     pub size: u64,
 }
 
+/// The chunk being filled: its index, its bytes, and the ranges extents wrote (the rest comes
+/// from the base chunk, read only if an extent left a gap).
+struct Current {
+    i: usize,
+    buf: Vec<u8>,
+    written: Vec<(usize, usize)>,
+}
+
 /// A backup being written. Feed it extents in ascending, non-overlapping order with
 /// [`BackupWriter::extent`], then [`BackupWriter::finish`]. With a base manifest only the
 /// chunks that an extent touches are rebuilt (from the base chunk and the extent); every other
@@ -40,7 +48,7 @@ pub struct BackupWriter<'r, 's> {
     base: Option<Manifest>,
     index: ChunkIndex,
     chunks: Vec<Option<String>>,
-    current: Option<(usize, Vec<u8>)>,
+    current: Option<Current>,
     added: HashSet<ChunkId>,
     reused_packs: HashSet<String>,
     pack: Vec<u8>,
@@ -106,11 +114,16 @@ impl<'r, 's> BackupWriter<'r, 's> {
             let i = usize::try_from(pos / cs).unwrap_or(usize::MAX);
             let chunk_start = i as u64 * cs;
             let end = (chunk_start + cs).min(offset + len);
-            let buf = self.chunk_buffer(i)?;
+            let cur = self.chunk_buffer(i)?;
             let (a, b) = (
                 usize::try_from(pos - chunk_start).unwrap_or(0),
                 usize::try_from(end - chunk_start).unwrap_or(0),
             );
+            match cur.written.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => cur.written.push((a, b)),
+            }
+            let buf = &mut cur.buf;
             match data {
                 Some(d) => {
                     let from = usize::try_from(pos - offset).unwrap_or(0);
@@ -124,25 +137,28 @@ impl<'r, 's> BackupWriter<'r, 's> {
     }
 
     /// The buffer of chunk `i`, closing the current chunk when `i` is past it.
-    fn chunk_buffer(&mut self, i: usize) -> Result<&mut Vec<u8>> {
+    fn chunk_buffer(&mut self, i: usize) -> Result<&mut Current> {
         match &self.current {
-            Some((c, _)) if *c == i => {}
-            Some((c, _)) if *c > i => {
+            Some(c) if c.i == i => {}
+            Some(c) if c.i > i => {
                 return Err(RepoError::Invalid(format!(
-                    "extents of {} arrived out of order (chunk {i} after {c})",
-                    self.meta.snapshot
+                    "extents of {} arrived out of order (chunk {i} after {})",
+                    self.meta.snapshot, c.i
                 )))
             }
             _ => {
                 self.close_current()?;
-                let buf = self.base_chunk(i)?;
-                self.current = Some((i, buf));
+                let len = chunk_len(self.meta.size, self.repo.chunk_size(), i);
+                self.current = Some(Current {
+                    i,
+                    buf: vec![0; len],
+                    written: Vec::new(),
+                });
             }
         }
-        match &mut self.current {
-            Some((_, buf)) => Ok(buf),
-            None => Err(RepoError::Invalid("no current chunk".into())),
-        }
+        self.current
+            .as_mut()
+            .ok_or_else(|| RepoError::Invalid("no current chunk".into()))
     }
 
     /// The base's content of chunk `i`: zeroes without a base.
@@ -156,8 +172,18 @@ impl<'r, 's> BackupWriter<'r, 's> {
     }
 
     fn close_current(&mut self) -> Result<()> {
-        let Some((i, buf)) = self.current.take() else {
+        let Some(Current { i, buf, written }) = self.current.take() else {
             return Ok(());
+        };
+        let buf = if written == [(0, buf.len())] {
+            buf
+        } else {
+            // Gaps keep the base's bytes.
+            let mut full = self.base_chunk(i)?;
+            for (a, b) in written {
+                full[a..b].copy_from_slice(&buf[a..b]);
+            }
+            full
         };
         if buf.iter().all(|&b| b == 0) {
             self.chunks[i] = None;

@@ -273,9 +273,14 @@ impl<W: Write> Connection<'_, W> {
             Request::Diff { snapshot, until } => encode(reg.diff(snapshot, until.as_deref())),
             Request::LeaseOpen { mount_point } => self.lease_open(mount_point),
             Request::LeaseClose { lease } => self.lease_close(*lease),
-            Request::Backup { snapshot, since } => {
+            Request::Backup {
+                snapshot,
+                since,
+                align,
+            } => {
                 let chan = Channel::new(self.out, env.id);
-                return backup(env.id, snapshot, since.as_deref(), reg, chan);
+                let job = (snapshot.as_str(), since.as_deref(), align.unwrap_or(0));
+                return backup(env.id, job, reg, chan);
             }
             Request::Restore { volume, files } => {
                 let mut chan = Channel::new(self.out, env.id);
@@ -463,10 +468,12 @@ impl<W: Write> Write for FrameWriter<'_, '_, W> {
 }
 
 /// `backup`: the first response, the data frames, a zero frame, the final response.
+/// `(snapshot, since, align)` of a backup request.
+type BackupArgs<'a> = (&'a str, Option<&'a str>, u64);
+
 fn backup<W: Write>(
     id: u64,
-    snapshot: &str,
-    since: Option<&str>,
+    (snapshot, since, align): BackupArgs<'_>,
     registry: &Registry,
     mut chan: Channel<'_, W>,
 ) -> std::io::Result<()> {
@@ -485,7 +492,13 @@ fn backup<W: Write>(
         let mut p = |d: u64, t: u64| chan.borrow_mut().progress(d, t);
         match &job.base {
             None => fss_core::backup::write_full(&job.snapshot, &mut w, &mut p),
-            Some(base) => fss_core::backup::write_incremental(base, &job.snapshot, &mut w, &mut p),
+            Some(base) => fss_core::backup::write_incremental_aligned(
+                base,
+                &job.snapshot,
+                align,
+                &mut w,
+                &mut p,
+            ),
         }
     };
     let mut chan = chan.into_inner();

@@ -272,6 +272,10 @@ pub enum Request {
         /// The older snapshot an incremental backup starts from.
         #[serde(default)]
         since: Option<String>,
+        /// Incremental only: widen every changed extent out to multiples of this many bytes
+        /// (a repository's chunk size), so each chunk the changes touch arrives whole.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        align: Option<u64>,
     },
     /// Restore backup files (a full backup, then incrementals in order) onto a volume that has
     /// no snapshots and is not open. Progress lines precede the response.

@@ -546,6 +546,7 @@ fn backup_restore_rollback_and_their_errors() {
             Request::Backup {
                 snapshot: "s1".into(),
                 since: None,
+                align: None,
             },
             &mut full,
             &mut |_, _| {},
@@ -564,6 +565,7 @@ fn backup_restore_rollback_and_their_errors() {
             Request::Backup {
                 snapshot: "s2".into(),
                 since: Some("s1".into()),
+                align: None,
             },
             &mut incr,
             &mut |_, _| {},
@@ -575,6 +577,7 @@ fn backup_restore_rollback_and_their_errors() {
             Request::Backup {
                 snapshot: snapshot.into(),
                 since: since.map(str::to_string),
+                align: None,
             },
             &mut Vec::new(),
             &mut |_, _| {},

@@ -14,6 +14,20 @@ use std::time::{Duration, Instant};
 pub const FSS: &str = env!("CARGO_BIN_EXE_fss");
 pub const FSSCONFIG: &str = env!("CARGO_BIN_EXE_fssconfig");
 
+/// Pseudo-random bytes from `seed` (xorshift): incompressible, distinct per seed.
+pub fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
 /// A running daemon; killed (SIGKILL) on drop if still running.
 pub struct Daemon {
     pub dir: PathBuf,

@@ -65,6 +65,22 @@ pub fn write_incremental(
     out: &mut dyn Write,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<BackupSummary> {
+    write_incremental_aligned(older, snapshot, 0, out, progress)
+}
+
+/// [`write_incremental`], with every changed extent widened out to multiples of `align` bytes
+/// (0: exact), so that a reader cutting the volume into `align`-sized chunks gets every chunk a
+/// change touches whole, read from `snapshot`.
+///
+/// # Errors
+/// As [`write_incremental`].
+pub fn write_incremental_aligned(
+    older: &Snapshot,
+    snapshot: &Snapshot,
+    align: u64,
+    out: &mut dyn Write,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<BackupSummary> {
     let base = readable(older)?;
     let info = readable(snapshot)?;
     older.check_older_than(snapshot, PairUse::IncrementalBackup)?;
@@ -76,18 +92,44 @@ pub fn write_incremental(
         // up to `snapshot`, and reading it from `snapshot` gives `snapshot`'s bytes.
         older.changed(0, len)?
     };
-    let extents: Vec<_> = changed.into_iter().filter(|e| e.data).collect();
-    let covered = extents.iter().map(|e| e.len).sum();
+    let extents = widen(
+        changed
+            .into_iter()
+            .filter(|e| e.data)
+            .map(|e| (e.offset, e.len)),
+        align,
+        len,
+    );
+    let covered = extents.iter().map(|e| e.1).sum();
     let header = new_header(snapshot, &info, Some(snapshot_ref(&base)), covered)?;
     let mut w = StreamWriter::start(out, header, &info.name)?;
     let mut done = 0;
     progress(0, covered);
-    for e in &extents {
-        copy_range(
-            snapshot, &mut w, e.offset, e.len, &mut done, covered, progress,
-        )?;
+    for &(offset, n) in &extents {
+        copy_range(snapshot, &mut w, offset, n, &mut done, covered, progress)?;
     }
     w.finish()
+}
+
+/// Extents `(offset, len)` in ascending order, widened out to multiples of `align` (0: as
+/// they are) within `len` bytes, merged where they meet.
+#[must_use]
+fn widen(extents: impl Iterator<Item = (u64, u64)>, align: u64, len: u64) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (offset, n) in extents {
+        let (start, end) = match offset.checked_div(align) {
+            None => (offset, offset + n),
+            Some(q) => (
+                q * align,
+                (offset + n).div_ceil(align).saturating_mul(align).min(len),
+            ),
+        };
+        match out.last_mut() {
+            Some(last) if last.0 + last.1 >= start => last.1 = last.1.max(end - last.0),
+            _ => out.push((start, end - start)),
+        }
+    }
+    out
 }
 
 /// The snapshot's description, if it can be read now.
@@ -277,5 +319,21 @@ impl<'a> StreamWriter<'a> {
             zero_bytes: self.zero_bytes,
             stream_bytes: self.bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod widen_tests {
+    use super::widen;
+
+    #[test]
+    fn extents_grow_to_whole_chunks_and_merge() {
+        let e = [(10, 5), (100, 1), (4096, 4096), (9000, 10)];
+        assert_eq!(widen(e.into_iter(), 0, 20_000), e.to_vec());
+        assert_eq!(widen(e.into_iter(), 4096, 20_000), vec![(0, 4096 * 3)]);
+        assert_eq!(
+            widen([(10, 5), (9000, 10)].into_iter(), 4096, 9005),
+            vec![(0, 4096), (8192, 813)]
+        );
     }
 }
