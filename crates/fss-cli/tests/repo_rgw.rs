@@ -258,6 +258,18 @@ fn damaged_object(gw: &Gateway, d: &Daemon, tmp: &Path, url: &str, k: &str, id: 
     assert!(refused, "no restore noticed the damaged pack (backup {id})");
 }
 
+/// `fss backup SNAPSHOT URL` in the background, on one connection (slow enough to catch).
+fn spawn_backup(d: &Daemon, snapshot: &str, url: &str, k: &str) -> std::process::Child {
+    Command::new(FSS)
+        .args(["backup", snapshot, url, "--key", k, "--connections", "1"])
+        .env("FSS_STATE_DIR", &d.dir)
+        .envs(Gateway::env())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn kill_prune_and_keys(gw: &Gateway, d: &Daemon, tmp: &Path, k: &str) {
     gw.bucket("big");
     let url = "s3://big/r";
@@ -273,14 +285,7 @@ fn kill_prune_and_keys(gw: &Gateway, d: &Daemon, tmp: &Path, k: &str) {
     }
     ok(d, &["snapshot", "create", "big", "b1"]);
     // kill -9 once some packs are in the bucket.
-    let mut child = Command::new(FSS)
-        .args(["backup", "b1", url, "--key", k, "--connections", "1"])
-        .env("FSS_STATE_DIR", &d.dir)
-        .envs(Gateway::env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_backup(d, "b1", url, k);
     let t = Instant::now();
     while gw
         .objects("big")
@@ -312,14 +317,7 @@ fn kill_prune_and_keys(gw: &Gateway, d: &Daemon, tmp: &Path, k: &str) {
             ok(d, &["backup", &format!("b{n}"), url, "--key", k]);
         }
     }
-    let mut running = Command::new(FSS)
-        .args(["backup", "b4", url, "--key", k, "--connections", "1"])
-        .env("FSS_STATE_DIR", &d.dir)
-        .envs(Gateway::env())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut running = spawn_backup(d, "b4", url, k);
     let prune = || {
         ok(
             d,

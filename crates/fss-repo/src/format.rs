@@ -131,31 +131,26 @@ pub fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// UTC (year, month, day, hour, minute, second) of a time.
+fn utc(secs: u64) -> (u64, u64, u64, u64, u64, u64) {
+    let (y, m, d) = crate::calendar::civil(secs / 86_400);
+    let t = secs % 86_400;
+    (y, m, d, t / 3600, t / 60 % 60, t % 60)
+}
+
 /// A new backup or mark id: UTC time to the second, then random hex, so names sort by time.
 #[must_use]
 pub fn new_id(secs: u64) -> String {
-    let (y, m, d) = crate::calendar::civil(secs / 86_400);
-    let t = secs % 86_400;
-    format!(
-        "{y:04}{m:02}{d:02}T{:02}{:02}{:02}Z-{}",
-        t / 3600,
-        t / 60 % 60,
-        t % 60,
-        crate::crypto::random_hex(4)
-    )
+    let (y, m, d, h, mi, s) = utc(secs);
+    let r = crate::crypto::random_hex(4);
+    format!("{y:04}{m:02}{d:02}T{h:02}{mi:02}{s:02}Z-{r}")
 }
 
 /// RFC 3339 UTC form of a time.
 #[must_use]
 pub fn rfc3339(secs: u64) -> String {
-    let (y, m, d) = crate::calendar::civil(secs / 86_400);
-    let t = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        t / 3600,
-        t / 60 % 60,
-        t % 60
-    )
+    let (y, m, d, h, mi, s) = utc(secs);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
 mod hex32 {
@@ -168,5 +163,17 @@ mod hex32 {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
         let s = String::deserialize(d)?;
         crate::crypto::unhex::<32>(&s).ok_or_else(|| serde::de::Error::custom("not a chunk id"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_in_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_796_590_503), "2026-12-06T20:55:03Z");
+        assert!(new_id(1_796_590_503).starts_with("20261206T205503Z-"));
     }
 }
