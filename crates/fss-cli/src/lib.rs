@@ -19,6 +19,7 @@ pub mod mounts;
 pub mod output;
 pub mod progress;
 pub mod restart;
+pub mod schedule;
 pub mod serve;
 
 use anyhow::Context;

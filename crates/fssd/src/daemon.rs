@@ -240,7 +240,16 @@ fn serve(
         None => announce_ready(),
     }
     tracing::info!(state_dir = %paths.state_dir.display(), "fss daemon ready");
+    let gate = Arc::clone(&services.restart);
+    let paused: crate::schedule::timer::Paused = Arc::new(move || gate.is_active());
+    let timers = crate::schedule::timer::Timers::start(registry, &paused)
+        .map_err(|e| tracing::error!(error = %e, "schedules do not run"))
+        .ok();
     control::serve_with(listener, &services, &signals.stop);
+    // Before anything records the stop: no schedule writes the state after it.
+    if let Some(t) = timers {
+        t.stop();
+    }
     if let Some(handoff) = services.restart.take_handoff() {
         finish_restart(
             registry,

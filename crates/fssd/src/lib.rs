@@ -11,6 +11,7 @@
 //!   supervisor, the channel);
 //! - [`daemon`]: the serving process (start, ready, stop), or the whole daemon unsupervised;
 //! - [`restart`]: `fss restart` in the serving process (checks, waiting, drain, answer);
+//! - [`schedule`]: snapshot schedules (intervals, names, retention, `--min-free`, the timer);
 //! - [`listeners`]: making the listening sockets;
 //! - [`leases`]: freeze leases, recorded so that the next process honours them;
 //! - [`config`]: what the daemon is started with (volume I/O mode, test-only hooks);
@@ -48,6 +49,7 @@ pub mod paths;
 pub mod protocol;
 pub mod registry;
 pub mod restart;
+pub mod schedule;
 pub mod serving;
 mod stand_in;
 pub mod state;

@@ -3,6 +3,7 @@
 
 use crate::error::ErrorKind;
 pub use crate::handover::{LastRestart, RestartInfo, RestartReason};
+pub use crate::schedule::{Retention, ScheduleInfo, ScheduleSpec};
 pub use crate::state::VolumeKind;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::PathBuf;
@@ -307,6 +308,15 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Take snapshots of a volume on a schedule: a [`ScheduleInfo`].
+    ScheduleAdd(ScheduleSpec),
+    /// Every schedule: an array of [`ScheduleInfo`].
+    ScheduleList,
+    /// Stop a volume's schedule (its snapshots are kept): the [`ScheduleInfo`] removed.
+    ScheduleRemove {
+        /// The volume.
+        volume: String,
+    },
 }
 
 impl Request {
@@ -319,6 +329,7 @@ impl Request {
             Request::Status
                 | Request::VolumeList
                 | Request::SnapshotList
+                | Request::ScheduleList
                 | Request::SnapshotInfo { .. }
                 | Request::SnapshotVerify { .. }
                 | Request::Checksum { .. }
@@ -340,6 +351,7 @@ impl Request {
                 members.iter().filter_map(|m| m.store.as_deref()).collect()
             }
             Request::Restore { files, .. } => files.iter().map(PathBuf::as_path).collect(),
+            Request::ScheduleAdd(spec) => spec.store.as_deref().into_iter().collect(),
             _ => Vec::new(),
         };
         paths.into_iter().find(|p| p.is_relative())

@@ -1,6 +1,5 @@
 //! `fss`: serve volumes and take, list and delete their snapshots.
 
-use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use fss_cli::{call, connect, decode, output, path_arg, size_arg, state_dir, EXIT_FAILED};
 use fssd::protocol::{Request, SnapshotInfo, SnapshotSpec, StatusInfo, VerifyInfo, VolumeInfo};
@@ -55,6 +54,9 @@ enum Command {
     /// Take, list, inspect, verify and delete snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Take snapshots of a volume on a schedule and prune them (kept by the daemon).
+    #[command(subcommand)]
+    Schedule(fss_cli::schedule::ScheduleCmd),
     /// What the daemon serves, and where.
     Status {
         /// Print one JSON document.
@@ -280,24 +282,11 @@ fn resolve(
     specs: &mut [SnapshotSpec],
 ) -> anyhow::Result<Vec<PathBuf>> {
     let mut mounts = Vec::new();
-    let mut status: Option<StatusInfo> = None;
     for s in specs.iter_mut() {
         if !s.volume.contains('/') {
             continue;
         }
-        let st = match &status {
-            Some(st) => st.clone(),
-            None => {
-                let st: StatusInfo = decode(call(client, Request::Status)?)?;
-                status = Some(st.clone());
-                st
-            }
-        };
-        let fuse = st.fuse_dir.clone().context(
-            "the daemon has no FUSE directory, so no file system can be on one of its volumes",
-        )?;
-        let mp = path_arg(&s.volume).map_err(anyhow::Error::msg)?;
-        let volume = fss_cli::mounts::volume_of_mount(&mp, &fuse)?;
+        let (volume, mp) = fss_cli::mounts::volume_of_target(client, &s.volume)?;
         if let Some(store) = &s.store {
             fss_cli::mounts::check_store_not_on(store, &mp)?;
         }
@@ -432,6 +421,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             snapshot,
             force,
         } => fss_cli::backup::rollback(&state, &volume, &snapshot, force),
+        Command::Schedule(cmd) => fss_cli::schedule::run(&state, cmd),
         Command::Volume(cmd) => {
             let mut c = connect(&state)?;
             match cmd {

@@ -13,6 +13,7 @@
 //! - `restore.rs`: restoring backups onto a volume, recorded so that an interrupted one is
 //!   finished at start or leaves the volume offline; abandoning one;
 //! - `rollback.rs`: returning a volume to a snapshot;
+//! - `schedules.rs`: snapshot schedules, their runs, retention and `--min-free`;
 //! - `entries.rs`: the state: one entry per volume and per snapshot, with its record and
 //!   either its live engine object or why it has none.
 //!
@@ -33,6 +34,7 @@ use crate::error::{DaemonError, Result};
 use crate::heartbeat::Heartbeat;
 use crate::paths::Paths;
 use crate::protocol::StatusInfo;
+use crate::schedule::space::SpaceWatch;
 use crate::state::State;
 use fingerprint::{settled_fingerprint, PreviousStop};
 use fss_core::export::Export;
@@ -41,7 +43,7 @@ use indexmap::IndexMap;
 pub(crate) use recovery::boot_id;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 
 mod entries;
 mod fingerprint;
@@ -50,12 +52,14 @@ mod journals;
 mod recovery;
 mod restore;
 mod rollback;
+mod schedules;
 mod snapshots;
 mod stand_ins;
 mod volumes;
 
 use entries::Inner;
 pub use jobs::{BackupJob, Hold};
+pub use schedules::now_secs;
 
 /// The size of the volume made on a fresh state directory.
 pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
@@ -81,6 +85,8 @@ pub struct Registry {
     held: Mutex<HashMap<String, Vec<String>>>,
     /// The heartbeat, from the moment volumes may be written on.
     heartbeat: OnceLock<Heartbeat>,
+    /// The `--min-free` floors every store file is watched against.
+    space: Arc<SpaceWatch>,
 }
 
 impl Registry {
@@ -88,6 +94,12 @@ impl Registry {
     #[must_use]
     pub fn paths(&self) -> &Paths {
         &self.paths
+    }
+
+    /// The `--min-free` watch on store file systems (the reclaimer waits on it).
+    #[must_use]
+    pub fn space_watch(&self) -> &Arc<SpaceWatch> {
+        &self.space
     }
 
     /// Load the state (or start one with a 1 GiB volume `default`), open every volume (the
@@ -125,6 +137,7 @@ impl Registry {
             endpoints: Mutex::new((None, None, None)),
             held: Mutex::new(HashMap::new()),
             heartbeat: OnceLock::new(),
+            space: Arc::new(SpaceWatch::default()),
         };
         {
             let mut inner = reg.lock();
@@ -149,6 +162,7 @@ impl Registry {
                 tracing::info!(image = %image.display(), "no volume configured: serving a new 1 GiB sparse volume 'default'");
             }
             reg.start_running(&mut inner)?;
+            reg.update_floors(&inner);
         }
         // Replaying store logs allocated and freed a record per preserved block run.
         crate::heap::give_back_free_memory();
