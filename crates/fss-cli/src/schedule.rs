@@ -29,6 +29,9 @@ pub enum ScheduleCmd {
     Remove {
         /// A volume or the mount point of a file system on one.
         target: String,
+        /// Print the schedule removed (with its snapshots) as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -118,9 +121,14 @@ pub fn run(state: &Path, cmd: ScheduleCmd) -> anyhow::Result<()> {
             }
             print!("{}", table(&decode::<Vec<ScheduleInfo>>(v)?));
         }
-        ScheduleCmd::Remove { target: t } => {
+        ScheduleCmd::Remove { target: t, json } => {
             let (volume, _) = target(&mut client, &t)?;
-            let s: ScheduleInfo = decode(call(&mut client, Request::ScheduleRemove { volume })?)?;
+            let v = call(&mut client, Request::ScheduleRemove { volume })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            let s: ScheduleInfo = decode(v)?;
             println!(
                 "removed the schedule of {}; its {} snapshots are kept",
                 target_of(&s),

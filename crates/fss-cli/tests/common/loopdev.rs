@@ -47,6 +47,22 @@ impl Cleanup {
         run("mount", &["-o", opts, dev, s(at)]);
         self.mounts.push(at.to_path_buf());
     }
+    /// A tmpfs of `size` (`24m`) at `at`, unmounted like the other mounts.
+    pub fn tmpfs(&mut self, at: &Path, size: &str) {
+        std::fs::create_dir_all(at).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+                s(at),
+            ],
+        );
+        self.mounts.push(at.to_path_buf());
+    }
     pub fn umount(&mut self, at: &Path) {
         run("umount", &[s(at)]);
         self.mounts.retain(|m| m != at);

@@ -201,6 +201,12 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Start again after a stop, on the same state directory.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon still runs");
+        self.spawn();
+    }
+
     /// SIGTERM, then start again on the same state directory.
     pub fn stop_and_start(&mut self) {
         assert_eq!(self.stop(), 0, "daemon exit status; log:\n{}", self.log());

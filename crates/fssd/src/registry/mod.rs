@@ -25,7 +25,8 @@
 //! `held` (names used by long operations), `exports` (what front-ends may open; front-ends
 //! read it without `inner`), `usage` (front-ends' open counts: its sources take the
 //! front-ends' own locks, so a front-end never calls into the registry while holding one)
-//! and `endpoints`. Long operations (backup, restore, rollback) drop `inner` before their
+//! and `endpoints`. `runs` (a schedule run in progress) is taken before `inner`, never under
+//! it. Long operations (backup, restore, rollback) drop `inner` before their
 //! long part and keep their names in `held` instead.
 
 use crate::catalog::UsageSource;
@@ -87,6 +88,9 @@ pub struct Registry {
     heartbeat: OnceLock<Heartbeat>,
     /// The `--min-free` floors every store file is watched against.
     space: Arc<SpaceWatch>,
+    /// Held for the whole of a schedule run, and by `schedule-remove` (taken before `inner`),
+    /// so a removal waits for a run in progress and no run ends after its schedule is gone.
+    runs: Mutex<()>,
 }
 
 impl Registry {
@@ -138,6 +142,7 @@ impl Registry {
             held: Mutex::new(HashMap::new()),
             heartbeat: OnceLock::new(),
             space: Arc::new(SpaceWatch::default()),
+            runs: Mutex::new(()),
         };
         {
             let mut inner = reg.lock();

@@ -84,12 +84,13 @@ impl Registry {
             .collect()
     }
 
-    /// `schedule-remove`: stop scheduling snapshots of `volume`; its snapshots are kept as
-    /// ordinary ones.
+    /// `schedule-remove`: stop scheduling snapshots of `volume` (after a run in progress);
+    /// its snapshots are kept as ordinary ones.
     ///
     /// # Errors
     /// No schedule for that volume.
     pub fn remove_schedule(&self, volume: &str) -> Result<ScheduleInfo> {
+        let _run = self.run_lock();
         let mut inner = self.lock();
         let Some(i) = inner
             .meta
@@ -106,6 +107,13 @@ impl Registry {
         self.update_floors(&inner);
         tracing::info!(volume, "schedule removed; its snapshots are kept");
         Ok(ScheduleInfo::from(&gone))
+    }
+
+    /// Held for a whole schedule run (see the lock order in `registry/mod.rs`).
+    pub fn run_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.runs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The schedules due at `now`.

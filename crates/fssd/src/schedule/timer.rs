@@ -76,12 +76,11 @@ impl Timers {
 fn timer(registry: &Registry, stop: &AtomicBool, paused: &Paused) {
     while !stop.load(Ordering::Acquire) {
         std::thread::park_timeout(TICK);
-        let now = now_secs();
-        for s in registry.due_schedules(now) {
+        for s in registry.due_schedules(now_secs()) {
             if stop.load(Ordering::Acquire) || paused() {
                 break;
             }
-            run(registry, &s, now, stop);
+            run(registry, &s, stop);
         }
     }
 }
@@ -95,9 +94,11 @@ fn reclaimer(registry: &Registry, stop: &AtomicBool, paused: &Paused) {
     }
 }
 
-/// One run of `s` at `now`: take the snapshot, record the outcome, prune.
-fn run(registry: &Registry, s: &ScheduleState, now: u64, stop: &AtomicBool) {
+/// One run of `s` now: take the snapshot, record the outcome, prune.
+fn run(registry: &Registry, s: &ScheduleState, stop: &AtomicBool) {
     let volume = &s.spec.volume;
+    let _run = registry.run_lock();
+    let now = now_secs();
     tracing::info!(volume = %volume, mount_point = ?s.spec.mount_point, "schedule run");
     let outcome = registry
         .begin_run(volume, now)
