@@ -79,32 +79,25 @@ pub struct AddArgs {
 /// The daemon refused or could not be reached.
 pub fn run(state: &Path, cmd: ScheduleCmd) -> anyhow::Result<()> {
     let mut client = connect(state)?;
-    match cmd {
-        ScheduleCmd::Add(a) => {
-            let (volume, mount_point) = target(&mut client, &a.target)?;
-            if let (Some(store), Some(mp)) = (&a.store, &mount_point) {
-                crate::mounts::check_store_not_on(store, Path::new(mp))?;
-            }
-            let spec = ScheduleSpec {
-                volume,
-                mount_point,
-                every_seconds: a.every,
-                retention: Retention {
-                    last: a.keep,
-                    hourly: a.keep_hourly,
-                    daily: a.keep_daily,
-                    weekly: a.keep_weekly,
-                    monthly: a.keep_monthly,
-                },
-                transient: a.transient,
-                store: a.store,
-                min_free: a.min_free,
-            };
-            let v = call(&mut client, Request::ScheduleAdd(spec))?;
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
+    let (json, v, shown) = match cmd {
+        ScheduleCmd::Add(a) => (a.json, add(&mut client, a)?, Shown::Added),
+        ScheduleCmd::List { json } => (
+            json,
+            call(&mut client, Request::ScheduleList)?,
+            Shown::Listed,
+        ),
+        ScheduleCmd::Remove { target: t, json } => {
+            let (volume, _) = target(&mut client, &t)?;
+            let v = call(&mut client, Request::ScheduleRemove { volume })?;
+            (json, v, Shown::Removed)
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    match shown {
+        Shown::Added => {
             let s: ScheduleInfo = decode(v)?;
             println!(
                 "scheduled a snapshot of {} every {}, keeping {}",
@@ -113,21 +106,8 @@ pub fn run(state: &Path, cmd: ScheduleCmd) -> anyhow::Result<()> {
                 retention(&s.retention)
             );
         }
-        ScheduleCmd::List { json } => {
-            let v = call(&mut client, Request::ScheduleList)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
-            print!("{}", table(&decode::<Vec<ScheduleInfo>>(v)?));
-        }
-        ScheduleCmd::Remove { target: t, json } => {
-            let (volume, _) = target(&mut client, &t)?;
-            let v = call(&mut client, Request::ScheduleRemove { volume })?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-                return Ok(());
-            }
+        Shown::Listed => print!("{}", table(&decode::<Vec<ScheduleInfo>>(v)?)),
+        Shown::Removed => {
             let s: ScheduleInfo = decode(v)?;
             println!(
                 "removed the schedule of {}; its {} snapshots are kept",
@@ -137,6 +117,37 @@ pub fn run(state: &Path, cmd: ScheduleCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a command's answer is, for people.
+enum Shown {
+    Added,
+    Listed,
+    Removed,
+}
+
+/// `schedule add`: resolve the target and ask the daemon.
+fn add(client: &mut fssd::client::Client, a: AddArgs) -> anyhow::Result<serde_json::Value> {
+    let (volume, mount_point) = target(client, &a.target)?;
+    if let (Some(store), Some(mp)) = (&a.store, &mount_point) {
+        crate::mounts::check_store_not_on(store, Path::new(mp))?;
+    }
+    let spec = ScheduleSpec {
+        volume,
+        mount_point,
+        every_seconds: a.every,
+        retention: Retention {
+            last: a.keep,
+            hourly: a.keep_hourly,
+            daily: a.keep_daily,
+            weekly: a.keep_weekly,
+            monthly: a.keep_monthly,
+        },
+        transient: a.transient,
+        store: a.store,
+        min_free: a.min_free,
+    };
+    call(client, Request::ScheduleAdd(spec))
 }
 
 /// A volume name, or a mount point (which has a `/`) and the volume under it.

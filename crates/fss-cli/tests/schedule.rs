@@ -19,12 +19,6 @@ use std::time::{Duration, Instant};
 /// Loop devices and mounts are machine-wide: one such test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// The only schedule of `d`.
 fn schedule(d: &Daemon) -> Value {
     let list = d.json(&["schedule", "list"]);
@@ -122,13 +116,26 @@ fn by_volume_name_keeps_exactly_n_and_only_its_own() {
     assert!(d.json(&["schedule", "list"]).as_array().unwrap().is_empty());
 }
 
-#[test]
-fn by_mount_point_under_a_writer_each_snapshot_is_consistent() {
-    let _g = serial();
+/// One test at a time: a daemon with a 128 MiB volume `vol`, and mounts cleaned up (dropped
+/// first, before the daemon).
+fn serial_setup() -> (
+    std::sync::MutexGuard<'static, ()>,
+    tempfile::TempDir,
+    Daemon,
+    Cleanup,
+) {
+    let g = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let tmp = tempfile::tempdir().unwrap();
     let d = Daemon::start(&tmp.path().join("state"));
     d.ok(&["volume", "create", "vol", "--size", "128M"]);
-    let mut c = Cleanup::default();
+    (g, tmp, d, Cleanup::default())
+}
+
+#[test]
+fn by_mount_point_under_a_writer_each_snapshot_is_consistent() {
+    let (_g, tmp, d, mut c) = serial_setup();
     let mnt = tmp.path().join("mnt");
     ext4_on(&mut c, &tmp.path().join("state/dev/vol"), &mnt);
     let stop = Arc::new(AtomicBool::new(false));
@@ -183,11 +190,7 @@ fn churn(mnt: &Path, stop: &AtomicBool) -> u64 {
 
 #[test]
 fn min_free_drops_old_scheduled_snapshots_instead_of_invalidating_the_newest() {
-    let _g = serial();
-    let tmp = tempfile::tempdir().unwrap();
-    let d = Daemon::start(&tmp.path().join("state"));
-    d.ok(&["volume", "create", "vol", "--size", "128M"]);
-    let mut c = Cleanup::default();
+    let (_g, tmp, d, mut c) = serial_setup();
     let stores = tmp.path().join("stores");
     c.tmpfs(&stores, "24m");
     d.ok(&[
