@@ -77,7 +77,15 @@ impl Cleanup {
                 .args(["-u", s(&m)])
                 .stderr(Stdio::null())
                 .status();
-            let _ = Command::new("umount").arg(&m).status();
+            // Busy (a daemon still has files open there, as after a failed assertion): detach
+            // it lazily; it goes when they are closed.
+            if !Command::new("umount")
+                .arg(&m)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            }
         }
         for l in self.loops.drain(..).rev() {
             let _ = Command::new("losetup").args(["-d", &l]).status();
