@@ -914,6 +914,8 @@ fn schedule_add_list_remove_runs_and_their_errors() {
         ErrorKind::Exists,
         "remove it first",
     );
+    let remove = Request::VolumeRemove { name: "v".into() };
+    assert_kind(&d.err(remove), ErrorKind::Busy, "has a snapshot schedule");
     // Runs at made-up times a minute apart: a manual snapshot is never pruned, the schedule
     // keeps its two newest.
     d.ok::<SnapshotInfo>(Request::SnapshotCreate(spec("v", "manual", false)));

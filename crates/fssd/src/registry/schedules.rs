@@ -259,9 +259,12 @@ impl Registry {
             Err(_) => return false,
         };
         let [oldest, _, ..] = members.as_slice() else {
-            tracing::warn!(volume, dir = %dir.display(), floor, "the store's file system is below --min-free and the schedule has only its newest snapshot left");
+            if self.space.stuck(volume) {
+                tracing::warn!(volume, dir = %dir.display(), floor, "the store's file system is below --min-free and the schedule has only its newest snapshot left; free space there or raise the file system's size");
+            }
             return false;
         };
+        self.space.unstuck(volume);
         let oldest = oldest.clone();
         if let Err(e) = self
             .check_snapshot_deletable(&inner, &oldest)

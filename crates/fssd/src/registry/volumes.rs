@@ -66,6 +66,12 @@ impl Registry {
                 "volume '{name}' is busy with {what}; wait for it to finish"
             )));
         }
+        if inner.meta.schedules.iter().any(|s| s.spec.volume == name) {
+            return Err(DaemonError::busy(format!(
+                "volume '{name}' has a snapshot schedule; remove it first with `fss schedule \
+                 remove {name}`"
+            )));
+        }
         self.volume_remove(&mut inner, name)
     }
 

@@ -25,6 +25,9 @@ pub struct SpaceWatch {
     /// Set by a write that found too little space, cleared by the reclaimer.
     pending: Mutex<bool>,
     wake: Condvar,
+    /// Volumes whose schedule is below its floor with only its newest snapshot left, said
+    /// once until that changes.
+    stuck: Mutex<std::collections::HashSet<String>>,
 }
 
 impl SpaceWatch {
@@ -57,6 +60,23 @@ impl SpaceWatch {
             .wait_timeout_while(guard, timeout, |p| !*p)
             .unwrap_or_else(PoisonError::into_inner);
         std::mem::replace(&mut *guard, false)
+    }
+
+    /// Whether to say that `volume`'s schedule is stuck below its floor (`true` once, until
+    /// [`SpaceWatch::unstuck`]).
+    pub fn stuck(&self, volume: &str) -> bool {
+        self.stuck
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(volume.to_string())
+    }
+
+    /// `volume`'s schedule is no longer stuck.
+    pub fn unstuck(&self, volume: &str) {
+        self.stuck
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(volume);
     }
 
     /// `dev`, the store file at `path`, watched.
