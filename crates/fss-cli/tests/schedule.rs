@@ -232,6 +232,10 @@ fn min_free_drops_old_scheduled_snapshots_instead_of_invalidating_the_newest() {
     let free = run("df", &["--output=avail", "-B1", s(&stores)]);
     let free: u64 = free.lines().last().unwrap().trim().parse().unwrap();
     assert!(free >= 4 << 20, "{free} bytes free on the store's tmpfs");
+    eprintln!(
+        "min-free: {dropped} snapshots dropped for space, {} left, {free} bytes free of 24 MiB",
+        snaps.len()
+    );
     // Deleted before the store is unmounted (a run may have ended after the listing).
     d.ok(&["schedule", "remove", "vol"]);
     for (name, _) in snapshots_of(&d, "vol") {
