@@ -4,6 +4,7 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod client;
+pub mod tls;
 
 use fss_core::device::{FileDevice, OpenOptions};
 use fss_core::export::Export;
