@@ -462,9 +462,9 @@ fn meta(
         );
     };
     let found = if set {
-        meta_context::select(&export, &req.queries)
+        meta_context::select(ctx.catalog, &export, &req.queries)
     } else {
-        meta_context::list(&export, &req.queries)
+        meta_context::list(ctx.catalog, &export, &req.queries)
     };
     let contexts = match found {
         Ok(c) => c,

@@ -86,7 +86,11 @@ fn nbdinfo_describes_volume_and_snapshot() {
         assert_eq!(e["block_size_minimum"], 1);
         assert_eq!(e["block_size_preferred"], 4096);
         assert_eq!(e["block_size_maximum"], 32 * MIB);
-        assert_eq!(e["contexts"], serde_json::json!(["base:allocation"]));
+        // The volume offers QEMU's dirty bitmap since each of its snapshots.
+        assert_eq!(
+            e["contexts"],
+            serde_json::json!(["base:allocation", "qemu:dirty-bitmap:snap"])
+        );
     }
 
     let v = nbdinfo(&["--json", "--no-content", &h.uri("snap")]);
