@@ -8,12 +8,14 @@
 //! - [`backup`]: `fss diff`, `backup`, `restore`, `rollback`;
 //! - [`progress`]: progress bars and plain progress lines;
 //! - [`frontends`]: starting and stopping NBD and FUSE for `fss serve`;
+//! - [`nbd_tls`]: TLS for NBD over TCP (certificates, reload on SIGHUP);
 //! - here: the state directory, connecting and calling, and clap parsers for sizes and paths
 //!   ([`size_arg`], [`path_arg`]: paths made absolute against the caller's directory).
 
 pub mod backup;
 pub mod consistent;
 pub mod mounts;
+pub mod nbd_tls;
 pub mod output;
 pub mod progress;
 
@@ -93,6 +95,7 @@ pub mod frontends {
         stop: fss_nbd::ShutdownHandle,
         threads: Vec<std::thread::JoinHandle<()>>,
         socket: std::path::PathBuf,
+        tls: Option<crate::nbd_tls::Reloader>,
     }
 
     impl FrontEnd for Nbd {
@@ -105,6 +108,9 @@ pub mod frontends {
             for t in self.threads.drain(..) {
                 let _ = t.join();
             }
+            if let Some(r) = &mut self.tls {
+                r.stop();
+            }
             let _ = std::fs::remove_file(&self.socket);
         }
     }
@@ -113,11 +119,13 @@ pub mod frontends {
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
         // As many workers as a deep client queue (fio iodepth 16, the kernel client's default
         // queue): concurrent first overwrites into persistent snapshots then share one flush.
+        let tls = crate::nbd_tls::start(opts)?;
         let options = fss_nbd::ServerOptions {
             workers_per_connection: 16,
+            tls: tls.as_ref().map(crate::nbd_tls::Reloader::tls),
             ..Default::default()
         };
-        let server = fss_nbd::Server::new(catalog, options);
+        let server = fss_nbd::Server::new(catalog, options.clone());
         let stop = server.shutdown_handle();
         let mut threads = Vec::new();
         let unix = bind_socket(&opts.paths.nbd_socket)?;
@@ -130,7 +138,12 @@ pub mod frontends {
         if let Some(addr) = &opts.nbd_listen {
             let tcp = std::net::TcpListener::bind(addr)
                 .map_err(|e| DaemonError::io(&format!("cannot listen for NBD on {addr}"), &e))?;
-            crate::warn_if_exposed(&tcp);
+            if let Ok(local) = tcp.local_addr() {
+                let warning = crate::nbd_tls::exposure_warning(local, options.tls.as_deref());
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
+                }
+            }
             let s = server.clone();
             threads.push(spawn("fss-nbd-tcp", move || {
                 if let Err(e) = s.serve_tcp(tcp) {
@@ -142,12 +155,15 @@ pub mod frontends {
         registry.add_usage_source(Box::new(move || {
             counter.exports_in_use().into_iter().collect()
         }));
-        tracing::info!(socket = %opts.paths.nbd_socket.display(), tcp = ?opts.nbd_listen, "NBD server listening");
+        let tls_mode = tls.as_ref().map(|t| t.tls().settings().mode);
+        tracing::info!(socket = %opts.paths.nbd_socket.display(), tcp = ?opts.nbd_listen,
+            tls = ?tls_mode, "NBD server listening");
         Ok(Nbd {
             server,
             stop,
             threads,
             socket: opts.paths.nbd_socket.clone(),
+            tls,
         })
     }
 
@@ -214,19 +230,5 @@ pub mod frontends {
             opts.nbd_listen.clone(),
         );
         Ok(vec![Box::new(nbd), Box::new(fuse)])
-    }
-}
-
-/// Plain NBD over TCP has neither authentication nor encryption: say so loudly when the
-/// listener is reachable from other machines.
-fn warn_if_exposed(tcp: &std::net::TcpListener) {
-    if let Ok(local) = tcp.local_addr() {
-        if !local.ip().is_loopback() {
-            tracing::warn!(
-                "NBD over TCP on {local} serves every volume read-write, unencrypted and without \
-                 authentication, to anyone who can reach that address; listen on 127.0.0.1 (or \
-                 use the unix socket) unless the network is trusted"
-            );
-        }
     }
 }
