@@ -61,12 +61,13 @@ impl Stream {
         }
     }
 
-    /// TLS on this stream, for the log: `off`, `on`, or `CN=NAME` with a client certificate.
+    /// TLS on this stream, for the log: `off`, or the cipher suite and the client
+    /// certificate's subject (`TLS13_AES_256_GCM_SHA384 CN=alice`).
     pub fn tls_client(&self) -> String {
         match self {
             Stream::Tls(s) => match s.client_names().as_slice() {
-                [] => "on".to_string(),
-                names => format!("CN={}", names.join(",CN=")),
+                [] => s.suite(),
+                names => format!("{} CN={}", s.suite(), names.join(",CN=")),
             },
             _ => "off".to_string(),
         }

@@ -7,16 +7,20 @@
 //! - the reader (one thread) receives ciphertext into its own buffer without the lock, then
 //!   takes the lock to decrypt it;
 //! - a writer takes the send lock (which orders records on the wire), encrypts up to
-//!   [`WRITE_CHUNK`] bytes under the connection lock into the send buffer, releases the
-//!   connection lock and sends.
+//!   [`WRITE_CHUNK`] bytes under the connection lock and hands the records to the socket
+//!   without blocking ([`DirectSend`]); what the socket cannot take now is copied aside and
+//!   sent, blocking, once the connection lock is released. The reader can thus always
+//!   decrypt while a writer waits for a client that does not read (a client that sends a
+//!   large write before reading its replies must not deadlock against its own replies).
 //!
 //! Lock order: `incoming`, then `outgoing`, then `conn`. Memory per connection is bounded:
 //! [`READ_BUFFER`] of ciphertext in, rustls' own buffers (a record, and 16 KiB of decrypted
 //! plaintext), and [`WRITE_CHUNK`] of ciphertext out. The socket keeps its timeouts: the
 //! handshake deadline while negotiating, the reply timeout for writes after.
 
+use rustix::net::{SendAncillaryBuffer, SendFlags};
 use rustls::{ServerConfig, ServerConnection};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -147,6 +151,15 @@ impl TlsStream {
             .unwrap_or_default()
     }
 
+    /// The protocol version and cipher suite negotiated, for the log.
+    pub fn suite(&self) -> String {
+        let conn = lock(&self.shared.conn);
+        match conn.negotiated_cipher_suite() {
+            Some(s) => format!("{:?}", s.suite()),
+            None => "unknown".to_string(),
+        }
+    }
+
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.shared.tcp.shutdown(how)
     }
@@ -179,6 +192,51 @@ fn drain(conn: &mut ServerConnection, out: &mut Vec<u8>) -> io::Result<()> {
         conn.write_tls(out)?;
     }
     Ok(())
+}
+
+/// Records written into it go straight to the socket as far as it takes them without
+/// blocking; the rest, and everything after, is appended to `spill`.
+struct DirectSend<'a> {
+    tcp: &'a TcpStream,
+    spill: &'a mut Vec<u8>,
+}
+
+impl Write for DirectSend<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut sent = 0;
+        if self.spill.is_empty() {
+            let flags = SendFlags::DONTWAIT | SendFlags::NOSIGNAL;
+            sent = loop {
+                let mut control = SendAncillaryBuffer::default();
+                match rustix::net::sendmsg(self.tcp, bufs, &mut control, flags) {
+                    Ok(n) => break n,
+                    Err(rustix::io::Errno::AGAIN) => break 0,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            };
+        }
+        let mut skip = sent;
+        for b in bufs {
+            let b: &[u8] = b;
+            if skip >= b.len() {
+                skip -= b.len();
+                continue;
+            }
+            self.spill.extend_from_slice(&b[skip..]);
+            skip = 0;
+        }
+        Ok(total)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Send `out` whole, and empty it whatever happens (after an error the stream is broken).
@@ -250,10 +308,18 @@ impl Write for TlsStream {
         let n = {
             let mut conn = lock(&self.shared.conn);
             let n = conn.writer().write(&buf[..buf.len().min(WRITE_CHUNK)])?;
-            drain(&mut conn, &mut out)?;
+            let mut direct = DirectSend {
+                tcp: &self.shared.tcp,
+                spill: &mut out,
+            };
+            while conn.wants_write() {
+                conn.write_tls(&mut direct)?;
+            }
             n
         };
-        send(&self.shared.tcp, &mut out)?;
+        if !out.is_empty() {
+            send(&self.shared.tcp, &mut out)?;
+        }
         Ok(n)
     }
 
