@@ -74,8 +74,12 @@ fn go_and_read<S: Read + Write>(s: &mut S) {
 }
 
 fn harness() -> TlsHarness {
+    harness_of(MIB)
+}
+
+fn harness_of(size: u64) -> TlsHarness {
     TlsHarness::with_options(
-        MIB,
+        size,
         TlsMode::Require,
         true,
         &[],
@@ -269,4 +273,50 @@ fn many_abusive_clients_leave_memory_bounded_and_others_served() {
         grown < 64 * 1024,
         "RSS grew by {grown} KiB over 320 abusive clients"
     );
+}
+
+/// A request header (simple replies).
+fn request(cmd: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+    let mut req = Vec::new();
+    req.extend_from_slice(&p::REQUEST_MAGIC.to_be_bytes());
+    req.extend_from_slice(&0u16.to_be_bytes());
+    req.extend_from_slice(&cmd.to_be_bytes());
+    req.extend_from_slice(&cookie.to_be_bytes());
+    req.extend_from_slice(&offset.to_be_bytes());
+    req.extend_from_slice(&len.to_be_bytes());
+    req
+}
+
+#[test]
+fn a_client_writing_before_it_reads_its_replies_does_not_deadlock_over_tls() {
+    let t = harness_of(32 * MIB);
+    let mut s = tls_client(&t.certs, "alice", started(&t));
+    let r = option(&mut s, p::OPT_GO, &client::go_data("default", &[]));
+    assert_eq!(r.last().unwrap().kind, p::REP_ACK);
+    // 24 MiB of read replies the client does not read yet (more than the socket buffers
+    // hold), then a 16 MiB write: the server must go on decrypting the write while its reply
+    // writers wait for the client.
+    const READS: u64 = 24;
+    for i in 0..READS {
+        s.write_all(&request(0, i, 0, MIB as u32)).unwrap();
+    }
+    s.write_all(&request(1, 1000, 0, 16 << 20)).unwrap();
+    s.write_all(&vec![0x3c; 16 << 20]).unwrap();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < READS as usize + 1 {
+        let mut h = [0u8; 16];
+        s.read_exact(&mut h).unwrap();
+        assert_eq!(&h[4..8], &[0; 4], "a request failed");
+        let cookie = u64::from_be_bytes(h[8..16].try_into().unwrap());
+        if cookie < READS {
+            let mut data = vec![0u8; MIB as usize];
+            s.read_exact(&mut data).unwrap();
+        }
+        seen.push(cookie);
+    }
+    assert!(start.elapsed() < Duration::from_secs(30));
+    let mut b = vec![0u8; 4096];
+    t.h.volume.read(&mut b, 0).unwrap();
+    assert!(b.iter().all(|&x| x == 0x3c));
 }
