@@ -8,26 +8,13 @@
 
 mod common;
 
-use common::{checksum, sha256, Daemon, FSS};
+use common::{checksum, require, sha256, Daemon, FSS};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
-
-fn require(tool: &str, package: &str) {
-    let ok = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    assert!(
-        ok,
-        "`{tool}` is needed by this test: apt-get install {package}"
-    );
-}
 
 /// Certificates for a server and clients (`server/`, `alice/`, `bob/`, `anon/`, `other/`, `v1/`).
 fn certs(dir: &Path) -> PathBuf {
@@ -210,6 +197,19 @@ fn a_snapshot_is_served_over_tls_to_a_backup_host() {
     assert_eq!(d.stop(), 0, "{}", d.log());
 }
 
+/// `tools/dirty_bitmaps.py`: python libnbd over TLS (no client certificate) reading the dirty
+/// bitmaps of the (export, since) pairs in `pairs` (JSON).
+fn dirty_bitmaps(port: u16, certs: &Path, pairs: &str) -> std::process::Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/dirty_bitmaps.py");
+    Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(port.to_string())
+        .arg(certs.join("anon"))
+        .arg(pairs)
+        .output()
+        .unwrap()
+}
+
 /// (offset, length) pairs of `fss diff A [B] --json`.
 fn diff(d: &Daemon, a: &str, b: Option<&str>) -> Vec<[u64; 2]> {
     let mut args = vec!["diff", a];
@@ -241,15 +241,8 @@ fn dirty_bitmaps_over_tls_equal_fss_diff_over_random_writes() {
     for (k, seed) in [0x5eed_u64, 0xdecaf, 0xfeed_f00d].into_iter().enumerate() {
         check_bitmaps(&d, port, &certs, &format!("v{k}"), seed);
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/dirty_bitmaps.py");
     // Across chains there is no bitmap: s4 does not offer s3 (transient).
-    let o = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .arg(port.to_string())
-        .arg(certs.join("anon"))
-        .arg(r#"[["v0s4", "v0s3"]]"#)
-        .output()
-        .unwrap();
+    let o = dirty_bitmaps(port, &certs, r#"[["v0s4", "v0s3"]]"#);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("not offered"));
 }
@@ -260,7 +253,6 @@ fn check_bitmaps(d: &Daemon, port: u16, certs: &Path, vol: &str, mut seed: u64) 
     // A size that is not a multiple of 4 KiB: the last extent is short.
     let size = 24 * MIB + 1536;
     d.ok(&["volume", "create", vol, "--size", &size.to_string()]);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/dirty_bitmaps.py");
     let mut next = |n: u64| {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -296,13 +288,7 @@ fn check_bitmaps(d: &Daemon, port: u16, certs: &Path, vol: &str, mut seed: u64) 
     for a in &snaps {
         pairs.push((vol.to_string(), a.clone()));
     }
-    let o = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .arg(port.to_string())
-        .arg(certs.join("anon"))
-        .arg(serde_json::to_string(&pairs).unwrap())
-        .output()
-        .unwrap();
+    let o = dirty_bitmaps(port, certs, &serde_json::to_string(&pairs).unwrap());
     assert!(
         o.status.success(),
         "dirty_bitmaps.py failed: {}",

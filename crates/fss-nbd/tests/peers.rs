@@ -34,14 +34,7 @@ fn qemu_io(uri: &str, read_only: bool, cmds: &[&str]) -> std::process::Output {
 
 fn qemu_io_ok(uri: &str, read_only: bool, cmds: &[&str]) -> String {
     let out = qemu_io(uri, read_only, cmds);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        out.status.success() && !stdout.contains("failed") && !stderr.contains("failed"),
-        "qemu-io {cmds:?} on {uri} failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    stdout
+    common::qemu_stdout_ok(&format!("qemu-io {cmds:?} on {uri}"), &out)
 }
 
 /// (offset, length, type) of an `nbdinfo --map --json` listing.

@@ -65,14 +65,7 @@ fn qemu(tool: &str, t: &TlsHarness, client: &str, args: &[&str]) -> Output {
 
 fn qemu_ok(tool: &str, t: &TlsHarness, client: &str, args: &[&str]) -> String {
     let out = qemu(tool, t, client, args);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        out.status.success() && !stdout.contains("failed") && !stderr.contains("failed"),
-        "{tool} {args:?} failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    stdout
+    common::qemu_stdout_ok(&format!("{tool} {args:?}"), &out)
 }
 
 #[test]

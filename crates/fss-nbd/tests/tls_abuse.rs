@@ -32,23 +32,7 @@ fn started(t: &TlsHarness) -> TcpStream {
     s
 }
 
-/// Whether the server closed `s` within `limit` (reads return 0 or fail as reset).
-fn closed_within(s: &mut TcpStream, limit: Duration) -> bool {
-    s.set_read_timeout(Some(limit)).unwrap();
-    let mut b = [0u8; 4096];
-    let start = Instant::now();
-    loop {
-        match s.read(&mut b) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
-            Err(_) => return false,
-        }
-        if start.elapsed() > limit {
-            return false;
-        }
-    }
-}
+use common::tcp_closed_within as closed_within;
 
 /// A TLS client works: GO on `default`, then a simple read of 4 KiB.
 fn served(t: &TlsHarness) {

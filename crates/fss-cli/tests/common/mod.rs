@@ -209,6 +209,20 @@ impl Daemon {
     }
 }
 
+/// Fail (never skip) when a tool is missing, saying what to install.
+pub fn require(tool: &str, package: &str) {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        ok,
+        "`{tool}` is needed by this test: apt-get install {package}"
+    );
+}
+
 /// The NBD URL of an export of `d`.
 pub fn nbd(d: &Daemon, name: &str) -> String {
     format!(
