@@ -2,9 +2,47 @@
 //! SIGHUP (new connections use them; open ones keep theirs). A new process (`fss restart`)
 //! reads them anyway.
 
-use fssd::config::{ServeOptions, TlsChoice};
+use fssd::config::{NbdTls, ServeOptions, TlsChoice};
 use fssd::DaemonError;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+/// `fss serve`'s TLS flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct TlsArgs {
+    /// TLS for NBD over TCP from DIR/ca-cert.pem, server-cert.pem and server-key.pem (the
+    /// layout qemu and nbdkit use); reloaded on SIGHUP.
+    #[arg(long, value_name = "DIR", value_parser = crate::path_arg)]
+    tls_certificates: Option<PathBuf>,
+    /// off (plaintext only), on (offered), or require (the default with certificates:
+    /// plaintext clients are refused).
+    #[arg(long, value_name = "MODE", value_parser = TlsChoice::parse)]
+    tls: Option<TlsChoice>,
+    /// Require a client certificate signed by ca-cert.pem.
+    #[arg(long)]
+    tls_verify_peer: bool,
+    /// Accept only client certificates whose subject CN is NAME (repeatable; needs
+    /// --tls-verify-peer).
+    #[arg(long, value_name = "CN=NAME", value_parser = fss_nbd::tls::parse_authz)]
+    tls_authz: Vec<String>,
+}
+
+impl TlsArgs {
+    /// The daemon's TLS options, checked against the TCP address (`--nbd-listen`).
+    ///
+    /// # Errors
+    /// Flags at odds, or TCP that would be plaintext without `--tls off`.
+    pub fn checked(self, nbd_listen: Option<&str>) -> anyhow::Result<NbdTls> {
+        let t = NbdTls {
+            mode: self.tls,
+            certificates: self.tls_certificates,
+            verify_peer: self.tls_verify_peer,
+            authz: self.tls_authz,
+        };
+        t.check(nbd_listen).map_err(|e| anyhow::anyhow!(e))?;
+        Ok(t)
+    }
+}
 
 /// The loaded TLS configuration and the thread that reloads it on SIGHUP.
 pub struct Reloader {

@@ -116,21 +116,8 @@ struct ServeArgs {
     /// --tls-certificates, or --tls off for plaintext.
     #[arg(long, value_name = "ADDR:PORT")]
     nbd_listen: Option<String>,
-    /// TLS for NBD over TCP from DIR/ca-cert.pem, server-cert.pem and server-key.pem (the
-    /// layout qemu and nbdkit use); reloaded on SIGHUP.
-    #[arg(long, value_name = "DIR", value_parser = path_arg)]
-    tls_certificates: Option<PathBuf>,
-    /// off (plaintext only), on (offered), or require (the default with certificates:
-    /// plaintext clients are refused).
-    #[arg(long, value_name = "MODE", value_parser = fssd::config::TlsChoice::parse)]
-    tls: Option<fssd::config::TlsChoice>,
-    /// Require a client certificate signed by ca-cert.pem.
-    #[arg(long)]
-    tls_verify_peer: bool,
-    /// Accept only client certificates whose subject CN is NAME (repeatable; needs
-    /// --tls-verify-peer).
-    #[arg(long, value_name = "CN=NAME", value_parser = fss_nbd::tls::parse_authz)]
-    tls_authz: Vec<String>,
+    #[command(flatten)]
+    tls: fss_cli::nbd_tls::TlsArgs,
     /// Volume I/O: direct-large (default: O_DIRECT for reads of 64 KiB or more and writes of
     /// 256 KiB or more), direct-reads (O_DIRECT for large reads only), buffered, or direct
     /// (O_DIRECT for every aligned read and write). Default from FSS_VOLUME_IO when set.
@@ -563,15 +550,7 @@ fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<()> {
             Err(_) => fssd::config::VolumeIo::default(),
         },
     };
-    let nbd_tls = fssd::config::NbdTls {
-        mode: a.tls,
-        certificates: a.tls_certificates,
-        verify_peer: a.tls_verify_peer,
-        authz: a.tls_authz,
-    };
-    nbd_tls
-        .check(a.nbd_listen.as_deref())
-        .map_err(|e| anyhow::anyhow!(e))?;
+    let nbd_tls = a.tls.checked(a.nbd_listen.as_deref())?;
     let opts = fssd::config::ServeOptions {
         paths: fssd::paths::Paths::new(state.to_path_buf(), a.fuse_dir, a.nbd_socket),
         nbd_listen: a.nbd_listen,
