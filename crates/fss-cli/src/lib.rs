@@ -9,6 +9,8 @@
 //! - [`progress`]: progress bars and plain progress lines;
 //! - [`frontends`]: starting and stopping NBD and FUSE for `fss serve`;
 //! - [`nbd_tls`]: TLS for NBD over TCP (certificates, reload on SIGHUP);
+//! - [`serve`]: `fss serve` (the supervisor, its serving process, or both in one process);
+//! - [`restart`]: `fss restart`;
 //! - here: the state directory, connecting and calling, and clap parsers for sizes and paths
 //!   ([`size_arg`], [`path_arg`]: paths made absolute against the caller's directory).
 
@@ -18,6 +20,8 @@ pub mod mounts;
 pub mod nbd_tls;
 pub mod output;
 pub mod progress;
+pub mod restart;
+pub mod serve;
 
 use anyhow::Context;
 use std::path::PathBuf;
@@ -83,8 +87,9 @@ pub fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::R
 /// The front-ends `fss serve` starts (NBD, FUSE).
 pub mod frontends {
     use fssd::config::ServeOptions;
-    use fssd::daemon::{bind_socket, FrontEnd};
+    use fssd::daemon::{FrontEnd, FrontEndSockets};
     use fssd::registry::Registry;
+    use fssd::serving::FuseConnection;
     use fssd::DaemonError;
     use std::sync::Arc;
     use std::time::Duration;
@@ -94,11 +99,24 @@ pub mod frontends {
         server: fss_nbd::Server,
         stop: fss_nbd::ShutdownHandle,
         threads: Vec<std::thread::JoinHandle<()>>,
-        socket: std::path::PathBuf,
+        /// The socket file to remove at the stop (not when a supervisor holds the socket).
+        socket: Option<std::path::PathBuf>,
         tls: Option<crate::nbd_tls::Reloader>,
     }
 
     impl FrontEnd for Nbd {
+        fn drain(&mut self) -> usize {
+            let n = self.stop.drain();
+            if !self.server.wait_idle(Duration::from_secs(5)) {
+                let left = self.stop.disconnect_all();
+                tracing::warn!(
+                    connections = left,
+                    "closed NBD connections that did not drain"
+                );
+            }
+            n
+        }
+
         fn stop(&mut self) {
             self.stop.shutdown();
             if !self.server.wait_idle(Duration::from_secs(5)) {
@@ -111,11 +129,19 @@ pub mod frontends {
             if let Some(r) = &mut self.tls {
                 r.stop();
             }
-            let _ = std::fs::remove_file(&self.socket);
+            if let Some(socket) = &self.socket {
+                let _ = std::fs::remove_file(socket);
+            }
         }
     }
 
-    fn start_nbd(registry: &Arc<Registry>, opts: &ServeOptions) -> fssd::Result<Nbd> {
+    fn start_nbd(
+        registry: &Arc<Registry>,
+        opts: &ServeOptions,
+        unix: std::os::unix::net::UnixListener,
+        tcp: Option<std::net::TcpListener>,
+        own_socket_file: bool,
+    ) -> fssd::Result<Nbd> {
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
         // As many workers as a deep client queue (fio iodepth 16, the kernel client's default
         // queue): concurrent first overwrites into persistent snapshots then share one flush.
@@ -128,16 +154,13 @@ pub mod frontends {
         let server = fss_nbd::Server::new(catalog, options.clone());
         let stop = server.shutdown_handle();
         let mut threads = Vec::new();
-        let unix = bind_socket(&opts.paths.nbd_socket)?;
         let s = server.clone();
         threads.push(spawn("fss-nbd-unix", move || {
             if let Err(e) = s.serve_unix(unix) {
                 tracing::error!(error = %e, "NBD unix socket stopped");
             }
         })?);
-        if let Some(addr) = &opts.nbd_listen {
-            let tcp = std::net::TcpListener::bind(addr)
-                .map_err(|e| DaemonError::io(&format!("cannot listen for NBD on {addr}"), &e))?;
+        if let Some(tcp) = tcp {
             if let Ok(local) = tcp.local_addr() {
                 let warning = crate::nbd_tls::exposure_warning(local, options.tls.as_deref());
                 if let Some(w) = warning {
@@ -162,7 +185,7 @@ pub mod frontends {
             server,
             stop,
             threads,
-            socket: opts.paths.nbd_socket.clone(),
+            socket: own_socket_file.then(|| opts.paths.nbd_socket.clone()),
             tls,
         })
     }
@@ -177,11 +200,19 @@ pub mod frontends {
             .map_err(|e| DaemonError::io("cannot start a front-end thread", &e))
     }
 
-    /// The FUSE directory: one file per volume and snapshot.
-    struct Fuse(Option<fss_fuse::FuseFrontEnd>);
+    /// The FUSE directory: one file per volume and snapshot; and whether its connection was
+    /// handed over by the supervisor (which keeps it mounted for the next process).
+    struct Fuse(Option<fss_fuse::FuseFrontEnd>, bool);
 
     impl FrontEnd for Fuse {
         fn stop(&mut self) {
+            if self.1 {
+                // Requests not read yet stay queued for the next process.
+                if let Some(Err(e)) = self.0.take().map(fss_fuse::FuseFrontEnd::detach) {
+                    tracing::warn!(error = %e, "FUSE session did not detach cleanly");
+                }
+                return;
+            }
             if let Some(f) = self.0.take() {
                 // Files still open (a loop device) are detached lazily and served until closed.
                 if let Err(e) = f.unmount() {
@@ -191,7 +222,11 @@ pub mod frontends {
         }
     }
 
-    fn start_fuse(registry: &Arc<Registry>, opts: &ServeOptions) -> fssd::Result<Fuse> {
+    fn start_fuse(
+        registry: &Arc<Registry>,
+        opts: &ServeOptions,
+        inherited: Option<FuseConnection>,
+    ) -> fssd::Result<Fuse> {
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
         let opens = Arc::new(fssd::catalog::OpenCounter::default());
         registry.add_usage_source(opens.source());
@@ -201,6 +236,31 @@ pub mod frontends {
             })),
         };
         let dir = &opts.paths.fuse_dir;
+        if let Some(conn) = inherited {
+            // The connection the supervisor mounted and holds: it outlives this process, and
+            // a resumed one has the kernel resend what the previous process left unanswered.
+            let start = if conn.resume {
+                fss_fuse::Start::Resume
+            } else {
+                fss_fuse::Start::Fresh
+            };
+            let session_file = opts.paths.state_dir.join("fuse-session.json");
+            let fuse = fss_fuse::FuseFrontEnd::serve_connection(
+                conn.fd,
+                dir,
+                catalog,
+                hooks,
+                &session_file,
+                start,
+            )
+            .map_err(|e| {
+                DaemonError::new(
+                    fssd::error::ErrorKind::Io,
+                    format!("cannot serve the FUSE directory {}: {e}", dir.display()),
+                )
+            })?;
+            return Ok(Fuse(Some(fuse), true));
+        }
         let fuse = fss_fuse::FuseFrontEnd::mount(dir, catalog, hooks).map_err(|e| {
             DaemonError::new(
                 fssd::error::ErrorKind::Io,
@@ -211,19 +271,26 @@ pub mod frontends {
             )
         })?;
         tracing::info!(dir = %dir.display(), "FUSE directory mounted");
-        Ok(Fuse(Some(fuse)))
+        Ok(Fuse(Some(fuse), false))
     }
 
-    /// Start every front-end.
+    /// Start every front-end, on the sockets made for them.
     ///
     /// # Errors
-    /// A front-end could not start (a socket in use, no FUSE).
+    /// A front-end could not start (no FUSE).
     pub fn start(
         registry: &Arc<Registry>,
         opts: &ServeOptions,
+        sockets: FrontEndSockets,
     ) -> fssd::Result<Vec<Box<dyn FrontEnd>>> {
-        let fuse = start_fuse(registry, opts)?;
-        let nbd = start_nbd(registry, opts)?;
+        let fuse = start_fuse(registry, opts, sockets.fuse)?;
+        let nbd = start_nbd(
+            registry,
+            opts,
+            sockets.nbd_unix,
+            sockets.nbd_tcp,
+            sockets.own_socket_files,
+        )?;
         registry.set_endpoints(
             Some(opts.paths.fuse_dir.clone()),
             Some(opts.paths.nbd_socket.clone()),

@@ -174,6 +174,24 @@ pub fn snapshot_detail(s: &SnapshotInfo) -> String {
         .collect()
 }
 
+/// How the last serving process ended, for `fss status`: `at <ctime>: killed by signal 9`.
+#[must_use]
+pub fn restart_cause(l: &fssd::protocol::LastRestart) -> String {
+    use fssd::protocol::RestartReason;
+    let how = match (l.reason, l.signal, l.exit_code) {
+        (RestartReason::Signal, Some(sig), _) => format!("killed by signal {sig}"),
+        (RestartReason::Upgrade, ..) => "fss restart".to_string(),
+        (_, _, Some(code)) => format!("exit status {code}"),
+        _ => l.reason.to_string(),
+    };
+    let failed = l
+        .upgrade_error
+        .as_ref()
+        .map(|e| format!(" ({e})"))
+        .unwrap_or_default();
+    format!("at {}: {how}{failed}", ctime(l.time))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

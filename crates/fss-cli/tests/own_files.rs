@@ -53,6 +53,10 @@ fn own_files_exports_and_file_systems_on_volumes_are_refused() {
     for p in [
         state.join("state.json"),
         state.join("lock"),
+        state.join("heartbeat"),
+        state.join("fuse-session.json"),
+        state.join("fuse-session.table.json"),
+        state.join("serving.pid"),
         state.join("dev/default"),
         state.join("dev/s0"),
         store.clone().into(),

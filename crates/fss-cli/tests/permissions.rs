@@ -69,6 +69,7 @@ fn files_and_directories_are_private_whatever_the_umask() {
     let files = [
         state.join("state.json"),
         state.join("lock"),
+        state.join("heartbeat"),
         state.join("control.sock"),
         state.join("nbd.sock"),
         state.join("volumes/default.img"),

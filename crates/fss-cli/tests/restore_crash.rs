@@ -191,7 +191,7 @@ fn a_restore_killed_midway_is_finished_at_the_next_start() {
     let done = tail
         .find("finished the interrupted restore of volume dst")
         .expect(tail);
-    for serving in ["NBD server listening", "FUSE directory mounted"] {
+    for serving in ["NBD server listening", "serving the FUSE directory"] {
         assert!(
             tail.find(serving).is_some_and(|i| i > done),
             "served before the restore was finished: {tail}"

@@ -188,6 +188,11 @@ impl HeldWrites {
         Ok(())
     }
 
+    /// Whether held changes are kept in a journal.
+    pub fn journaled(&self) -> bool {
+        self.inner.lock().journal.is_some()
+    }
+
     /// Test hook: the committer waits `pause` before each commit, so held writes stay held.
     pub fn set_pause(&self, pause: Duration) {
         self.inner.lock().pause = pause;

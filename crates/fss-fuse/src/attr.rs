@@ -1,12 +1,9 @@
 //! File attributes: the root directory and one regular file per export.
 
 use crate::inodes::{Entry, ROOT_INO};
-use fuser::{FileAttr, FileType, INodeNo};
-use std::time::{Duration, SystemTime};
-
-/// Entry and attribute time-to-live: zero, so the kernel asks again every time and files appear
-/// and disappear as soon as the catalog changes.
-pub const TTL: Duration = Duration::ZERO;
+use crate::wire::abi::{S_IFDIR, S_IFREG};
+use crate::wire::Attr;
+use std::time::SystemTime;
 
 /// Block size reported in `st_blksize` (the engine's preservation unit).
 pub const BLOCK_SIZE: u32 = 4096;
@@ -19,7 +16,7 @@ pub const SNAPSHOT_MODE: u16 = 0o400;
 pub const ROOT_MODE: u16 = 0o755;
 
 /// Who owns the files: the serving process's effective user and group.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
     /// User id.
     pub uid: u32,
@@ -38,48 +35,42 @@ impl Owner {
 }
 
 /// The root directory's attributes.
-pub fn root(owner: Owner, mounted: SystemTime) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(ROOT_INO),
+pub fn root(owner: Owner, mounted: SystemTime) -> Attr {
+    Attr {
+        ino: ROOT_INO,
         size: 0,
         blocks: 0,
-        atime: mounted,
-        mtime: mounted,
-        ctime: mounted,
-        crtime: mounted,
-        kind: FileType::Directory,
-        perm: ROOT_MODE,
+        time: mounted.into(),
+        mode: S_IFDIR | u32::from(ROOT_MODE),
         nlink: 2,
         uid: owner.uid,
         gid: owner.gid,
-        rdev: 0,
         blksize: BLOCK_SIZE,
-        flags: 0,
     }
 }
 
 /// The attributes of an export's file: its exact length, mode by kind, times of first sight.
-pub fn export(owner: Owner, entry: Entry, len: u64, read_only: bool) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(entry.ino),
+pub fn export(owner: Owner, entry: Entry, len: u64, read_only: bool) -> Attr {
+    let perm = if read_only {
+        SNAPSHOT_MODE
+    } else {
+        VOLUME_MODE
+    };
+    Attr {
+        ino: entry.ino,
         size: len,
         // As if fully allocated: the device's whole length is addressable.
         blocks: len.div_ceil(512),
-        atime: entry.born,
-        mtime: entry.born,
-        ctime: entry.born,
-        crtime: entry.born,
-        kind: FileType::RegularFile,
-        perm: if read_only {
-            SNAPSHOT_MODE
-        } else {
-            VOLUME_MODE
-        },
+        time: entry.born.into(),
+        mode: S_IFREG | u32::from(perm),
         nlink: 1,
         uid: owner.uid,
         gid: owner.gid,
-        rdev: 0,
         blksize: BLOCK_SIZE,
-        flags: 0,
     }
+}
+
+/// The permission bits of `attr` (what chmod would change).
+pub fn perm(attr: &Attr) -> u32 {
+    attr.mode & 0o7777
 }

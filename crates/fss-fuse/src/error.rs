@@ -1,6 +1,7 @@
 //! The errors of mounting and unmounting. Errors of single file operations are errnos sent to
 //! the kernel (see [`crate::file_io`]); they never reach the daemon.
 
+use crate::persist::PersistError;
 use std::io;
 use std::path::PathBuf;
 
@@ -22,6 +23,27 @@ pub enum FuseError {
          (is /dev/fuse present and is this process root or fusermount3 installed?)"
     )]
     Mount {
+        /// The mount point.
+        dir: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The `/dev/fuse` descriptor could not be opened or used.
+    #[error("cannot use the FUSE device: {0}")]
+    Device(#[source] io::Error),
+    /// The `FUSE_INIT` handshake failed, or a session could not start on the connection.
+    #[error("FUSE handshake failed: {reason}")]
+    Handshake {
+        /// What went wrong.
+        reason: String,
+    },
+    /// A session file could not be written or read.
+    #[error("FUSE session file: {0}")]
+    SessionFile(#[source] PersistError),
+    /// Aborting the connection failed.
+    #[error("cannot abort the FUSE connection of {dir}: {source}")]
+    Abort {
         /// The mount point.
         dir: PathBuf,
         /// The underlying error.

@@ -4,8 +4,8 @@
 //! [`errno`](fss_core::Error::errno).
 
 use fss_core::export::Export;
-use fuser::Errno;
 use rustix::fs::FallocateFlags;
+use rustix::io::Errno;
 
 /// `lseek` whence values the kernel forwards to the file system.
 const SEEK_DATA: i32 = 3;
@@ -16,7 +16,7 @@ const SEEK_WINDOW: u64 = 1 << 30;
 
 /// The errno for an engine error.
 pub fn errno(e: &fss_core::Error) -> Errno {
-    Errno::from_i32(e.errno())
+    Errno::from_raw_os_error(e.errno())
 }
 
 /// Read into `buf` from `offset`; returns how many bytes are valid: fewer than asked at the
@@ -35,17 +35,17 @@ pub fn read(export: &Export, offset: u64, buf: &mut [u8]) -> Result<usize, Errno
 /// is short, one that starts at or past it fails with ENOSPC, as on a block device.
 pub fn write(export: &Export, offset: u64, data: &[u8]) -> Result<u32, Errno> {
     if export.is_read_only() {
-        return Err(Errno::EROFS);
+        return Err(Errno::ROFS);
     }
     if data.is_empty() {
         return Ok(0);
     }
     let len = export.len();
     if offset >= len {
-        return Err(Errno::ENOSPC);
+        return Err(Errno::NOSPC);
     }
     let n = usize::try_from(len - offset).map_or(data.len(), |rest| rest.min(data.len()));
-    let written = u32::try_from(n).map_err(|_| Errno::EINVAL)?;
+    let written = u32::try_from(n).map_err(|_| Errno::INVAL)?;
     export.write(&data[..n], offset).map_err(|e| errno(&e))?;
     Ok(written)
 }
@@ -59,15 +59,15 @@ pub fn fsync(export: &Export) -> Result<(), Errno> {
 /// within the size succeeds without doing anything; the size never changes.
 pub fn fallocate(export: &Export, offset: u64, length: u64, mode: i32) -> Result<(), Errno> {
     if export.is_read_only() {
-        return Err(Errno::EROFS);
+        return Err(Errno::ROFS);
     }
     let flags = u32::try_from(mode)
         .ok()
         .and_then(FallocateFlags::from_bits)
-        .ok_or(Errno::EOPNOTSUPP)?;
+        .ok_or(Errno::OPNOTSUPP)?;
     let keep_size = flags.contains(FallocateFlags::KEEP_SIZE);
     let size = export.len();
-    let end = offset.checked_add(length).ok_or(Errno::EFBIG)?;
+    let end = offset.checked_add(length).ok_or(Errno::FBIG)?;
     let grows = end > size;
     // The part of the range inside the device.
     let inside = (offset < size).then(|| (offset, end.min(size) - offset));
@@ -75,7 +75,7 @@ pub fn fallocate(export: &Export, offset: u64, length: u64, mode: i32) -> Result
     if op.is_empty() {
         // Allocation: every byte of a device is already there.
         return if grows && !keep_size {
-            Err(Errno::EFBIG)
+            Err(Errno::FBIG)
         } else {
             Ok(())
         };
@@ -84,11 +84,11 @@ pub fn fallocate(export: &Export, offset: u64, length: u64, mode: i32) -> Result
         inside.map(|(o, l)| export.discard(o, l))
     } else if op == FallocateFlags::ZERO_RANGE {
         if grows && !keep_size {
-            return Err(Errno::EFBIG);
+            return Err(Errno::FBIG);
         }
         inside.map(|(o, l)| export.write_zeroes(o, l))
     } else {
-        return Err(Errno::EOPNOTSUPP);
+        return Err(Errno::OPNOTSUPP);
     };
     result.unwrap_or(Ok(())).map_err(|e| errno(&e))
 }
@@ -98,27 +98,27 @@ pub fn seek(export: &Export, offset: i64, whence: i32) -> Result<i64, Errno> {
     let want_data = match whence {
         SEEK_DATA => true,
         SEEK_HOLE => false,
-        _ => return Err(Errno::EINVAL),
+        _ => return Err(Errno::INVAL),
     };
     let size = export.len();
-    let start = u64::try_from(offset).map_err(|_| Errno::ENXIO)?;
+    let start = u64::try_from(offset).map_err(|_| Errno::NXIO)?;
     if start >= size {
-        return Err(Errno::ENXIO);
+        return Err(Errno::NXIO);
     }
     let mut at = start;
     while at < size {
         let window = SEEK_WINDOW.min(size - at);
         let extents = export.allocation(at, window).map_err(|e| errno(&e))?;
         if let Some(e) = extents.iter().find(|e| e.data == want_data) {
-            return i64::try_from(e.offset.max(start)).map_err(|_| Errno::EOVERFLOW);
+            return i64::try_from(e.offset.max(start)).map_err(|_| Errno::OVERFLOW);
         }
         at += window;
     }
     if want_data {
-        Err(Errno::ENXIO)
+        Err(Errno::NXIO)
     } else {
         // Every file has an implicit hole at its end.
-        i64::try_from(size).map_err(|_| Errno::EOVERFLOW)
+        i64::try_from(size).map_err(|_| Errno::OVERFLOW)
     }
 }
 
@@ -154,8 +154,8 @@ mod tests {
     fn writes_never_grow_the_device() {
         let e = Export::Volume(volume(10_000));
         assert_eq!(write(&e, 9_998, &[1, 2, 3, 4]).unwrap(), 2);
-        assert_eq!(write(&e, 10_000, &[1]), Err(Errno::ENOSPC));
-        assert_eq!(write(&e, u64::MAX, &[1]), Err(Errno::ENOSPC));
+        assert_eq!(write(&e, 10_000, &[1]), Err(Errno::NOSPC));
+        assert_eq!(write(&e, u64::MAX, &[1]), Err(Errno::NOSPC));
         assert_eq!(write(&e, 10_000, &[]).unwrap(), 0);
         assert_eq!(write(&e, 3, &[9; 5]).unwrap(), 5);
         let mut buf = [0u8; 8];
@@ -171,10 +171,10 @@ mod tests {
             .create_snapshot("s", &SnapshotOptions::default(), DeviceStore::in_memory)
             .unwrap();
         let e = Export::Snapshot(s);
-        assert_eq!(write(&e, 0, &[1]), Err(Errno::EROFS));
-        assert_eq!(fallocate(&e, 0, 4096, PUNCH), Err(Errno::EROFS));
-        assert_eq!(fallocate(&e, 0, 4096, ZERO), Err(Errno::EROFS));
-        assert_eq!(fallocate(&e, 0, 4096, 0), Err(Errno::EROFS));
+        assert_eq!(write(&e, 0, &[1]), Err(Errno::ROFS));
+        assert_eq!(fallocate(&e, 0, 4096, PUNCH), Err(Errno::ROFS));
+        assert_eq!(fallocate(&e, 0, 4096, ZERO), Err(Errno::ROFS));
+        assert_eq!(fallocate(&e, 0, 4096, 0), Err(Errno::ROFS));
         fsync(&e).unwrap();
         let mut buf = [0u8; 4096];
         assert_eq!(read(&e, 0, &mut buf).unwrap(), 4096);
@@ -205,9 +205,9 @@ mod tests {
         assert_eq!(buf[12288], 3);
         assert_eq!(buf[20_010], 3);
         // Zeroing or allocating past the end without KEEP_SIZE would grow the file.
-        assert_eq!(fallocate(&e, (1 << 20) - 1, 2, ZERO), Err(Errno::EFBIG));
-        assert_eq!(fallocate(&e, 0, (1 << 20) + 1, 0), Err(Errno::EFBIG));
-        assert_eq!(fallocate(&e, u64::MAX, 2, 0), Err(Errno::EFBIG));
+        assert_eq!(fallocate(&e, (1 << 20) - 1, 2, ZERO), Err(Errno::FBIG));
+        assert_eq!(fallocate(&e, 0, (1 << 20) + 1, 0), Err(Errno::FBIG));
+        assert_eq!(fallocate(&e, u64::MAX, 2, 0), Err(Errno::FBIG));
         // Allocation inside the size, or with KEEP_SIZE, does nothing and succeeds.
         fallocate(&e, 0, 1 << 20, 0).unwrap();
         fallocate(&e, 0, 1 << 22, 0x01).unwrap();
@@ -216,7 +216,7 @@ mod tests {
         for mode in [0x08, 0x20, 0x40, 0x02, 0x02 | 0x10 | 0x01, 1 << 20, -1] {
             assert_eq!(
                 fallocate(&e, 0, 4096, mode),
-                Err(Errno::EOPNOTSUPP),
+                Err(Errno::OPNOTSUPP),
                 "{mode:#x}"
             );
         }
@@ -232,9 +232,9 @@ mod tests {
         assert_eq!(seek(&e, 140_000, SEEK_DATA).unwrap(), 140_000);
         assert_eq!(seek(&e, 100, SEEK_HOLE).unwrap(), 100);
         assert_eq!(seek(&e, 131_072, SEEK_HOLE).unwrap(), 196_608);
-        assert_eq!(seek(&e, 196_608, SEEK_DATA), Err(Errno::ENXIO));
-        assert_eq!(seek(&e, 1 << 20, SEEK_DATA), Err(Errno::ENXIO));
-        assert_eq!(seek(&e, -1, SEEK_HOLE), Err(Errno::ENXIO));
-        assert_eq!(seek(&e, 0, 0), Err(Errno::EINVAL));
+        assert_eq!(seek(&e, 196_608, SEEK_DATA), Err(Errno::NXIO));
+        assert_eq!(seek(&e, 1 << 20, SEEK_DATA), Err(Errno::NXIO));
+        assert_eq!(seek(&e, -1, SEEK_HOLE), Err(Errno::NXIO));
+        assert_eq!(seek(&e, 0, 0), Err(Errno::INVAL));
     }
 }

@@ -1,38 +1,28 @@
 //! The FUSE file system: a root directory with one regular file per export of the catalog.
+//! Each method answers one operation with the encoded reply body or an errno.
 //!
 //! Names and attributes come from the catalog on every lookup (TTL zero); reads and writes go
 //! to the export bound to the open file handle. Every file is opened with `FOPEN_DIRECT_IO`,
 //! so the page cache never holds a second copy of data a loop device or file system above
-//! already caches. Requests are answered on the thread that received them; several threads
-//! receive (see [`crate::FuseOptions::threads`]).
+//! already caches. Inode numbers and open handles are written to the session's table file
+//! (when there is one) before the reply that hands them to the kernel.
 
-use crate::attr::{self, Owner, TTL};
+use crate::attr::{self, Owner};
 use crate::file_io;
 use crate::handles::{Handles, OpenFile};
-use crate::inodes::{InodeTable, ROOT_INO};
+use crate::inodes::{Entry, InodeTable, ROOT_INO};
+use crate::persist::{PersistError, TableFile, Tables};
+use crate::wire::abi::{self, DT_DIR, DT_REG};
+use crate::wire::reply::{self, DirBuf};
+use crate::wire::{Attr, InHeader, SetAttrIn, StatFs};
 use fss_core::device::AlignedBuf;
 use fss_core::export::{Catalog, Export};
-use fuser::{
-    Errno, FileHandle, FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite,
-    Request, TimeOrNow, WriteFlags,
-};
-use std::cell::RefCell;
-use std::ffi::OsStr;
-use std::path::Path;
+use rustix::io::Errno;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 /// Longest name reported by statfs (the daemon's names are at most 64 bytes).
 const NAME_MAX: u32 = 255;
-
-thread_local! {
-    /// Each serving thread's read buffer, reused so large reads do not fault in fresh pages,
-    /// and page-aligned so a volume opened with O_DIRECT reads straight into it instead of
-    /// through a bounce buffer and a copy.
-    static READ_BUF: RefCell<AlignedBuf> = RefCell::new(AlignedBuf::default());
-}
 
 /// The file system served on the mount point.
 pub struct FssFs {
@@ -41,462 +31,330 @@ pub struct FssFs {
     handles: Arc<Handles>,
     owner: Owner,
     mounted: SystemTime,
-    max_background: u16,
+    table: Option<TableFile>,
+}
+
+impl std::fmt::Debug for FssFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FssFs")
+            .field("handles", &self.handles)
+            .field("owner", &self.owner)
+            .field("table", &self.table)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FssFs {
-    /// A file system over `catalog` that records open files in `handles`.
-    pub fn new(catalog: Arc<dyn Catalog>, handles: Arc<Handles>, max_background: u16) -> Self {
+    /// A file system over `catalog` with these tables, mounted at `mounted` (the root's
+    /// times), persisting its tables to `table` if given.
+    pub fn new(
+        catalog: Arc<dyn Catalog>,
+        handles: Arc<Handles>,
+        inodes: InodeTable,
+        mounted: SystemTime,
+        table: Option<TableFile>,
+    ) -> Self {
         FssFs {
             catalog,
-            inodes: Mutex::new(InodeTable::default()),
+            inodes: Mutex::new(inodes),
             handles,
             owner: Owner::current(),
-            mounted: SystemTime::now(),
-            max_background,
+            mounted,
+            table,
         }
+    }
+
+    /// Who may use the file system.
+    pub fn owner(&self) -> Owner {
+        self.owner
     }
 
     fn inodes(&self) -> MutexGuard<'_, InodeTable> {
         self.inodes.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Write the tables to the table file, if there is one.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn save(&self) -> Result<(), PersistError> {
+        let Some(table) = &self.table else {
+            return Ok(());
+        };
+        table.save(|| {
+            let (next_ino, inodes) = self.inodes().records();
+            let (last_fh, handles) = self.handles.records();
+            Tables {
+                format: 0,
+                next_ino,
+                inodes,
+                last_fh,
+                handles,
+            }
+        })
+    }
+
+    fn save_or_warn(&self) {
+        if let Err(e) = self.save() {
+            tracing::warn!(error = %e, "cannot save the FUSE table file; a restart of the \
+                serving process may not find this change");
+        }
+    }
+
+    /// The entry of `name`, saving the tables if it is new.
+    fn entry(&self, name: &str) -> Entry {
+        let (entry, new) = self.inodes().entry(name);
+        if new {
+            self.save_or_warn();
+        }
+        entry
+    }
+
+    /// Forget `name` (gone from the catalog), saving the tables if it was known.
+    fn forget(&self, name: &str) {
+        let removed = self.inodes().remove(name);
+        if removed {
+            self.save_or_warn();
+        }
+    }
+
     /// The export behind inode `ino` and its name, asking the catalog now. A name the catalog
     /// no longer has is forgotten.
-    fn export_of(&self, ino: INodeNo) -> Option<(String, Export)> {
-        let name = self.inodes().name(ino.0)?.to_string();
+    fn export_of(&self, ino: u64) -> Option<(String, Export)> {
+        let name = self.inodes().name(ino)?.to_string();
         match self.catalog.lookup(&name) {
             Some(e) => Some((name, e)),
             None => {
-                self.inodes().remove(&name);
+                self.forget(&name);
                 None
             }
         }
     }
 
-    fn attr_of(&self, name: &str, export: &Export) -> fuser::FileAttr {
-        let entry = self.inodes().entry(name);
+    fn attr_of(&self, name: &str, export: &Export) -> Attr {
+        let entry = self.entry(name);
         attr::export(self.owner, entry, export.len(), export.is_read_only())
     }
 
-    fn open_file(&self, fh: FileHandle) -> Result<Arc<OpenFile>, Errno> {
-        self.handles.get(fh.0).ok_or(Errno::EBADF)
-    }
-}
-
-/// The largest write the kernel sends in one request: below
-/// [`fss_core::device::DIRECT_WRITE_MIN`].
-const FUSE_MAX_WRITE: u32 = 128 << 10;
-
-impl fuser::Filesystem for FssFs {
-    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Asynchronous direct I/O lets a loop device keep several requests in flight.
-        if config.add_capabilities(InitFlags::FUSE_ASYNC_DIO).is_err() {
-            tracing::warn!("the kernel lacks FUSE_ASYNC_DIO: loop I/O will be serialised");
-        }
-        let _ = config.set_max_background(self.max_background);
-        // Writes arrive in pieces below the volume's direct-write size, so they land in the
-        // page cache (a loop device's writes complete at copy speed, as over a plain file);
-        // pieces go in parallel with FUSE_ASYNC_DIO.
-        let _ = config.set_max_write(FUSE_MAX_WRITE);
-        let _ = config.set_congestion_threshold(self.max_background.saturating_mul(3) / 4);
-        Ok(())
+    fn open_file(&self, fh: u64) -> Result<Arc<OpenFile>, Errno> {
+        self.handles.get(fh).ok_or(Errno::BADF)
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        if parent.0 != ROOT_INO {
-            return reply.error(Errno::ENOTDIR);
+    /// LOOKUP `name` in the directory `parent`.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Vec<u8>, Errno> {
+        if parent != ROOT_INO {
+            return Err(Errno::NOTDIR);
         }
-        let Some(name) = name.to_str() else {
-            return reply.error(Errno::ENOENT);
-        };
+        let name = std::str::from_utf8(name).map_err(|_| Errno::NOENT)?;
         match self.catalog.lookup(name) {
-            Some(export) => {
-                let attr = self.attr_of(name, &export);
-                reply.entry(&TTL, &attr, Generation(0));
-            }
+            Some(export) => Ok(reply::entry_out(&self.attr_of(name, &export))),
             None => {
-                self.inodes().remove(name);
-                reply.error(Errno::ENOENT);
+                self.forget(name);
+                Err(Errno::NOENT)
             }
         }
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
-        if ino.0 == ROOT_INO {
-            return reply.attr(&TTL, &attr::root(self.owner, self.mounted));
+    /// GETATTR of `ino`, through the open handle `fh` if the kernel gave one.
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> Result<Vec<u8>, Errno> {
+        if ino == ROOT_INO {
+            return Ok(reply::attr_out(&attr::root(self.owner, self.mounted)));
         }
         if let Some((name, export)) = self.export_of(ino) {
-            return reply.attr(&TTL, &self.attr_of(&name, &export));
+            return Ok(reply::attr_out(&self.attr_of(&name, &export)));
         }
         // Gone from the catalog but still open through this handle: describe what is open.
-        match fh.and_then(|fh| self.handles.get(fh.0)) {
-            Some(f) => {
-                let entry = crate::inodes::Entry {
-                    ino: ino.0,
-                    born: self.mounted,
-                };
-                let attr = attr::export(self.owner, entry, f.export.len(), f.export.is_read_only());
-                reply.attr(&TTL, &attr);
-            }
-            None => reply.error(Errno::ENOENT),
-        }
+        let file = fh.and_then(|fh| self.handles.get(fh)).ok_or(Errno::NOENT)?;
+        let export = file.export().map_err(|_| Errno::NOENT)?;
+        let entry = Entry {
+            ino,
+            born: self.mounted,
+        };
+        let a = attr::export(self.owner, entry, export.len(), export.is_read_only());
+        Ok(reply::attr_out(&a))
     }
 
-    fn setattr(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
-        reply: ReplyAttr,
-    ) {
-        if ino.0 == ROOT_INO {
-            return reply.error(Errno::EPERM);
+    /// SETATTR: nothing can change but times, which are accepted and not kept.
+    pub fn setattr(&self, ino: u64, s: &SetAttrIn) -> Result<Vec<u8>, Errno> {
+        if ino == ROOT_INO {
+            return Err(Errno::PERM);
         }
-        let Some((name, export)) = self.export_of(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let attr = self.attr_of(&name, &export);
-        if size.is_some_and(|s| s != export.len()) {
+        let (name, export) = self.export_of(ino).ok_or(Errno::NOENT)?;
+        let a = self.attr_of(&name, &export);
+        let has = |bit| s.valid & bit != 0;
+        if has(abi::fattr::SIZE) && s.size != export.len() {
             // A device's size is fixed (this is also what `> file` and O_TRUNC meet).
-            return reply.error(if export.is_read_only() {
-                Errno::EROFS
+            return Err(if export.is_read_only() {
+                Errno::ROFS
             } else {
-                Errno::EPERM
+                Errno::PERM
             });
         }
-        let mode_changes = mode.is_some_and(|m| (m & 0o7777) as u16 != attr.perm);
-        if mode_changes || uid.is_some_and(|u| u != attr.uid) || gid.is_some_and(|g| g != attr.gid)
-        {
-            return reply.error(Errno::EPERM);
+        let mode_changes = has(abi::fattr::MODE) && s.mode & 0o7777 != attr::perm(&a);
+        let uid_changes = has(abi::fattr::UID) && s.uid != a.uid;
+        let gid_changes = has(abi::fattr::GID) && s.gid != a.gid;
+        if mode_changes || uid_changes || gid_changes {
+            return Err(Errno::PERM);
         }
-        // Times are accepted and not kept (touch succeeds).
-        reply.attr(&TTL, &attr);
+        Ok(reply::attr_out(&a))
     }
 
-    fn mknod(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EPERM);
-    }
-
-    fn mkdir(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EPERM);
-    }
-
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EPERM);
-    }
-
-    fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EPERM);
-    }
-
-    fn symlink(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _link_name: &OsStr,
-        _target: &Path,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EPERM);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EPERM);
-    }
-
-    fn link(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        reply: ReplyEntry,
-    ) {
-        reply.error(Errno::EPERM);
-    }
-
-    fn create(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
-    ) {
-        reply.error(Errno::EPERM);
-    }
-
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if ino.0 == ROOT_INO {
-            return reply.error(Errno::EISDIR);
+    /// OPEN `ino`. A resent OPEN that an earlier process already registered gets the same
+    /// handle; a new handle is saved to the table file before it is returned.
+    pub fn open(&self, header: &InHeader, flags: u32) -> Result<Vec<u8>, Errno> {
+        const OPEN_FLAGS: u32 = abi::FOPEN_DIRECT_IO | abi::FOPEN_PARALLEL_DIRECT_WRITES;
+        let ino = header.nodeid;
+        if ino == ROOT_INO {
+            return Err(Errno::ISDIR);
         }
-        let Some((name, export)) = self.export_of(ino) else {
-            return reply.error(Errno::ENOENT);
-        };
-        let writable = !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY);
+        let unique = header.unique & !abi::UNIQUE_RESEND;
+        if header.is_resend() {
+            if let Some(fh) = self.handles.opened_by(unique) {
+                return Ok(reply::open_out(fh, OPEN_FLAGS));
+            }
+        }
+        let (name, export) = self.export_of(ino).ok_or(Errno::NOENT)?;
+        let writable = flags & abi::O_ACCMODE != abi::O_RDONLY;
         if writable && export.is_read_only() {
             // Root passes the 0400 mode check; the snapshot itself refuses.
-            return reply.error(Errno::EROFS);
+            return Err(Errno::ROFS);
         }
         let fh = self.handles.open(OpenFile {
             name,
-            export,
+            export: Some(export),
             writable,
+            unique,
         });
-        reply.opened(
-            FileHandle(fh),
-            FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
-        );
+        if let Err(e) = self.save() {
+            // A handle the next process would not know: refuse the open now rather than fail
+            // its I/O after a restart.
+            tracing::error!(error = %e, "cannot save the FUSE table file; refusing an open");
+            self.handles.release(fh);
+            return Err(Errno::IO);
+        }
+        Ok(reply::open_out(fh, OPEN_FLAGS))
     }
 
-    fn read(
+    /// READ into `buf`; returns how many bytes of it are the answer.
+    pub fn read(
         &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        fh: u64,
         offset: u64,
         size: u32,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyData,
-    ) {
-        let file = match self.open_file(fh) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
-        let Ok(size) = usize::try_from(size) else {
-            return reply.error(Errno::EINVAL);
-        };
-        READ_BUF.with_borrow_mut(|buf| {
-            buf.resize(size);
-            match file_io::read(&file.export, offset, &mut buf[..size]) {
-                Ok(n) => reply.data(&buf[..n]),
-                Err(e) => {
-                    tracing::debug!(name = %file.name, offset, size, errno = e.code(), "read failed");
-                    reply.error(e);
-                }
-            }
-        });
+        buf: &mut AlignedBuf,
+    ) -> Result<usize, Errno> {
+        let file = self.open_file(fh)?;
+        let size = usize::try_from(size).map_err(|_| Errno::INVAL)?;
+        buf.resize(size);
+        file_io::read(file.export()?, offset, &mut buf[..size]).inspect_err(|e| {
+            tracing::debug!(name = %file.name, offset, size, errno = e.raw_os_error(), "read failed");
+        })
     }
 
-    fn write(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
-    ) {
-        let file = match self.open_file(fh) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
+    /// WRITE `data` at `offset`.
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<Vec<u8>, Errno> {
+        let file = self.open_file(fh)?;
+        let export = file.export()?;
         if !file.writable {
-            return reply.error(if file.export.is_read_only() {
-                Errno::EROFS
+            return Err(if export.is_read_only() {
+                Errno::ROFS
             } else {
-                Errno::EBADF
+                Errno::BADF
             });
         }
-        match file_io::write(&file.export, offset, data) {
-            Ok(n) => reply.written(n),
+        match file_io::write(export, offset, data) {
+            Ok(n) => Ok(reply::write_out(n)),
             Err(e) => {
-                tracing::debug!(name = %file.name, offset, len = data.len(), errno = e.code(),
-                    "write failed");
-                reply.error(e);
+                tracing::debug!(name = %file.name, offset, len = data.len(),
+                    errno = e.raw_os_error(), "write failed");
+                Err(e)
             }
         }
     }
 
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        // close(2) does not imply durability on a block device either; fsync does.
-        reply.ok();
-    }
-
-    fn release(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        _flush: bool,
-        reply: ReplyEmpty,
-    ) {
-        self.handles.release(fh.0);
-        reply.ok();
-    }
-
-    fn fsync(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        match self.open_file(fh).and_then(|f| file_io::fsync(&f.export)) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+    /// RELEASE `fh`. An unknown handle (released already, or by a resent RELEASE) is fine.
+    pub fn release(&self, fh: u64) {
+        if self.handles.release(fh) {
+            self.save_or_warn();
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        if ino.0 == ROOT_INO {
-            reply.opened(FileHandle(0), FopenFlags::empty());
+    /// FSYNC: the device's FLUSH.
+    pub fn fsync(&self, fh: u64) -> Result<(), Errno> {
+        file_io::fsync(self.open_file(fh)?.export()?)
+    }
+
+    /// OPENDIR: only the root is a directory.
+    pub fn opendir(&self, ino: u64) -> Result<Vec<u8>, Errno> {
+        if ino == ROOT_INO {
+            Ok(reply::open_out(0, 0))
         } else {
-            reply.error(Errno::ENOTDIR);
+            Err(Errno::NOTDIR)
         }
     }
 
-    fn readdir(
-        &self,
-        _req: &Request,
-        ino: INodeNo,
-        _fh: FileHandle,
-        offset: u64,
-        mut reply: ReplyDirectory,
-    ) {
-        if ino.0 != ROOT_INO {
-            return reply.error(Errno::ENOTDIR);
+    /// READDIR from entry `offset`, at most `size` bytes of entries.
+    pub fn readdir(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        if ino != ROOT_INO {
+            return Err(Errno::NOTDIR);
         }
         let list = self.catalog.list();
-        let mut entries: Vec<(u64, FileType, String)> = Vec::with_capacity(list.len() + 2);
-        entries.push((ROOT_INO, FileType::Directory, ".".into()));
-        entries.push((ROOT_INO, FileType::Directory, "..".into()));
+        let mut entries: Vec<(u64, u32, String)> = Vec::with_capacity(list.len() + 2);
+        entries.push((ROOT_INO, DT_DIR, ".".into()));
+        entries.push((ROOT_INO, DT_DIR, "..".into()));
+        let mut changed;
         {
             let mut inodes = self.inodes();
-            inodes.retain(list.iter().map(|i| i.name.as_str()));
+            changed = inodes.retain(list.iter().map(|i| i.name.as_str()));
             for info in list {
-                let ino = inodes.entry(&info.name).ino;
-                entries.push((ino, FileType::RegularFile, info.name));
+                let (entry, new) = inodes.entry(&info.name);
+                changed |= new;
+                entries.push((entry.ino, DT_REG, info.name));
             }
         }
+        if changed {
+            self.save_or_warn();
+        }
+        let mut out = DirBuf::new(usize::try_from(size).unwrap_or(usize::MAX));
         let skip = usize::try_from(offset).unwrap_or(usize::MAX);
         for (i, (ino, kind, name)) in entries.into_iter().enumerate().skip(skip) {
-            if reply.add(INodeNo(ino), i as u64 + 1, kind, name) {
+            if !out.add(ino, i as u64 + 1, kind, name.as_bytes()) {
                 break;
             }
         }
-        reply.ok();
+        Ok(out.into_bytes())
     }
 
-    fn fsyncdir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        reply.ok();
-    }
-
-    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+    /// STATFS: blocks = sum of export sizes, nothing free.
+    pub fn statfs(&self) -> Vec<u8> {
         let list = self.catalog.list();
         let bytes: u64 = list.iter().map(|i| i.len).fold(0, u64::saturating_add);
-        let bs = u64::from(attr::BLOCK_SIZE);
-        reply.statfs(
-            bytes.div_ceil(bs),
-            0,
-            0,
-            list.len() as u64,
-            0,
-            attr::BLOCK_SIZE,
-            NAME_MAX,
-            attr::BLOCK_SIZE,
-        );
+        reply::statfs_out(&StatFs {
+            blocks: bytes.div_ceil(u64::from(attr::BLOCK_SIZE)),
+            files: list.len() as u64,
+            bsize: attr::BLOCK_SIZE,
+            namelen: NAME_MAX,
+            frsize: attr::BLOCK_SIZE,
+        })
     }
 
-    fn fallocate(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: u64,
-        length: u64,
-        mode: i32,
-        reply: ReplyEmpty,
-    ) {
-        let result = self.open_file(fh).and_then(|f| {
-            if f.writable || f.export.is_read_only() {
-                file_io::fallocate(&f.export, offset, length, mode)
-            } else {
-                Err(Errno::EBADF)
-            }
-        });
-        match result {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
+    /// FALLOCATE: punch and zero ranges, allocation within the size.
+    pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<(), Errno> {
+        let f = self.open_file(fh)?;
+        let export = f.export()?;
+        if f.writable || export.is_read_only() {
+            file_io::fallocate(export, offset, length, mode)
+        } else {
+            Err(Errno::BADF)
         }
     }
 
-    fn lseek(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        offset: i64,
-        whence: i32,
-        reply: ReplyLseek,
-    ) {
-        match self
-            .open_file(fh)
-            .and_then(|f| file_io::seek(&f.export, offset, whence))
-        {
-            Ok(o) => reply.offset(o),
-            Err(e) => reply.error(e),
-        }
+    /// LSEEK with SEEK_DATA or SEEK_HOLE.
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<Vec<u8>, Errno> {
+        let f = self.open_file(fh)?;
+        file_io::seek(f.export()?, offset, whence).map(reply::lseek_out)
     }
 }
+
+#[cfg(test)]
+mod tests;

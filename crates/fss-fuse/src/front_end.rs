@@ -1,25 +1,27 @@
-//! Mounting the FUSE directory, serving it on background threads, and unmounting it.
+//! A served FUSE directory: mounting and serving it in one go ([`FuseFrontEnd::mount`]), or
+//! serving a connection someone else mounted and may hand to the next process
+//! ([`FuseFrontEnd::serve_connection`]); stopping, detaching, unmounting.
 
+use crate::connection;
 use crate::error::{FuseError, Result};
-use crate::filesystem::FssFs;
 use crate::handles::{Handles, OpenHook};
 use crate::mount_point;
+use crate::persist::SessionFiles;
+use crate::session::{Session, Setup, Start};
 use fss_core::export::Catalog;
-use fuser::{Config, MountOption, Session, SessionACL};
-use std::io;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How long [`FuseFrontEnd::stop`] waits for the serving threads after the unmount.
+/// How long [`FuseFrontEnd::stop`] and [`FuseFrontEnd::detach`] wait for the serving threads.
 const THREAD_EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the daemon wants to hear about.
 #[derive(Clone, Default)]
 pub struct Hooks {
     /// Told when a name gets its first open handle (`true`) and loses its last (`false`);
-    /// see [`OpenHook`].
+    /// see [`OpenHook`]. A resumed session reports every name open in the table it restored.
     pub on_open_change: Option<OpenHook>,
 }
 
@@ -34,8 +36,8 @@ impl std::fmt::Debug for Hooks {
 /// How to serve.
 #[derive(Debug, Clone)]
 pub struct FuseOptions {
-    /// Threads receiving and answering requests (each has its own /dev/fuse descriptor). A
-    /// loop device keeps up to this many requests being served at once.
+    /// Threads serving requests (one reads at a time, each answers what it read). A loop
+    /// device keeps up to this many requests being served at once.
     pub threads: usize,
     /// Asynchronous requests (loop device I/O) the kernel keeps queued before it throttles.
     pub max_background: u16,
@@ -53,16 +55,20 @@ impl Default for FuseOptions {
     }
 }
 
-/// A mounted FUSE directory with one file per export of a catalog.
+/// A served FUSE directory with one file per export of a catalog.
 ///
-/// Dropping it unmounts as [`FuseFrontEnd::unmount`] does.
+/// Dropping one made by [`FuseFrontEnd::mount`] unmounts as [`FuseFrontEnd::unmount`] does;
+/// dropping one made by [`FuseFrontEnd::serve_connection`] detaches as
+/// [`FuseFrontEnd::detach`] does (the mount stays for whoever holds the connection).
 #[derive(Debug)]
 pub struct FuseFrontEnd {
     dir: PathBuf,
     /// `st_dev` of the mounted root: tells whether the directory still shows our mount.
     dev: u64,
     handles: Arc<Handles>,
-    session: Option<JoinHandle<io::Result<()>>>,
+    session: Option<Session>,
+    /// Mounted by this front-end (dropping it unmounts), not handed in.
+    owns_mount: bool,
 }
 
 impl FuseFrontEnd {
@@ -76,7 +82,8 @@ impl FuseFrontEnd {
         Self::mount_with(dir, catalog, hooks, &FuseOptions::default())
     }
 
-    /// [`FuseFrontEnd::mount`] with explicit options.
+    /// [`FuseFrontEnd::mount`] with explicit options: [`connection::mount_connection`], then
+    /// a [`Start::Fresh`] session without session files (it cannot be resumed).
     ///
     /// # Errors
     /// As [`FuseFrontEnd::mount`].
@@ -86,47 +93,92 @@ impl FuseFrontEnd {
         hooks: Hooks,
         options: &FuseOptions,
     ) -> Result<Self> {
-        mount_point::prepare(dir).map_err(|source| FuseError::Directory {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-        let handles = Arc::new(Handles::new(hooks.on_open_change));
-        let fs = FssFs::new(catalog, Arc::clone(&handles), options.max_background);
-        let mut config = Config::default();
-        config.mount_options = vec![
-            MountOption::FSName("fss".into()),
-            // As a kernel option, so that a direct mount(2) (root) gets it too: "fuse.fss".
-            MountOption::CUSTOM("subtype=fss".into()),
-            MountOption::DefaultPermissions,
-            MountOption::NoDev,
-            MountOption::NoSuid,
-            MountOption::NoExec,
-            MountOption::NoAtime,
-        ];
-        config.acl = SessionACL::Owner;
-        config.n_threads = Some(options.threads.max(1));
-        config.clone_fd = true;
-        let session = Session::new(fs, dir, &config).map_err(|source| FuseError::Mount {
-            dir: dir.to_path_buf(),
-            source,
-        })?;
-        let thread = std::thread::Builder::new()
-            .name("fss-fuse".into())
-            .spawn(move || session.run())
-            .map_err(FuseError::Thread)?;
+        let fd = connection::mount_connection(dir)?;
+        match Self::serve(fd, dir, catalog, hooks, options, None, Start::Fresh) {
+            Ok(mut fuse) => {
+                fuse.owns_mount = true;
+                tracing::info!(dir = %dir.display(), threads = options.threads,
+                    "FUSE directory mounted");
+                Ok(fuse)
+            }
+            Err(e) => {
+                // Nothing serves the mount: do not leave it behind.
+                if let Err(d) = mount_point::detach(dir) {
+                    tracing::warn!(dir = %dir.display(), error = %d, "cannot detach a failed mount");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Serve the connection `fd` (from [`connection::mount_connection`], possibly in another
+    /// process) mounted on `dir`, with the default [`FuseOptions`]. The session is persisted
+    /// to `session_file` and a table file beside it, so that the next process can resume it
+    /// with [`Start::Resume`]. Does not unmount when dropped.
+    ///
+    /// # Errors
+    /// The handshake, the session files or the serving threads fail.
+    pub fn serve_connection(
+        fd: OwnedFd,
+        dir: &Path,
+        catalog: Arc<dyn Catalog>,
+        hooks: Hooks,
+        session_file: &Path,
+        start: Start,
+    ) -> Result<Self> {
+        let options = FuseOptions::default();
+        Self::serve_connection_with(fd, dir, catalog, hooks, &options, session_file, start)
+    }
+
+    /// [`FuseFrontEnd::serve_connection`] with explicit options.
+    ///
+    /// # Errors
+    /// As [`FuseFrontEnd::serve_connection`].
+    pub fn serve_connection_with(
+        fd: OwnedFd,
+        dir: &Path,
+        catalog: Arc<dyn Catalog>,
+        hooks: Hooks,
+        options: &FuseOptions,
+        session_file: &Path,
+        start: Start,
+    ) -> Result<Self> {
+        let files = SessionFiles::new(session_file);
+        let fuse = Self::serve(fd, dir, catalog, hooks, options, Some(&files), start)?;
+        tracing::info!(dir = %dir.display(), ?start, threads = options.threads,
+            "serving the FUSE directory");
+        Ok(fuse)
+    }
+
+    fn serve(
+        fd: OwnedFd,
+        dir: &Path,
+        catalog: Arc<dyn Catalog>,
+        hooks: Hooks,
+        options: &FuseOptions,
+        files: Option<&SessionFiles>,
+        start: Start,
+    ) -> Result<Self> {
+        let setup = Setup {
+            catalog,
+            hook: hooks.on_open_change,
+            threads: options.threads,
+            max_background: options.max_background,
+            files,
+        };
+        let session = Session::start(fd, &setup, start)?;
         let mut fuse = FuseFrontEnd {
             dir: dir.to_path_buf(),
             dev: 0,
-            handles,
-            session: Some(thread),
+            handles: Arc::clone(session.handles()),
+            session: Some(session),
+            owns_mount: false,
         };
         // Only now that requests are served: stat(2) on the mount root asks the file system.
-        // On failure, dropping `fuse` unmounts.
         fuse.dev = mount_point::device_of(dir).map_err(|source| FuseError::Mount {
             dir: dir.to_path_buf(),
             source,
         })?;
-        tracing::info!(dir = %dir.display(), threads = options.threads, "FUSE directory mounted");
         Ok(fuse)
     }
 
@@ -162,32 +214,46 @@ impl FuseFrontEnd {
     /// again once they are closed. [`FuseError::Unmount`], or [`FuseError::StillServing`] if
     /// the threads did not end in time after the unmount.
     pub fn stop(&mut self) -> Result<()> {
-        let Some(thread) = self.session.take() else {
+        let Some(mut session) = self.session.take() else {
             return Ok(());
         };
         if let Err(e) = self.unmount_if_ours() {
-            self.session = Some(thread);
+            self.session = Some(session);
             return Err(e);
         }
-        let deadline = Instant::now() + THREAD_EXIT_TIMEOUT;
-        while !thread.is_finished() {
-            if Instant::now() >= deadline {
-                self.session = Some(thread);
-                return Err(FuseError::StillServing {
-                    dir: self.dir.clone(),
-                });
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        if !session.join(THREAD_EXIT_TIMEOUT) {
+            self.session = Some(session);
+            return Err(FuseError::StillServing {
+                dir: self.dir.clone(),
+            });
         }
-        let result = match thread.join() {
-            Ok(r) => r,
-            Err(_) => Err(io::Error::other("a FUSE serving thread panicked")),
-        };
         tracing::info!(dir = %self.dir.display(), "FUSE directory unmounted");
-        result.map_err(|source| FuseError::Session {
-            dir: self.dir.clone(),
-            source,
-        })
+        Ok(())
+    }
+
+    /// Stop serving without unmounting, for the next process to resume: each serving thread
+    /// answers the request it is serving and ends; requests not read yet stay queued in the
+    /// kernel (their callers wait) until a session reads the connection again. The table
+    /// file already holds every open handle.
+    ///
+    /// # Errors
+    /// [`FuseError::StillServing`] if a thread did not end in time (it is left running).
+    pub fn detach(mut self) -> Result<()> {
+        self.detach_session()
+    }
+
+    fn detach_session(&mut self) -> Result<()> {
+        let Some(mut session) = self.session.take() else {
+            return Ok(());
+        };
+        if session.detach(THREAD_EXIT_TIMEOUT) {
+            tracing::info!(dir = %self.dir.display(), "FUSE session detached; the mount stays");
+            Ok(())
+        } else {
+            Err(FuseError::StillServing {
+                dir: self.dir.clone(),
+            })
+        }
     }
 
     /// Stop; if files are still open, detach the directory lazily instead: it leaves the
@@ -226,30 +292,28 @@ impl FuseFrontEnd {
             // Ours, or a dead connection (ENOTCONN): unmount it.
             Ok(_) | Err(_) => {}
         }
-        match mount_point::unmount(&self.dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error()) => {
-                Err(FuseError::Busy {
-                    dir: self.dir.clone(),
-                    open: self.open_files().into_iter().map(|(n, _)| n).collect(),
-                })
-            }
-            // Not a mount point any more: someone unmounted it.
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => Ok(()),
-            Err(source) => Err(FuseError::Unmount {
-                dir: self.dir.clone(),
-                source,
-            }),
-        }
+        connection::unmount(&self.dir).map_err(|e| match e {
+            FuseError::Busy { dir, .. } => FuseError::Busy {
+                dir,
+                open: self.open_files().into_iter().map(|(n, _)| n).collect(),
+            },
+            other => other,
+        })
     }
 }
 
 impl Drop for FuseFrontEnd {
     fn drop(&mut self) {
-        if self.session.is_some() {
-            if let Err(e) = self.stop_or_detach() {
-                tracing::warn!(error = %e, "unmounting the FUSE directory on drop");
-            }
+        if self.session.is_none() {
+            return;
+        }
+        let result = if self.owns_mount {
+            self.stop_or_detach()
+        } else {
+            self.detach_session()
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "stopping the FUSE directory on drop");
         }
     }
 }

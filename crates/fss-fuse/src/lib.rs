@@ -9,6 +9,12 @@
 //! cached twice; fsync is the device's FLUSH; `fallocate` punch-hole and zero-range are the
 //! device's DISCARD and WRITE_ZEROES.
 //!
+//! The request loop is this crate's own (no fuser, no libfuse): see the `session` module for
+//! why. A connection can outlive the process serving it: a supervisor mounts it with
+//! [`mount_connection`] and keeps the descriptor; each serving process serves it with
+//! [`FuseFrontEnd::serve_connection`] ([`Start::Fresh`] the first time, [`Start::Resume`]
+//! after), and files opened under one process keep working under the next.
+//!
 //! ```no_run
 //! use fss_core::export::{Catalog, Export, ExportInfo};
 //! use fss_fuse::{FuseFrontEnd, Hooks};
@@ -32,15 +38,23 @@
 //! ```
 
 mod attr;
+pub mod connection;
+mod dispatch;
 mod error;
 pub mod file_io;
 mod filesystem;
 mod front_end;
+mod fusermount;
 mod handles;
 mod inodes;
 mod mount_point;
+pub mod persist;
+mod session;
+pub mod wire;
 
 pub use attr::{SNAPSHOT_MODE, VOLUME_MODE};
+pub use connection::{abort_connection, connection_id, detach_mount, mount_connection, unmount};
 pub use error::{FuseError, Result};
 pub use front_end::{FuseFrontEnd, FuseOptions, Hooks};
 pub use handles::OpenHook;
+pub use session::Start;

@@ -28,12 +28,18 @@ pub fn device_of(dir: &Path) -> io::Result<u64> {
     Ok(rustix::fs::stat(dir)?.st_dev)
 }
 
-/// `umount(2)`: fails with EBUSY while files are open.
+/// `umount(2)`: fails with EBUSY while files are open. A process that is not root (EPERM)
+/// goes through `fusermount3 -u`.
 ///
 /// # Errors
 /// As `umount(2)`.
 pub fn unmount(dir: &Path) -> io::Result<()> {
-    Ok(rustix::mount::unmount(dir, UnmountFlags::empty())?)
+    match rustix::mount::unmount(dir, UnmountFlags::empty()) {
+        Err(rustix::io::Errno::PERM) if !rustix::process::geteuid().is_root() => {
+            crate::fusermount::unmount(dir)
+        }
+        r => Ok(r?),
+    }
 }
 
 /// `umount2(MNT_DETACH)`: leaves the namespace now; the file system lives on until its last

@@ -7,10 +7,10 @@
 mod common;
 
 use common::{
-    disk_tempdir, file_volume, is_mount_point, mountinfo_line, require_commands, run, serial,
-    wait_until, Pattern, TestCatalog,
+    disk_tempdir, file_volume, is_mount_point, mountinfo_line, recording_hooks, require_commands,
+    run, serial, wait_until, HookedDevice, Pattern, TestCatalog,
 };
-use fss_core::device::{BlockDevice, MemDevice};
+use fss_core::device::MemDevice;
 use fss_core::export::Export;
 use fss_core::store::DeviceStore;
 use fss_core::{SnapshotOptions, Volume};
@@ -27,20 +27,6 @@ const EROFS: i32 = 30;
 const ENOSPC: i32 = 28;
 const EPERM: i32 = 1;
 const ENOENT: i32 = 2;
-
-/// Events from the open/close hook.
-type Events = Arc<Mutex<Vec<(String, bool)>>>;
-
-fn recording_hooks() -> (Hooks, Events) {
-    let events: Events = Arc::default();
-    let e = Arc::clone(&events);
-    let hooks = Hooks {
-        on_open_change: Some(Arc::new(move |name: &str, open: bool| {
-            e.lock().unwrap().push((name.to_string(), open));
-        })),
-    };
-    (hooks, events)
-}
 
 fn errno(r: io::Result<impl Sized>) -> i32 {
     match r {
@@ -343,43 +329,27 @@ fn the_namespace_is_the_catalogs() {
 /// Reads at this offset wait until two of them are being served at once.
 const GATE: u64 = 1 << 20;
 
-struct GateDevice {
-    inner: MemDevice,
-    arrived: Mutex<u32>,
-    cv: Condvar,
-}
-
-impl BlockDevice for GateDevice {
-    fn len(&self) -> u64 {
-        self.inner.len()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        if offset == GATE {
-            let mut n = self.arrived.lock().unwrap();
+/// Holds reads at [`GATE`] until two of them are being served at once.
+fn gate() -> HookedDevice<MemDevice> {
+    let arrived = Arc::new((Mutex::new(0u32), Condvar::new()));
+    HookedDevice {
+        inner: MemDevice::new(4 * MIB),
+        before_read: Box::new(move |offset, _| {
+            if offset != GATE {
+                return Ok(());
+            }
+            let (lock, cv) = &*arrived;
+            let mut n = lock.lock().unwrap();
             *n += 1;
-            self.cv.notify_all();
-            let (n, t) = self
-                .cv
+            cv.notify_all();
+            let (_n, t) = cv
                 .wait_timeout_while(n, Duration::from_secs(10), |n| *n < 2)
                 .unwrap();
-            drop(n);
             if t.timed_out() {
                 return Err(io::Error::other("the second read never came in parallel"));
             }
-        }
-        self.inner.read_at(buf, offset)
-    }
-    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        self.inner.write_at(buf, offset)
-    }
-    fn flush(&self) -> io::Result<()> {
-        self.inner.flush()
-    }
-    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
-        self.inner.discard(offset, len)
-    }
-    fn describe(&self) -> String {
-        "gate".into()
+            Ok(())
+        }),
     }
 }
 
@@ -387,11 +357,7 @@ impl BlockDevice for GateDevice {
 fn requests_are_served_in_parallel() {
     let _g = serial();
     let tmp = disk_tempdir();
-    let gate = Arc::new(GateDevice {
-        inner: MemDevice::new(4 * MIB),
-        arrived: Mutex::new(0),
-        cv: Condvar::new(),
-    });
+    let gate = Arc::new(gate());
     let catalog = Arc::new(TestCatalog::default());
     catalog.add(Export::Volume(Volume::new("gate", gate)));
     let dir = tmp.path().join("dev");

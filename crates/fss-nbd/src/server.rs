@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-/// How often an accept loop looks at the shutdown flag while no client connects.
+/// How often an accept loop looks at the shutdown flag while no client connects (a shutdown
+/// also wakes it at once).
 const ACCEPT_POLL: Duration = Duration::from_millis(100);
 
 /// Tunables. The defaults suit a daemon serving a handful of clients on a small machine.
@@ -113,6 +114,8 @@ struct Inner {
     options: ServerOptions,
     shared: Arc<SharedBudget>,
     shutdown: AtomicBool,
+    /// Readable once shut down (an eventfd): wakes the accept loops at once.
+    wake: Option<std::os::fd::OwnedFd>,
     next_id: AtomicU64,
     conns: Mutex<BTreeMap<u64, Entry>>,
     conns_changed: Condvar,
@@ -162,6 +165,9 @@ impl ShutdownHandle {
     pub fn shutdown(&self) {
         if !self.inner.shutdown.swap(true, Ordering::SeqCst) {
             tracing::info!("NBD server shutting down: no new connections");
+            if let Some(w) = &self.inner.wake {
+                let _ = rustix::io::write(w, &1u64.to_ne_bytes());
+            }
         }
     }
 
@@ -169,6 +175,28 @@ impl ShutdownHandle {
     #[must_use]
     pub fn is_shutdown(&self) -> bool {
         self.inner.shutdown.load(Ordering::SeqCst)
+    }
+
+    /// Stop accepting and stop reading requests, for a hand-over to another process: a
+    /// connection serving an export answers every request it has already read, then closes
+    /// (its client sees the end of the stream after the last reply, and may reconnect to the
+    /// next process); a connection still negotiating is closed. Returns how many connections
+    /// were told; [`Server::wait_idle`] waits for them.
+    pub fn drain(&self) -> usize {
+        self.shutdown();
+        let conns = self.inner.conns();
+        for (id, e) in conns.iter() {
+            tracing::info!(connection = id, peer = %e.peer, export = ?e.export,
+                "draining NBD connection: answering what it sent, then closing");
+            let how = if e.export.is_some() {
+                Shutdown::Read
+            } else {
+                Shutdown::Both
+            };
+            // Already closed by the client is fine.
+            let _ = e.stream.shutdown(how);
+        }
+        conns.len()
     }
 
     /// Force every open connection closed (a hard disconnect). Requests already running finish
@@ -209,6 +237,11 @@ impl Server {
                 shared: SharedBudget::new(options.max_total_bytes_in_flight),
                 options,
                 shutdown: AtomicBool::new(false),
+                wake: rustix::event::eventfd(
+                    0,
+                    rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+                )
+                .ok(),
                 next_id: AtomicU64::new(1),
                 conns: Mutex::new(BTreeMap::new()),
                 conns_changed: Condvar::new(),
@@ -271,7 +304,10 @@ impl Server {
                 return Ok(());
             }
             self.reap_handshakes();
-            let mut fds = [PollFd::new(listener, PollFlags::IN)];
+            let mut fds = vec![PollFd::new(listener, PollFlags::IN)];
+            if let Some(w) = &self.inner.wake {
+                fds.push(PollFd::new(w, PollFlags::IN));
+            }
             match poll(&mut fds, Some(&timeout)) {
                 Ok(0) => continue,
                 Ok(_) => {}

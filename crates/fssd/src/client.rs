@@ -41,6 +41,17 @@ impl Client {
         })
     }
 
+    /// How long to wait for an answer before giving up with `unavailable` (`None`: forever).
+    ///
+    /// # Errors
+    /// The socket refused the setting.
+    pub fn set_timeout(&mut self, timeout: Option<std::time::Duration>) -> Result<(), DaemonError> {
+        self.reader
+            .get_ref()
+            .set_read_timeout(timeout)
+            .map_err(|e| DaemonError::io("control socket", &e))
+    }
+
     /// Send a request and return its id.
     fn send(&mut self, request: Request) -> Result<u64, DaemonError> {
         let id = self.next_id;

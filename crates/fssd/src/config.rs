@@ -18,6 +18,10 @@ pub struct ServeOptions {
     pub volume_io: VolumeIo,
     /// Test-only hooks ([`TestHooks::from_env`] at start; default off).
     pub test_hooks: TestHooks,
+    /// Opens `/dev/fuse` and mounts it on the FUSE directory, for the supervisor to hold (the
+    /// FUSE front-end's `mount_connection`; the daemon library does not depend on it). `None`:
+    /// each serving process mounts its own, which dies with it.
+    pub fuse_mount: Option<FuseMount>,
 }
 
 /// `fss serve --tls`: whether NBD over TCP offers or requires TLS.
@@ -108,6 +112,10 @@ impl NbdTls {
     }
 }
 
+/// See [`ServeOptions::fuse_mount`]: the mount point to a `/dev/fuse` descriptor mounted there,
+/// or a message saying what failed.
+pub type FuseMount = fn(&std::path::Path) -> std::result::Result<std::os::fd::OwnedFd, String>;
+
 /// How the daemon does I/O on its volumes (images and block devices). Stores are not
 /// affected. Every mode is coherent: a direct read of a range first writes back the page
 /// cache's dirty pages of that range (the kernel does this for O_DIRECT).
@@ -173,6 +181,14 @@ pub struct TestHooks {
     /// `FSS_TEST_HOLD_COMMITS_MS`: every volume's committer waits this long before each
     /// commit, so that acknowledged writes stay held and a test can kill the daemon then.
     pub hold_commits: Option<Duration>,
+    /// `FSS_TEST_CHILD_CRASH_AT_START`: the first this many serving processes a supervisor
+    /// starts kill themselves (SIGKILL) right at start, before they are ready, so that a test
+    /// can make a crash loop or a crash before ready.
+    pub child_crash_at_start: Option<u64>,
+    /// `FSS_TEST_RESTART_HOLD_MS`: for `fss restart`, how long the serving process waits
+    /// after it drained and saved, before it answers and exits, so that a test can connect a
+    /// client while nothing accepts.
+    pub restart_hold: Option<Duration>,
 }
 
 impl TestHooks {
@@ -192,6 +208,10 @@ impl TestHooks {
                 .and_then(|v| v.parse::<u64>().ok()),
             freeze_hold: millis("FSS_TEST_FREEZE_HOLD_MS"),
             hold_commits: millis("FSS_TEST_HOLD_COMMITS_MS"),
+            child_crash_at_start: std::env::var("FSS_TEST_CHILD_CRASH_AT_START")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok()),
+            restart_hold: millis("FSS_TEST_RESTART_HOLD_MS"),
         }
     }
 }

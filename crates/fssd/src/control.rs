@@ -1,150 +1,89 @@
 //! The control socket: one thread per connection, one JSON request per line, one response per
-//! line. Freeze leases live with the connection that opened them: if it drops, or a lease is
-//! not closed within [`LEASE_TIMEOUT`], the daemon thaws the file system.
+//! line. Freeze leases ([`crate::leases`]) live with the connection that opened them: if it
+//! drops, or a lease is not closed within [`LEASE_TIMEOUT`], the daemon thaws the file system.
+//! `restart` runs through [`crate::restart`].
 
 use crate::error::DaemonError;
-use crate::freeze;
+pub use crate::leases::{Leases, LEASE_TIMEOUT};
 use crate::protocol::{
     BackupDone, Envelope, Progress, ProgressLine, Request, Response, MAX_FRAME, PROTOCOL_VERSION,
 };
 use crate::registry::Registry;
+use crate::restart::RestartGate;
+use crate::serving::Supervision;
 use std::cell::RefCell;
-use std::collections::HashMap;
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long a freeze lease may stay open before the daemon thaws.
-pub const LEASE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest request line accepted.
 const MAX_LINE: usize = 1 << 20;
+/// How long `restart` waits for long operations unless told.
+pub const DEFAULT_RESTART_TIMEOUT: Duration = Duration::from_secs(30);
 
-struct Lease {
-    mount_point: String,
-    dir: File,
-    deadline: Instant,
+/// What every control connection shares.
+pub struct Services {
+    /// The live objects.
+    pub registry: Arc<Registry>,
+    /// Freeze leases.
+    pub leases: Arc<Leases>,
+    /// `restart`, and what `status` says of the process model.
+    pub restart: Arc<RestartGate>,
 }
 
-/// Open freeze leases, watched by a thread that thaws expired ones.
-#[derive(Default)]
-pub struct Leases {
-    next: AtomicU64,
-    open: Mutex<HashMap<u64, Lease>>,
-}
-
-impl Leases {
-    fn open(&self, mount_point: &str) -> Result<u64, DaemonError> {
-        let dir = freeze::open_mount(std::path::Path::new(mount_point))
-            .map_err(|e| DaemonError::io(&format!("cannot open mount point {mount_point}"), &e))?;
-        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let lease = Lease {
-            mount_point: mount_point.to_string(),
-            dir,
-            deadline: Instant::now() + LEASE_TIMEOUT,
-        };
-        self.open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, lease);
-        Ok(id)
-    }
-
-    /// Whether the lease (if any) is still open: not expired nor abandoned.
-    fn all_open(&self, lease: &Option<u64>) -> bool {
-        lease.is_none_or(|id| {
-            self.open
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .contains_key(&id)
-        })
-    }
-
-    fn close(&self, id: u64) -> bool {
-        self.open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id)
-            .is_some()
-    }
-
-    /// Thaw (and forget) a lease whose holder went away.
-    fn abandon(&self, id: u64, why: &str) {
-        let lease = self
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
-        if let Some(l) = lease {
-            thaw(&l, why);
-        }
-    }
-
-    /// Thaw every lease past its deadline.
-    pub fn expire(&self) {
-        let now = Instant::now();
-        let expired: Vec<Lease> = {
-            let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-            let ids: Vec<u64> = open
-                .iter()
-                .filter(|(_, l)| l.deadline <= now)
-                .map(|(&k, _)| k)
-                .collect();
-            ids.into_iter().filter_map(|k| open.remove(&k)).collect()
-        };
-        for l in expired {
-            let why = format!(
-                "the freeze lease was not closed within {} s",
-                LEASE_TIMEOUT.as_secs()
-            );
-            thaw(&l, &why);
-        }
-    }
-}
-
-fn thaw(l: &Lease, why: &str) {
-    match freeze::thaw(&l.dir) {
-        Ok(()) => tracing::warn!(mount_point = %l.mount_point, "thawed the file system: {why}"),
-        // EINVAL: not frozen (the client thawed already).
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {}
-        Err(e) => {
-            tracing::error!(mount_point = %l.mount_point, error = %e, "could not thaw ({why})");
-        }
-    }
-}
-
-/// Serve the control socket until `stop` is set.
+/// Serve the control socket until `stop` is set, unsupervised (`restart` is refused): for
+/// in-process use.
 pub fn serve(
     listener: &UnixListener,
     registry: &Arc<Registry>,
     leases: &Arc<Leases>,
     stop: &Arc<AtomicBool>,
 ) {
+    let services = Arc::new(Services {
+        registry: Arc::clone(registry),
+        leases: Arc::clone(leases),
+        restart: Arc::new(RestartGate::new(
+            None,
+            Supervision::default(),
+            Arc::clone(stop),
+        )),
+    });
+    serve_with(listener, &services, stop);
+}
+
+/// Serve the control socket until `stop` is set.
+pub fn serve_with(listener: &UnixListener, services: &Arc<Services>, stop: &AtomicBool) {
     if let Err(e) = listener.set_nonblocking(true) {
         tracing::error!(error = %e, "control socket cannot be polled");
         return;
     }
     while !stop.load(Ordering::Acquire) {
-        leases.expire();
+        services.leases.expire();
         match listener.accept() {
             Ok((stream, _)) => {
-                let (reg, leases) = (Arc::clone(registry), Arc::clone(leases));
+                let services = Arc::clone(services);
                 let spawned = std::thread::Builder::new()
                     .name("fss-control".into())
-                    .spawn(move || connection(stream, &reg, &leases));
+                    .spawn(move || connection(stream, &services));
                 if let Err(e) = spawned {
                     tracing::error!(error = %e, "cannot start a control connection thread");
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Wake as soon as a client connects; look at the stop flag and the leases at
-                // least every 50 ms.
-                let mut fds = [rustix::event::PollFd::new(
+                // Wake as soon as a client connects or a restart is handed off; look at the
+                // stop flag and the leases at least every 50 ms.
+                let mut fds = vec![rustix::event::PollFd::new(
                     listener,
                     rustix::event::PollFlags::IN,
                 )];
+                if let Some(w) = services.restart.waker() {
+                    fds.push(rustix::event::PollFd::from_borrowed_fd(
+                        w,
+                        rustix::event::PollFlags::IN,
+                    ));
+                }
                 let timeout = rustix::event::Timespec {
                     tv_sec: 0,
                     tv_nsec: 50_000_000,
@@ -161,7 +100,7 @@ pub fn serve(
     }
 }
 
-fn connection(stream: UnixStream, registry: &Registry, leases: &Leases) {
+fn connection(stream: UnixStream, services: &Services) {
     let _ = stream.set_nonblocking(false);
     let Ok(write_half) = stream.try_clone() else {
         return;
@@ -187,8 +126,7 @@ fn connection(stream: UnixStream, registry: &Registry, leases: &Leases) {
         let sent = match envelope(&line) {
             Ok(env) => {
                 let mut conn = Connection {
-                    registry,
-                    leases,
+                    services,
                     mine: &mut mine,
                     out: &mut out,
                 };
@@ -201,7 +139,9 @@ fn connection(stream: UnixStream, registry: &Registry, leases: &Leases) {
         }
     }
     for id in mine {
-        leases.abandon(id, "the client holding the freeze lease went away");
+        services
+            .leases
+            .abandon(id, "the client holding the freeze lease went away");
     }
 }
 
@@ -273,8 +213,7 @@ fn encode<T: serde::Serialize>(
 
 /// One control connection's view while it answers a request.
 struct Connection<'a, W: Write> {
-    registry: &'a Registry,
-    leases: &'a Leases,
+    services: &'a Services,
     /// The freeze leases this connection opened (thawed if it goes away).
     mine: &'a mut Vec<u64>,
     out: &'a mut W,
@@ -284,7 +223,14 @@ impl<W: Write> Connection<'_, W> {
     /// Answer one request: the one place every [`Request`] is handled. A new variant does not
     /// compile until it is handled here. An error means the connection broke.
     fn dispatch(&mut self, env: &Envelope) -> std::io::Result<()> {
-        let reg = self.registry;
+        let reg = self.services.registry.as_ref();
+        let leases = self.services.leases.as_ref();
+        if self.services.restart.is_active() && !env.request.changes_nothing() {
+            let e = DaemonError::busy(
+                "the daemon is restarting (fss restart); try again once it answers",
+            );
+            return send(self.out, &failure(env.id, &e));
+        }
         if let Some(p) = env.request.relative_path() {
             let e = DaemonError::invalid(format!(
                 "the path '{}' is relative: paths sent to the daemon must be absolute (the CLI \
@@ -294,7 +240,7 @@ impl<W: Write> Connection<'_, W> {
             return send(self.out, &failure(env.id, &e));
         }
         let result = match &env.request {
-            Request::Status => encode(Ok(reg.status())),
+            Request::Status => encode(Ok(self.status())),
             Request::VolumeCreate { name, size, image } => {
                 encode(reg.create_volume(name, *size, image.clone()))
             }
@@ -302,14 +248,14 @@ impl<W: Write> Connection<'_, W> {
             Request::VolumeList => encode(Ok(reg.list_volumes())),
             Request::VolumeRemove { name } => encode(reg.remove_volume(name)),
             Request::SnapshotCreate(spec) => {
-                if self.leases.all_open(&spec.lease) {
+                if leases.all_open(&spec.lease) {
                     encode(reg.create_snapshot(spec))
                 } else {
                     Err(expired())
                 }
             }
             Request::SnapshotCreateGroup { members } => {
-                if members.iter().all(|m| self.leases.all_open(&m.lease)) {
+                if members.iter().all(|m| leases.all_open(&m.lease)) {
                     encode(reg.create_snapshot_group(members))
                 } else {
                     Err(expired())
@@ -337,6 +283,13 @@ impl<W: Write> Connection<'_, W> {
                 return chan.finish(encode(r));
             }
             Request::RestoreAbandon { volume } => encode(reg.abandon_restore(volume)),
+            Request::Restart {
+                timeout_seconds,
+                drop_transient,
+            } => {
+                let timeout = timeout_seconds.map_or(DEFAULT_RESTART_TIMEOUT, Duration::from_secs);
+                return self.restart(env.id, timeout, *drop_transient);
+            }
             Request::Rollback {
                 volume,
                 snapshot,
@@ -354,23 +307,51 @@ impl<W: Write> Connection<'_, W> {
         send(self.out, &response)
     }
 
+    /// `status`, with the process model's fields.
+    fn status(&self) -> crate::protocol::StatusInfo {
+        let mut s = self.services.registry.status();
+        let sup = self.services.restart.supervision();
+        s.supervisor_pid = sup.supervisor_pid;
+        s.restarts = sup.restarts;
+        s.last_restart.clone_from(&sup.last_restart);
+        s
+    }
+
+    /// `restart`: answered once this process has drained and saved; it then exits.
+    fn restart(&mut self, id: u64, timeout: Duration, drop_transient: bool) -> std::io::Result<()> {
+        let gate = &self.services.restart;
+        match gate.run(&self.services.registry, timeout, drop_transient) {
+            Ok((info, answered)) => {
+                let r = match encode(Ok(&info)) {
+                    Ok(v) => send(self.out, &success(id, v)),
+                    Err(e) => send(self.out, &failure(id, &e)),
+                };
+                let _ = answered.send(());
+                r
+            }
+            Err(e) => send(self.out, &failure(id, &e)),
+        }
+    }
+
     fn lease_open(&mut self, mount_point: &str) -> Result<serde_json::Value, DaemonError> {
         // The daemon thaws what a lease names when it expires: only file systems it serves.
-        if !crate::own_files::is_on_export(self.registry.paths(), std::path::Path::new(mount_point))
-        {
+        if !crate::own_files::is_on_export(
+            self.services.registry.paths(),
+            std::path::Path::new(mount_point),
+        ) {
             return Err(DaemonError::invalid(format!(
                 "{mount_point} is not a file system on an fss volume (a loop device over a file \
                  in the FUSE directory); freeze leases are only for those"
             )));
         }
-        let id = self.leases.open(mount_point)?;
+        let id = self.services.leases.open(mount_point)?;
         self.mine.push(id);
         Ok(serde_json::json!({ "lease": id, "timeout_seconds": LEASE_TIMEOUT.as_secs() }))
     }
 
     fn lease_close(&mut self, lease: u64) -> Result<serde_json::Value, DaemonError> {
         self.mine.retain(|x| *x != lease);
-        if self.leases.close(lease) {
+        if self.services.leases.close(lease) {
             Ok(serde_json::Value::Null)
         } else {
             Err(DaemonError::not_found(format!(

@@ -1,16 +1,23 @@
-//! `fss serve`: take the state directory's lock, bring everything back, start the front-ends,
-//! open the control socket last, say `ready`, and stop cleanly on SIGTERM or SIGINT.
+//! `fss serve`'s serving side: bring everything back, start the front-ends, say `ready`, serve
+//! the control socket, and stop cleanly on SIGTERM or SIGINT, or drain and save for
+//! `fss restart`. [`run_serving`] is the serving process a supervisor starts
+//! ([`crate::supervisor`]); [`run`] is the whole daemon in one process (`--no-supervisor`):
+//! it also takes the state directory's lock and makes its sockets, control socket last.
 
 use crate::config::ServeOptions;
-use crate::control::{self, Leases};
+use crate::control::{self, Services};
 use crate::error::{DaemonError, Result};
+use crate::leases::Leases;
+use crate::listeners::{bind_socket, bind_tcp};
 use crate::paths::{check_socket_path, Paths};
 use crate::registry::Registry;
+use crate::restart::{Handoff, RestartGate};
+use crate::serving::{FuseConnection, Handover, Supervision};
 use std::fs::File;
 use std::io::Write;
+use std::net::TcpListener;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixDatagram, UnixListener};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,13 +27,57 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A front-end the daemon runs (NBD, FUSE): started with the registry, stopped at the end.
 pub trait FrontEnd: Send {
+    /// For a hand-over to the next process: stop taking requests, answer those in flight,
+    /// close connections; how many were closed. Nothing by default.
+    fn drain(&mut self) -> usize {
+        0
+    }
+
     /// Stop serving; return when no request is in flight.
     fn stop(&mut self);
 }
 
+/// The sockets the front-ends serve on, made by the supervisor (inherited) or by [`run`].
+#[derive(Debug)]
+pub struct FrontEndSockets {
+    /// NBD on the unix socket.
+    pub nbd_unix: UnixListener,
+    /// NBD over TCP (`--nbd-listen`).
+    pub nbd_tcp: Option<TcpListener>,
+    /// The FUSE connection, when the supervisor opened and mounted it (else the FUSE
+    /// front-end mounts the directory itself).
+    pub fuse: Option<FuseConnection>,
+    /// Whether the front-ends remove their socket files when they stop (not when a supervisor
+    /// holds the sockets for the next process).
+    pub own_socket_files: bool,
+}
+
 /// Starts the front-ends once the registry is open.
-pub type StartFrontEnds<'a> =
-    Box<dyn FnOnce(&Arc<Registry>, &ServeOptions) -> Result<Vec<Box<dyn FrontEnd>>> + 'a>;
+pub type StartFrontEnds<'a> = Box<
+    dyn FnOnce(&Arc<Registry>, &ServeOptions, FrontEndSockets) -> Result<Vec<Box<dyn FrontEnd>>>
+        + 'a,
+>;
+
+/// How the daemon stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// SIGTERM or SIGINT.
+    Clean,
+    /// Drained and saved for `fss restart`: exit with
+    /// [`EXIT_UPGRADE`](crate::handover::EXIT_UPGRADE).
+    Upgrade,
+}
+
+impl Stopped {
+    /// The exit status that says it.
+    #[must_use]
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Stopped::Clean => 0,
+            Stopped::Upgrade => crate::handover::EXIT_UPGRADE,
+        }
+    }
+}
 
 /// The held lock of a state directory; released when dropped (and when the process dies).
 pub struct StateLock {
@@ -82,25 +133,6 @@ pub fn lock_state_dir(paths: &Paths) -> Result<StateLock> {
     Ok(StateLock { _file: file })
 }
 
-fn bind_private(path: &Path) -> Result<UnixListener> {
-    check_socket_path(path).map_err(DaemonError::invalid)?;
-    // A socket left by a crashed run: nobody listens on it any more (we hold the lock).
-    let _ = std::fs::remove_file(path);
-    let l = UnixListener::bind(path)
-        .map_err(|e| DaemonError::io(&format!("cannot listen on {}", path.display()), &e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| DaemonError::io(&format!("cannot restrict {}", path.display()), &e))?;
-    Ok(l)
-}
-
-/// Bind a unix socket with mode 0600, replacing a stale one; for front-ends.
-///
-/// # Errors
-/// The path is too long or cannot be bound.
-pub fn bind_socket(path: &Path) -> Result<UnixListener> {
-    bind_private(path)
-}
-
 fn notify_systemd() {
     if let Some(sock) = std::env::var_os("NOTIFY_SOCKET") {
         if let Ok(d) = UnixDatagram::unbound() {
@@ -109,57 +141,117 @@ fn notify_systemd() {
     }
 }
 
-/// Run the daemon until SIGTERM or SIGINT (a second one forces the stop).
+/// Say `ready` as DESIGN fixes it: one line on stdout, and to systemd when run under it.
+pub fn announce_ready() {
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    notify_systemd();
+}
+
+/// Run the daemon unsupervised (`fss serve --no-supervisor`, in-process use) until SIGTERM or
+/// SIGINT (a second one forces the stop): it takes the state directory's lock and makes its
+/// sockets itself, and removes them at the end.
 ///
 /// # Errors
 /// Another daemon holds the state directory, the state is damaged, or a socket cannot be made.
-pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<()> {
+pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<Stopped> {
     let paths = &opts.paths;
     let control_path = paths.control_socket();
     check_socket_path(&control_path).map_err(DaemonError::invalid)?;
     let _lock = lock_state_dir(paths)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let force = Arc::new(AtomicBool::new(false));
-    install_signals(&stop, &force)?;
+    crate::supervisor::wait_for_previous_serving_process(paths);
+    let signals = Signals::install(true)?;
     let registry = Arc::new(Registry::open(
         paths.clone(),
         opts.volume_io,
         opts.test_hooks,
     )?);
-    let mut frontends = start(&registry, opts)?;
-    let listener = bind_private(&control_path)?;
-    let leases = Arc::new(Leases::default());
-    println!("ready");
-    let _ = std::io::stdout().flush();
-    notify_systemd();
-    tracing::info!(state_dir = %paths.state_dir.display(), "fss daemon ready");
-    control::serve(&listener, &registry, &leases, &stop);
+    let sockets = FrontEndSockets {
+        nbd_unix: bind_socket(&paths.nbd_socket)?,
+        nbd_tcp: opts.nbd_listen.as_deref().map(bind_tcp).transpose()?,
+        fuse: None,
+        own_socket_files: true,
+    };
+    let frontends = start(&registry, opts, sockets)?;
+    let listener = bind_socket(&control_path)?;
+    let gate = RestartGate::new(None, Supervision::default(), Arc::clone(&signals.stop));
+    let stopped = serve(&registry, frontends, &listener, gate, &signals, opts);
     drop(listener);
     let _ = std::fs::remove_file(&control_path);
-    tracing::info!("stopping: waiting for open devices to close (a second signal forces)");
-    let started = Instant::now();
-    let mut last_report = Instant::now() - Duration::from_secs(10);
-    loop {
-        let open = registry.open_devices();
-        // A rollback or restore in progress is finished first: it is resumed after a crash,
-        // but a clean stop must not record a clean state under it.
-        let running = registry.running_operations();
-        let forced = force.load(Ordering::Acquire);
-        if forced || (running.is_empty() && (open.is_empty() || started.elapsed() > STOP_TIMEOUT)) {
-            if !open.is_empty() {
-                tracing::warn!(?open, "stopping with devices still open");
-            }
-            break;
-        }
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            let mut list: Vec<String> = open.iter().map(|(n, c)| format!("{n} ({c})")).collect();
-            list.extend(running.iter().map(|r| format!("{r} in progress")));
-            tracing::info!("still open: {}", list.join(", "));
-            last_report = Instant::now();
-        }
-        leases.expire();
-        std::thread::sleep(Duration::from_millis(50));
+    Ok(stopped)
+}
+
+/// Run the serving process of a supervisor ([`crate::serving::adopt`] gave `handover`): as
+/// [`run`], on the inherited sockets, without the lock (the supervisor holds it), saying
+/// `ready` to the supervisor; the sockets stay for the next process.
+///
+/// # Errors
+/// The state is damaged, or a front-end cannot start.
+pub fn run_serving(
+    opts: &ServeOptions,
+    handover: Handover,
+    start: StartFrontEnds<'_>,
+) -> Result<Stopped> {
+    let signals = Signals::install(false)?;
+    let registry = Arc::new(Registry::open(
+        opts.paths.clone(),
+        opts.volume_io,
+        opts.test_hooks,
+    )?);
+    let sockets = FrontEndSockets {
+        nbd_unix: handover.nbd_unix,
+        nbd_tcp: handover.nbd_tcp,
+        fuse: handover.fuse,
+        own_socket_files: false,
+    };
+    let frontends = start(&registry, opts, sockets)?;
+    let gate = RestartGate::new(
+        Some(handover.link),
+        handover.supervision,
+        Arc::clone(&signals.stop),
+    );
+    Ok(serve(
+        &registry,
+        frontends,
+        &handover.control,
+        gate,
+        &signals,
+        opts,
+    ))
+}
+
+/// Serve the control socket until a stop or a restart, then stop the front-ends and save.
+fn serve(
+    registry: &Arc<Registry>,
+    mut frontends: Vec<Box<dyn FrontEnd>>,
+    listener: &UnixListener,
+    gate: RestartGate,
+    signals: &Signals,
+    opts: &ServeOptions,
+) -> Stopped {
+    let paths = registry.paths();
+    let services = Arc::new(Services {
+        registry: Arc::clone(registry),
+        leases: Arc::new(Leases::recover(paths.state_dir.join("leases.json"))),
+        restart: Arc::new(gate),
+    });
+    match services.restart.link() {
+        Some(link) => link.ready(),
+        None => announce_ready(),
     }
+    tracing::info!(state_dir = %paths.state_dir.display(), "fss daemon ready");
+    control::serve_with(listener, &services, &signals.stop);
+    if let Some(handoff) = services.restart.take_handoff() {
+        finish_restart(
+            registry,
+            &mut frontends,
+            handoff,
+            opts.test_hooks.restart_hold,
+        );
+        return Stopped::Upgrade;
+    }
+    tracing::info!("stopping: waiting for open devices to close (a second signal forces)");
+    wait_for_devices(registry, &services.leases, &signals.force);
     for f in &mut frontends {
         f.stop();
     }
@@ -174,13 +266,105 @@ pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<()> {
             "forced stop with operations in progress; the next start resumes them"
         );
     }
-    Ok(())
+    Stopped::Clean
 }
 
-fn install_signals(stop: &Arc<AtomicBool>, force: &Arc<AtomicBool>) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
-        .map_err(|e| DaemonError::io("cannot install signal handlers", &e))?;
+/// The end of `fss restart` (the control connection that asked waited for long operations):
+/// drain the front-ends, save (a clean stop unless operations are carried over), answer.
+fn finish_restart(
+    registry: &Registry,
+    frontends: &mut [Box<dyn FrontEnd>],
+    handoff: Handoff,
+    hold: Option<Duration>,
+) {
+    let mut info = handoff.info;
+    tracing::info!("restart: draining the front-ends");
+    for f in frontends.iter_mut() {
+        info.nbd_connections_drained += f.drain() as u64;
+    }
+    for f in frontends.iter_mut() {
+        f.stop();
+    }
+    // Operations still running now (carried over, or a backup cut off) are resumed at the
+    // next start as after a crash: the state must not say clean under them.
+    if registry.running_operations().is_empty() {
+        registry.shutdown();
+    } else {
+        registry.flush_volumes();
+    }
+    tracing::info!("restart: state saved; handing over to the next process");
+    if let Some(hold) = hold {
+        tracing::warn!(?hold, "test hook: holding the restart before exiting");
+        std::thread::sleep(hold);
+    }
+    if handoff.saved.send(info).is_ok() {
+        let _ = handoff.answered.recv_timeout(Duration::from_secs(5));
+    }
+}
+
+/// A stop waits for open devices (up to [`STOP_TIMEOUT`]) and for rollbacks and restores,
+/// unless forced.
+fn wait_for_devices(registry: &Registry, leases: &Leases, force: &AtomicBool) {
+    let started = Instant::now();
+    let mut last_report = Instant::now() - Duration::from_secs(10);
+    loop {
+        let open = registry.open_devices();
+        // A rollback or restore in progress is finished first: it is resumed after a crash,
+        // but a clean stop must not record a clean state under it.
+        let running = registry.running_operations();
+        let forced = force.load(Ordering::Acquire);
+        if forced || (running.is_empty() && (open.is_empty() || started.elapsed() > STOP_TIMEOUT)) {
+            if !open.is_empty() {
+                tracing::warn!(?open, "stopping with devices still open");
+            }
+            return;
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            let mut list: Vec<String> = open.iter().map(|(n, c)| format!("{n} ({c})")).collect();
+            list.extend(running.iter().map(|r| format!("{r} in progress")));
+            tracing::info!("still open: {}", list.join(", "));
+            last_report = Instant::now();
+        }
+        leases.expire();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// SIGTERM and SIGINT: the first stops, a second forces.
+struct Signals {
+    stop: Arc<AtomicBool>,
+    force: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// `interrupt`: SIGINT stops too (not in a serving process, see [`install_signals`]).
+    fn install(interrupt: bool) -> Result<Self> {
+        let s = Signals {
+            stop: Arc::new(AtomicBool::new(false)),
+            force: Arc::new(AtomicBool::new(false)),
+        };
+        install_signals(&s.stop, &s.force, interrupt)?;
+        Ok(s)
+    }
+}
+
+/// `SIGTERM` (and `SIGINT` when `interrupt`) stop, a second one forces; `SIGHUP` is
+/// ignored here (the TLS reloader takes it). A serving process
+/// takes no `SIGINT` (it swallows it): a Ctrl-C reaches the whole foreground process group,
+/// and the supervisor passes it on as one `SIGTERM`.
+fn install_signals(stop: &Arc<AtomicBool>, force: &Arc<AtomicBool>, interrupt: bool) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let failed = |e: std::io::Error| DaemonError::io("cannot install signal handlers", &e);
+    // SIGHUP reloads TLS certificates where TLS is set up; without it, it must not kill the
+    // daemon (its default action) when an administrator sends it out of habit.
+    signal_hook::flag::register(SIGHUP, Arc::new(AtomicBool::new(false))).map_err(failed)?;
+    let mut signals = if interrupt {
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+    } else {
+        signal_hook::flag::register(SIGINT, Arc::new(AtomicBool::new(false))).map_err(failed)?;
+        signal_hook::iterator::Signals::new([SIGTERM])
+    }
+    .map_err(failed)?;
     let (stop, force) = (Arc::clone(stop), Arc::clone(force));
     std::thread::Builder::new()
         .name("fss-signals".into())

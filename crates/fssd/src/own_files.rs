@@ -95,11 +95,25 @@ fn existing(path: &Path) -> Option<std::fs::Metadata> {
     None
 }
 
-/// The device number of the FUSE directory's file system, if it is mounted there.
-fn fuse_device(fuse_dir: &Path) -> Option<u64> {
-    let dir = std::fs::metadata(fuse_dir).ok()?;
-    let parent = std::fs::metadata(fuse_dir.join("..")).ok()?;
-    (dir.dev() != parent.dev()).then_some(dir.dev())
+/// The device number of the FUSE directory's file system, if it is mounted there. Read from
+/// `/proc/self/mountinfo`, never by a stat of the directory: between two serving processes,
+/// and at start before the FUSE session runs, nobody answers it and a stat would wait.
+pub(crate) fn fuse_device(fuse_dir: &Path) -> Option<u64> {
+    let parent = fuse_dir.parent()?.canonicalize().ok()?;
+    let dir = parent.join(fuse_dir.file_name()?);
+    let want = dir.to_str()?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        if f.get(4) != Some(&want) {
+            return None;
+        }
+        let (major, minor) = f.get(2)?.split_once(':')?;
+        Some(rustix::fs::makedev(
+            major.parse().ok()?,
+            minor.parse().ok()?,
+        ))
+    })
 }
 
 fn same(a: &std::fs::Metadata, b: &Path) -> bool {
@@ -116,22 +130,42 @@ fn own_file(
     let named = [
         (paths.state_dir.clone(), "the state directory"),
         (paths.lock_file(), "the daemon's lock file"),
+        (paths.heartbeat_file(), "the daemon's heartbeat file"),
         (paths.state_file(), "the daemon's state file"),
         (
             paths.state_file().with_extension("json.tmp"),
             "the daemon's state file",
         ),
         (paths.control_socket(), "the control socket"),
+        (
+            paths.state_dir.join("fuse-session.json"),
+            "the daemon's FUSE session file",
+        ),
+        (
+            paths.state_dir.join("fuse-session.table.json"),
+            "the daemon's FUSE session file",
+        ),
+        (
+            paths.state_dir.join("leases.json"),
+            "the daemon's lease file",
+        ),
+        (
+            paths.state_dir.join("serving.pid"),
+            "the daemon's process record",
+        ),
         (paths.nbd_socket.clone(), "the NBD socket"),
         (paths.stores_dir(), "the store directory"),
         (
             paths.invalidated_dir(),
             "the daemon's directory of invalidations",
         ),
-        (paths.fuse_dir.clone(), "the FUSE directory"),
     ];
+    // The mounted FUSE directory is caught as an export; unmounted, it can be looked at.
+    let fuse_dir = fuse_device(&paths.fuse_dir)
+        .is_none()
+        .then(|| (paths.fuse_dir.clone(), "the FUSE directory"));
     // A store directory is fine as a store; a volume's default place is fine for a volume.
-    for (p, what) in named {
+    for (p, what) in named.into_iter().chain(fuse_dir) {
         let allowed = matches!(used_as, Use::Store) && p == paths.stores_dir();
         if !allowed && same(meta, &p) {
             return Some(format!("it is {what}"));

@@ -46,6 +46,12 @@ impl Paths {
         self.state_dir.join("lock")
     }
 
+    /// `<state-dir>/heartbeat` ([`crate::heartbeat`]).
+    #[must_use]
+    pub fn heartbeat_file(&self) -> PathBuf {
+        self.state_dir.join("heartbeat")
+    }
+
     /// `<state-dir>/volumes`.
     #[must_use]
     pub fn volumes_dir(&self) -> PathBuf {

@@ -2,6 +2,7 @@
 //! `docs/CONTROL.md`). One request per line, one response per line, in order.
 
 use crate::error::ErrorKind;
+pub use crate::handover::{LastRestart, RestartInfo, RestartReason};
 pub use crate::state::VolumeKind;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::PathBuf;
@@ -286,6 +287,16 @@ pub enum Request {
         /// The volume.
         volume: String,
     },
+    /// Hand over to the binary on disk (`fss restart`): drain, save, answer a
+    /// [`RestartInfo`], exit; the supervisor starts the new process.
+    Restart {
+        /// How long to wait for long operations before carrying them over (default 30 s).
+        #[serde(default)]
+        timeout_seconds: Option<u64>,
+        /// Go ahead even though transient snapshots exist (they are dropped).
+        #[serde(default)]
+        drop_transient: bool,
+    },
     /// Return a volume to a snapshot's contents. Progress lines precede the response.
     Rollback {
         /// The volume.
@@ -299,6 +310,23 @@ pub enum Request {
 }
 
 impl Request {
+    /// Whether the request changes nothing the next process would need to know (it is
+    /// answered while a restart drains; the others are refused with `busy`).
+    #[must_use]
+    pub fn changes_nothing(&self) -> bool {
+        matches!(
+            self,
+            Request::Status
+                | Request::VolumeList
+                | Request::SnapshotList
+                | Request::SnapshotInfo { .. }
+                | Request::SnapshotVerify { .. }
+                | Request::Checksum { .. }
+                | Request::Diff { .. }
+                | Request::LeaseClose { .. }
+        )
+    }
+
     /// The first relative path in the request, if any. Relative paths are refused on the
     /// socket: they would mean the daemon's working directory, not the caller's (the CLI makes
     /// every path absolute before sending it).
@@ -563,4 +591,13 @@ pub struct StatusInfo {
     pub snapshots: u64,
     /// Whether the previous run stopped cleanly.
     pub recovered_from_crash: bool,
+    /// The supervisor's pid (`None`: `fss serve --no-supervisor`).
+    #[serde(default)]
+    pub supervisor_pid: Option<u32>,
+    /// Serving processes that ended since the supervisor started.
+    #[serde(default)]
+    pub restarts: u64,
+    /// How the last one ended.
+    #[serde(default)]
+    pub last_restart: Option<LastRestart>,
 }

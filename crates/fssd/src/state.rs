@@ -34,7 +34,13 @@ pub struct Fingerprint {
     /// Inode number.
     pub ino: u64,
     /// Modification time (ns) when fss last stopped cleanly; `None` after an unclean stop.
+    #[serde(default)]
     pub mtime_ns: Option<i128>,
+    /// Status change time (ns), recorded when the volume was added, at each start and at each
+    /// clean stop; `None` for block devices and in states of older releases, which did not
+    /// record it (absent from the file then, so those releases read it as before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctime_ns: Option<i128>,
 }
 
 /// A volume, as remembered.
@@ -50,7 +56,7 @@ pub struct VolumeState {
     pub kind: VolumeKind,
     /// Size in bytes.
     pub size: u64,
-    /// Fingerprint at the last clean stop.
+    /// Fingerprint (see [`Fingerprint`] for when each part was taken).
     #[serde(default)]
     pub fingerprint: Fingerprint,
     /// Set when the volume was found changed while fss was not running: its snapshots are
@@ -320,6 +326,21 @@ mod tests {
         });
         s.save(&p).unwrap();
         assert_eq!(State::load(&p).unwrap(), Some(s));
+    }
+
+    #[test]
+    fn a_fingerprint_without_a_ctime_reads_and_writes_as_before() {
+        let old = r#"{"size":1,"dev":2,"ino":3,"mtime_ns":null}"#;
+        let f: Fingerprint = serde_json::from_str(old).unwrap();
+        assert_eq!(f.ctime_ns, None);
+        assert_eq!(serde_json::to_string(&f).unwrap(), old);
+        let with = Fingerprint {
+            ctime_ns: Some(5),
+            ..f
+        };
+        let text = serde_json::to_string(&with).unwrap();
+        assert!(text.contains(r#""ctime_ns":5"#), "{text}");
+        assert_eq!(serde_json::from_str::<Fingerprint>(&text).unwrap(), with);
     }
 
     #[test]

@@ -27,8 +27,28 @@ enum Command {
     /// Run the daemon in the foreground (stop it with SIGTERM or Ctrl-C).
     ///
     /// With no volume configured it creates a 1 GiB sparse volume `default`. It prints
-    /// `ready` when `fss status` can answer.
-    Serve(ServeArgs),
+    /// `ready` when `fss status` can answer. This process supervises the one that serves
+    /// I/O: it holds the sockets and starts a new serving process within a second if that
+    /// one dies.
+    Serve(fss_cli::serve::ServeArgs),
+    /// Hand over to the fss binary on disk (an upgrade) without stopping service: the serving
+    /// process drains and saves, the new one takes over the sockets.
+    ///
+    /// Waits for backups, restores and rollbacks up to --timeout, then carries them over (the
+    /// new process resumes restores and rollbacks; a backup is cut off). Refused while
+    /// transient snapshots exist, unless --drop-transient. Prints the old and new version
+    /// and pid; if the new binary does not start, the old one serves on and this says why.
+    Restart {
+        /// Print {old_pid, new_pid, old_version, new_version, ms, ...} as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Seconds to wait for long operations before carrying them over.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        timeout: u64,
+        /// Restart even though transient snapshots exist: they are dropped.
+        #[arg(long)]
+        drop_transient: bool,
+    },
     /// Create, add, list and remove volumes.
     #[command(subcommand)]
     Volume(VolumeCmd),
@@ -102,27 +122,6 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-}
-
-#[derive(Args)]
-struct ServeArgs {
-    /// Directory of the FUSE files (default <state-dir>/dev).
-    #[arg(long, value_name = "DIR", value_parser = path_arg)]
-    fuse_dir: Option<PathBuf>,
-    /// Unix socket for NBD (default <state-dir>/nbd.sock).
-    #[arg(long, value_name = "PATH", value_parser = path_arg)]
-    nbd_socket: Option<PathBuf>,
-    /// Also serve NBD over TCP at this address (for example 127.0.0.1:10809); needs
-    /// --tls-certificates, or --tls off for plaintext.
-    #[arg(long, value_name = "ADDR:PORT")]
-    nbd_listen: Option<String>,
-    #[command(flatten)]
-    tls: fss_cli::nbd_tls::TlsArgs,
-    /// Volume I/O: direct-large (default: O_DIRECT for reads of 64 KiB or more and writes of
-    /// 256 KiB or more), direct-reads (O_DIRECT for large reads only), buffered, or direct
-    /// (O_DIRECT for every aligned read and write). Default from FSS_VOLUME_IO when set.
-    #[arg(long, value_name = "MODE", value_parser = fssd::config::VolumeIo::parse)]
-    volume_io: Option<fssd::config::VolumeIo>,
 }
 
 #[derive(Subcommand)]
@@ -354,7 +353,25 @@ fn create(
 fn run(cli: Cli) -> anyhow::Result<()> {
     let state = state_dir(cli.state_dir.clone());
     match cli.command {
-        Command::Serve(a) => serve(&state, a),
+        Command::Serve(a) => {
+            let code = fss_cli::serve::serve(&state, a)?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+            Ok(())
+        }
+        Command::Restart {
+            json,
+            timeout,
+            drop_transient,
+        } => fss_cli::restart::restart(
+            &state,
+            fss_cli::restart::RestartArgs {
+                json,
+                timeout: Some(timeout),
+                drop_transient,
+            },
+        ),
         Command::Status { json } => {
             let v = call(&mut connect(&state)?, Request::Status)?;
             if json {
@@ -376,6 +393,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(d) = s.nbd_listen {
                 println!("NBD TCP: {d}");
+            }
+            if let Some(sup) = s.supervisor_pid {
+                print!("supervisor: pid {sup}, {} restart(s)", s.restarts);
+                match &s.last_restart {
+                    Some(l) => println!(", the last {}", output::restart_cause(l)),
+                    None => println!(),
+                }
             }
             if s.recovered_from_crash {
                 println!("note: the previous run did not stop cleanly; persistent snapshots were recovered");
@@ -532,34 +556,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
     }
-}
-
-fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FSS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
-    let volume_io = match a.volume_io {
-        Some(m) => m,
-        None => match std::env::var("FSS_VOLUME_IO") {
-            Ok(s) => fssd::config::VolumeIo::parse(&s).map_err(|e| anyhow::anyhow!(e))?,
-            Err(_) => fssd::config::VolumeIo::default(),
-        },
-    };
-    let nbd_tls = a.tls.checked(a.nbd_listen.as_deref())?;
-    let opts = fssd::config::ServeOptions {
-        paths: fssd::paths::Paths::new(state.to_path_buf(), a.fuse_dir, a.nbd_socket),
-        nbd_listen: a.nbd_listen,
-        nbd_tls,
-        volume_io,
-        test_hooks: fssd::config::TestHooks::from_env(),
-    };
-    fssd::daemon::run(&opts, Box::new(fss_cli::frontends::start))
-        .map_err(|e| anyhow::anyhow!(e.message))
 }
 
 fn main() {

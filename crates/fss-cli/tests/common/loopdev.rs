@@ -69,6 +69,15 @@ impl Cleanup {
     }
 }
 
+/// A fresh ext4 on a loop device over `file` (a volume's FUSE file), mounted at `mnt`; the
+/// loop device.
+pub fn ext4_on(c: &mut Cleanup, file: &Path, mnt: &Path) -> String {
+    let dev = c.attach(file, false);
+    run("mkfs.ext4", &["-q", &dev]);
+    c.mount(&dev, mnt, "rw");
+    dev
+}
+
 impl Drop for Cleanup {
     fn drop(&mut self) {
         self.release_all();

@@ -21,6 +21,8 @@ pub struct Daemon {
     pub extra: Vec<String>,
     /// Environment for the first start only: a restart runs without it.
     pub env: Vec<(String, String)>,
+    /// The `fss` binary `fss serve` runs from.
+    pub binary: PathBuf,
 }
 
 /// The outcome of a command.
@@ -55,8 +57,22 @@ impl Daemon {
         Self::start_full(dir, &[], env)
     }
 
+    /// Start `fss serve` from a copy of the binary (to replace it under a running daemon).
+    pub fn start_from(dir: &Path, binary: &Path) -> Daemon {
+        let mut d = Self::unstarted(dir, &[], &[]);
+        d.binary = binary.to_path_buf();
+        d.spawn();
+        d
+    }
+
     fn start_full(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
-        let mut d = Daemon {
+        let mut d = Self::unstarted(dir, extra, env);
+        d.spawn();
+        d
+    }
+
+    fn unstarted(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon {
             dir: dir.to_path_buf(),
             child: None,
             log: Arc::default(),
@@ -65,13 +81,12 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
-        };
-        d.spawn();
-        d
+            binary: PathBuf::from(FSS),
+        }
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(FSS)
+        let mut child = Command::new(&self.binary)
             .arg("serve")
             .args(&self.extra)
             .env("FSS_STATE_DIR", &self.dir)
@@ -204,6 +219,39 @@ impl Daemon {
         f.sync_all().unwrap();
     }
 
+    /// The pid of the process serving I/O (`status` field `pid`).
+    pub fn serving_pid(&self) -> u32 {
+        u32::try_from(self.json(&["status"])["pid"].as_u64().unwrap()).unwrap()
+    }
+
+    /// kill -9 the serving process (not the supervisor this helper started); its pid.
+    pub fn kill9_serving(&self) -> u32 {
+        let pid = self.serving_pid();
+        signal(pid, rustix::process::Signal::KILL);
+        pid
+    }
+
+    /// Wait until a process other than `old` answers `status`: its pid, and how long it took.
+    pub fn wait_for_successor(&self, old: u32) -> (u32, Duration) {
+        let t = Instant::now();
+        loop {
+            let r = self.fss(&["status", "--json"]);
+            if r.status == 0 {
+                let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+                let pid = u32::try_from(v["pid"].as_u64().unwrap()).unwrap();
+                if pid != old {
+                    return (pid, t.elapsed());
+                }
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "no new serving process; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
@@ -221,6 +269,39 @@ pub fn require(tool: &str, package: &str) {
         ok,
         "`{tool}` is needed by this test: apt-get install {package}"
     );
+}
+
+/// Wait until `cond` holds, at most `limit` (then fail, saying `what`).
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < limit, "{what} (waited {limit:?})");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The names in `fss snapshot list`, oldest first.
+pub fn snapshot_names(d: &Daemon) -> Vec<String> {
+    d.json(&["snapshot", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Send `sig` to `pid`.
+pub fn signal(pid: u32, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(pid).unwrap()).unwrap();
+    let _ = rustix::process::kill_process(pid, sig);
+}
+
+/// Whether `pid` runs (not gone, not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        let state = s.rsplit(')').next().unwrap_or("").trim_start();
+        !state.starts_with('Z') && !state.starts_with('X')
+    })
 }
 
 /// The NBD URL of an export of `d`.

@@ -186,6 +186,12 @@ impl Volume {
         Ok(n)
     }
 
+    /// Whether [`Volume::attach_journal`] was called.
+    #[must_use]
+    pub fn has_journal(&self) -> bool {
+        self.core.held.journaled()
+    }
+
     /// Test hook: hold acknowledged writes back for `pause` before each commit, so that a test
     /// can kill the process while writes are held.
     #[doc(hidden)]

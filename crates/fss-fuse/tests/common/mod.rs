@@ -4,10 +4,14 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use fss_core::device::{FileDevice, OpenOptions};
+pub mod child;
+
+use fss_core::device::{BlockDevice, FileDevice, OpenOptions};
 use fss_core::export::{Catalog, Export, ExportInfo};
 use fss_core::Volume;
+use fss_fuse::Hooks;
 use std::collections::BTreeMap;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -111,6 +115,52 @@ impl Catalog for TestCatalog {
                 len: e.len(),
             })
             .collect()
+    }
+}
+
+/// Events from the open/close hook: (name, opened).
+pub type Events = Arc<Mutex<Vec<(String, bool)>>>;
+
+/// Hooks that record every open/close event.
+pub fn recording_hooks() -> (Hooks, Events) {
+    let events: Events = Arc::default();
+    let e = Arc::clone(&events);
+    let hooks = Hooks {
+        on_open_change: Some(Arc::new(move |name: &str, open: bool| {
+            e.lock().unwrap().push((name.to_string(), open));
+        })),
+    };
+    (hooks, events)
+}
+
+/// Runs before each read of the device it is given to: (offset, length).
+pub type BeforeRead = Box<dyn Fn(u64, usize) -> io::Result<()> + Send + Sync>;
+
+/// A device that calls a function before every read (to hold or stall some reads).
+pub struct HookedDevice<D> {
+    pub inner: D,
+    pub before_read: BeforeRead,
+}
+
+impl<D: BlockDevice> BlockDevice for HookedDevice<D> {
+    fn len(&self) -> u64 {
+        self.inner.len()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        (self.before_read)(offset, buf.len())?;
+        self.inner.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.inner.write_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.inner.flush()
+    }
+    fn discard(&self, offset: u64, len: u64) -> io::Result<()> {
+        self.inner.discard(offset, len)
+    }
+    fn describe(&self) -> String {
+        format!("hooked {}", self.inner.describe())
     }
 }
 

@@ -64,6 +64,8 @@ impl Registry {
                     e.volume()?.clone(),
                 ))
             })
+            // Volumes added since (the default one of a fresh directory) have theirs.
+            .filter(|(_, _, v)| !v.has_journal())
             .collect();
         for (name, id, vol) in open {
             match self.start_journal(&vol, &id) {

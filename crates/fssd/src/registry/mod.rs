@@ -5,6 +5,8 @@
 //! - `mod.rs`: the registry, its state, opening it, saving, publishing, status, stop;
 //! - `recovery.rs`: bringing volumes and snapshots back at start, finishing interrupted
 //!   deletes and rollbacks (interrupted restores: `restore.rs`);
+//! - `fingerprint.rs`: what identifies a volume's image between runs, and the check at start
+//!   that nobody changed it while fss was not running;
 //! - `volumes.rs`: create, add, list, remove volumes;
 //! - `snapshots.rs`: create (alone or as a group), list, describe, verify, delete snapshots;
 //! - `jobs.rs`: what holds names during long operations, diffs, checksums, backups;
@@ -27,19 +29,22 @@
 
 use crate::catalog::UsageSource;
 use crate::config::{TestHooks, VolumeIo};
-use crate::error::Result;
+use crate::error::{DaemonError, Result};
+use crate::heartbeat::Heartbeat;
 use crate::paths::Paths;
 use crate::protocol::StatusInfo;
 use crate::state::State;
+use fingerprint::{settled_fingerprint, PreviousStop};
 use fss_core::export::Export;
 use fss_core::Volume;
 use indexmap::IndexMap;
-use recovery::{boot_id, fingerprint};
+pub(crate) use recovery::boot_id;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 
 mod entries;
+mod fingerprint;
 mod jobs;
 mod journals;
 mod recovery;
@@ -74,6 +79,8 @@ pub struct Registry {
     /// Names (volumes, snapshots) in use by long operations running now (backup, restore,
     /// rollback), with what holds them.
     held: Mutex<HashMap<String, Vec<String>>>,
+    /// The heartbeat, from the moment volumes may be written on.
+    heartbeat: OnceLock<Heartbeat>,
 }
 
 impl Registry {
@@ -83,9 +90,11 @@ impl Registry {
         &self.paths
     }
 
-    /// Load the state (or start one with a 1 GiB volume `default`), open every volume, bring
-    /// back persistent snapshots, drop transient ones, finish interrupted deletes, rollbacks
-    /// and restores (or leave their volumes offline). Volumes are opened as `volume_io` says.
+    /// Load the state (or start one with a 1 GiB volume `default`), open every volume (the
+    /// snapshots of one changed while fss was not running become unverified), bring back
+    /// persistent snapshots, drop transient ones, start the heartbeat, replay the journals of
+    /// held writes, finish interrupted deletes, rollbacks and restores (or leave their volumes
+    /// offline). Volumes are opened as `volume_io` says.
     ///
     /// # Errors
     /// The state file is unreadable or damaged, or the default volume cannot be made.
@@ -96,13 +105,7 @@ impl Registry {
         let mut state = loaded.unwrap_or_default();
         stand_ins::fold_invalidations(&paths, &mut state)?;
         let recovered_from_crash = !state.clean_shutdown;
-        if recovered_from_crash {
-            let reboot = !state.boot_id.is_empty() && state.boot_id != boot_id();
-            tracing::warn!(
-                "the previous run did not stop cleanly ({}); persistent snapshots are recovered from their stores",
-                if reboot { "the machine rebooted or lost power" } else { "the daemon crashed or was killed" }
-            );
-        }
+        let stop = previous_stop(&state, &paths);
         let reg = Registry {
             paths,
             volume_io,
@@ -121,15 +124,13 @@ impl Registry {
             usage: Mutex::new(Vec::new()),
             endpoints: Mutex::new((None, None, None)),
             held: Mutex::new(HashMap::new()),
+            heartbeat: OnceLock::new(),
         };
         {
             let mut inner = reg.lock();
             let snapshots = std::mem::take(&mut state.snapshots);
-            reg.bring_back_volumes(&mut inner, state.volumes, &snapshots);
+            reg.bring_back_volumes(&mut inner, state.volumes, &snapshots, stop);
             reg.bring_back_snapshots(&mut inner, snapshots);
-            reg.replay_journals(&mut inner);
-            reg.resume_rollbacks(&mut inner);
-            reg.resume_restores(&mut inner);
             if fresh && inner.volumes.is_empty() {
                 let image = reg.paths.volumes_dir().join("default.img");
                 if let Err(e) = reg.volume_create(
@@ -147,13 +148,30 @@ impl Registry {
                 }
                 tracing::info!(image = %image.display(), "no volume configured: serving a new 1 GiB sparse volume 'default'");
             }
-            inner.meta.clean_shutdown = false;
-            inner.meta.boot_id = boot_id();
-            reg.save(&inner)?;
+            reg.start_running(&mut inner)?;
         }
         // Replaying store logs allocated and freed a record per preserved block run.
         crate::heap::give_back_free_memory();
         Ok(reg)
+    }
+
+    /// Record that this run is under way, start the heartbeat, then replay the journals of
+    /// held writes and finish the rollbacks and restores a stop interrupted, in that order
+    /// (oldest writes first). In this order: the state is saved before any volume is written, so
+    /// a crash from then on is judged as one; and before the last run's heartbeat is
+    /// overwritten, so a failure to save leaves the next start what this one had to judge.
+    fn start_running(&self, inner: &mut Inner) -> Result<()> {
+        inner.meta.clean_shutdown = false;
+        inner.meta.boot_id = boot_id();
+        self.save(inner)?;
+        let file = self.paths.heartbeat_file();
+        let heartbeat = Heartbeat::start(&file)
+            .map_err(|e| DaemonError::io(&format!("cannot write {}", file.display()), &e))?;
+        let _ = self.heartbeat.set(heartbeat);
+        self.replay_journals(inner);
+        self.resume_rollbacks(inner);
+        self.resume_restores(inner);
+        self.save(inner)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -223,7 +241,28 @@ impl Registry {
             volumes: inner.volumes.len() as u64,
             snapshots: inner.snapshots.len() as u64,
             recovered_from_crash: inner.recovered_from_crash,
+            supervisor_pid: None,
+            restarts: 0,
+            last_restart: None,
         }
+    }
+
+    /// The transient snapshots (their records live in this process only: they are dropped
+    /// when it ends).
+    #[must_use]
+    pub fn transient_snapshots(&self) -> Vec<String> {
+        self.lock()
+            .snapshots
+            .values()
+            .filter(|s| !s.record.persistent)
+            .map(|s| s.record.name.clone())
+            .collect()
+    }
+
+    /// Flush every volume (held writes are applied and made durable) without recording a
+    /// clean stop: for a stop that leaves long operations to the next start.
+    pub fn flush_volumes(&self) {
+        flush_all(&self.lock());
     }
 
     /// Flush every volume, record fingerprints and a clean stop.
@@ -236,11 +275,38 @@ impl Registry {
                 Some(Err(e)) => tracing::error!(volume = %name, error = %e, "flush at stop failed"),
                 None => {}
             }
-            entry.record.fingerprint = fingerprint(&entry.record.path, true);
+            entry.record.fingerprint = settled_fingerprint(&entry.record.path);
         }
         inner.meta.clean_shutdown = true;
         if let Err(e) = self.save(&inner) {
             tracing::error!(error = %e, "could not record the clean stop");
+        }
+    }
+}
+
+/// How the run that left `state` ended (logged when not cleanly); read before this run beats.
+fn previous_stop(state: &State, paths: &Paths) -> PreviousStop {
+    let reboot = !state.boot_id.is_empty() && state.boot_id != boot_id();
+    if !state.clean_shutdown {
+        tracing::warn!(
+            "the previous run did not stop cleanly ({}); persistent snapshots are recovered from their stores",
+            if reboot { "the machine rebooted or lost power" } else { "the daemon crashed or was killed" }
+        );
+    }
+    let stop = PreviousStop::of(state.clean_shutdown, reboot, &paths.heartbeat_file());
+    if stop == (PreviousStop::Died { last_beat: None }) {
+        tracing::warn!(
+            "no heartbeat of the previous run in {}: images changed after it died cannot be told from its own last writes, and are not checked",
+            paths.heartbeat_file().display()
+        );
+    }
+    stop
+}
+
+fn flush_all(inner: &Inner) {
+    for (name, entry) in &inner.volumes {
+        if let Err(e) = entry.volume().map_or(Ok(()), Volume::flush) {
+            tracing::error!(volume = %name, error = %e, "flush at stop failed");
         }
     }
 }

@@ -2,11 +2,11 @@
 //! running), persistent snapshots, interrupted deletes and rollbacks.
 
 use super::entries::{SnapshotEntry, SnapshotLive, VolumeEntry, VolumeLive};
+use super::fingerprint::{changed_while_stopped, fingerprint, PreviousStop};
 use super::rollback::rollback_pass;
 use super::{Inner, Registry};
 use crate::config::VolumeIo;
 use crate::error::{DaemonError, Result};
-use crate::state::Fingerprint;
 use crate::state::{SnapshotState, VolumeState};
 use crate::stores::{self, StorePlace};
 use fss_core::device::{BlockDevice, FileDevice, OpenOptions};
@@ -14,33 +14,13 @@ use fss_core::export::Export;
 use fss_core::store::StoreIdentity;
 use fss_core::{SnapshotOptions, Volume};
 use rustix::io::Errno;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
 
-pub(super) fn boot_id() -> String {
+pub(crate) fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
-}
-
-pub(super) fn fingerprint(path: &Path, clean: bool) -> Fingerprint {
-    match std::fs::metadata(path) {
-        Ok(m) if m.file_type().is_block_device() => Fingerprint {
-            size: 0,
-            dev: m.rdev(),
-            ino: 0,
-            mtime_ns: None,
-        },
-        Ok(m) => Fingerprint {
-            size: m.len(),
-            dev: m.dev(),
-            ino: m.ino(),
-            mtime_ns: clean
-                .then(|| i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec())),
-        },
-        Err(_) => Fingerprint::default(),
-    }
 }
 
 pub(super) fn hex(b: &[u8]) -> String {
@@ -78,32 +58,17 @@ pub(super) fn open_volume_device(path: &Path, io: VolumeIo) -> Result<Arc<FileDe
     })
 }
 
-/// Why a volume's contents changed while fss was not running, if they did: its snapshots are
-/// then unverified.
-fn changed_while_stopped(v: &VolumeState, len: u64, clean: bool) -> Option<String> {
-    let now = fingerprint(&v.path, true);
-    let old = &v.fingerprint;
-    if len != v.size {
-        Some(format!("its size changed from {} to {len} bytes", v.size))
-    } else if old.ino != 0 && (old.ino != now.ino || old.dev != now.dev) {
-        Some("its image file was replaced".to_string())
-    } else if clean && old.mtime_ns.is_some() && old.mtime_ns != now.mtime_ns {
-        Some("its image was modified while fss was not running".to_string())
-    } else {
-        None
-    }
-}
-
 impl Registry {
     /// Open every volume of the state and serve it; one that cannot be opened stays offline.
-    /// `snapshots` (the state's) tell which volumes have snapshots to mark unverified.
+    /// `snapshots` (the state's) tell which volumes have snapshots to mark unverified, if
+    /// their images changed since the previous run, which ended as `stop` says.
     pub(super) fn bring_back_volumes(
         &self,
         inner: &mut Inner,
         volumes: Vec<VolumeState>,
         snapshots: &[SnapshotState],
+        stop: PreviousStop,
     ) {
-        let clean = inner.meta.clean_shutdown;
         for mut v in volumes {
             let dev = match open_volume_device(&v.path, self.volume_io) {
                 Ok(d) => d,
@@ -116,7 +81,12 @@ impl Registry {
                     continue;
                 }
             };
-            let changed = changed_while_stopped(&v, dev.len(), clean);
+            let now = fingerprint(&v.path, true);
+            let changed = changed_while_stopped(&v, dev.len(), &now, stop);
+            // A ctime on record tells the next start that this run beat (a state of an older
+            // release has none), so that a crash of this run is checked; a clean stop records
+            // the ctime it leaves.
+            v.fingerprint.ctime_ns = now.ctime_ns;
             let has_snapshots = snapshots.iter().any(|s| s.volume == v.name);
             if let (Some(why), true) = (&changed, has_snapshots) {
                 tracing::error!(volume = %v.name, "volume changed while fss was not running ({why}): its snapshots are UNVERIFIED");

@@ -1,7 +1,8 @@
 //! Volumes: create, add, list, remove.
 
 use super::entries::{VolumeEntry, VolumeLive};
-use super::recovery::{fingerprint, hex, open_volume_device};
+use super::fingerprint::fingerprint;
+use super::recovery::{hex, open_volume_device};
 use super::{Inner, Registry};
 use crate::error::{DaemonError, ErrorKind, Result};
 use crate::names::{check_name, human_size};
