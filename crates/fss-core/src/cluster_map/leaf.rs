@@ -3,8 +3,8 @@
 //! A presence bitmap says which clusters are mapped; `before[w]` counts the mapped clusters
 //! in the bitmap words before word `w`, so a cluster's position among the slots is one
 //! popcount away, and the slots are kept in cluster order with no gaps. A leaf therefore costs
-//! the same ~700 bytes whatever its pattern, plus 4 bytes (and at most an eighth more) per
-//! mapped cluster: no hash table's empty buckets, and no doubling.
+//! the same ~670 bytes whatever its pattern, plus 4 bytes (and at most an eighth more, or 16
+//! slots at first) per mapped cluster: no hash table's empty buckets, and no doubling.
 
 /// Clusters per leaf, as a shift.
 pub(super) const LEAF_BITS: u32 = 12;

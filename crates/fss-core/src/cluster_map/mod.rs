@@ -1,16 +1,18 @@
 //! The in-memory map of one snapshot: cluster -> (store slot, mask of preserved blocks).
 //!
 //! Two levels keyed by cluster number, as fss's indirect blocks: a table with one pointer per
-//! 4096 clusters, and a [`leaf`] per 4096-cluster range that holds at least one mapped cluster
-//! (a presence bitmap, and the slots of the mapped clusters in order). Masks live apart,
-//! indexed by slot ([`slot_masks`]): slots are numbered densely by the store. A lookup is a few
-//! loads and one popcount; nothing ever grows by doubling a big table.
+//! 4096 clusters, and a leaf (`leaf.rs`) per 4096-cluster range that holds at least one mapped
+//! cluster (a presence bitmap, and the slots of the mapped clusters in order). Masks live
+//! apart, indexed by slot (`slot_masks.rs`): slots are numbered densely by the store. A lookup
+//! is a few loads and one popcount; nothing big ever grows by doubling.
 //!
-//! Memory, at most: 8 bytes per 4096 clusters up to the highest mapped one (32 KiB for the
-//! 2^24 clusters a volume may have); about 700 bytes per 4096-cluster range holding a mapped
-//! cluster (1.4 bits per volume cluster if every range holds one); and per mapped cluster
-//! 4.5 bytes of slot plus 2 bytes of mask per 64 KiB of cluster (6.5 bytes at the default
-//! 64 KiB), with one 4096-slot chunk of masks of slack. No insertion order or pattern exceeds it.
+//! Memory, at most, whatever the pattern or the insertion order:
+//! - 16 bytes per 4096 clusters up to the highest mapped one (the table, with its growth
+//!   slack): 64 KiB for the 2^24 clusters a volume may have;
+//! - about 730 bytes per 4096-cluster range holding a mapped cluster (its bitmap, counts and
+//!   first 16 slots): 1.4 bits per volume cluster if every range holds one;
+//! - per mapped cluster, 4.5 bytes of slot and 2 bytes of mask per 64 KiB of cluster: 6.5
+//!   bytes at the default 64 KiB; plus one 4096-slot chunk of masks of slack.
 
 mod leaf;
 mod mask;
