@@ -85,9 +85,9 @@ pub fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::R
 /// The front-ends `fss serve` starts (NBD, FUSE).
 pub mod frontends {
     use fssd::config::ServeOptions;
-    use fssd::daemon::{FrontEnd, FrontEndSockets};
+    use fssd::daemon::{FrontEnd, FrontEndSockets, FuseSocket};
+    use fssd::protocol::Frontends;
     use fssd::registry::Registry;
-    use fssd::serving::FuseConnection;
     use fssd::DaemonError;
     use std::sync::Arc;
     use std::time::Duration;
@@ -205,56 +205,67 @@ pub mod frontends {
         }
     }
 
+    /// The FUSE front-end, or `None` when there is no FUSE directory: off on purpose, or
+    /// not mountable here (warned once, here or by the supervisor), so NBD serves alone.
     fn start_fuse(
         registry: &Arc<Registry>,
         opts: &ServeOptions,
-        inherited: Option<FuseConnection>,
-    ) -> fssd::Result<Fuse> {
+        socket: FuseSocket,
+    ) -> fssd::Result<Option<Fuse>> {
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
         let opens = Arc::new(fssd::catalog::OpenCounter::default());
-        registry.add_usage_source(opens.source());
+        let source = opens.source();
         let hooks = fss_fuse::Hooks {
             on_open_change: Some(Arc::new(move |name: &str, open: bool| {
                 opens.note(name, open);
             })),
         };
         let dir = &opts.paths.fuse_dir;
-        if let Some(conn) = inherited {
-            // The connection the supervisor mounted and holds: it outlives this process, and
-            // a resumed one has the kernel resend what the previous process left unanswered.
-            let start = if conn.resume {
-                fss_fuse::Start::Resume
-            } else {
-                fss_fuse::Start::Fresh
-            };
-            let session_file = opts.paths.state_dir.join("fuse-session.json");
-            let fuse = fss_fuse::FuseFrontEnd::serve_connection(
-                conn.fd,
-                dir,
-                catalog,
-                hooks,
-                &session_file,
-                start,
-            )
-            .map_err(|e| {
-                DaemonError::new(
-                    fssd::error::ErrorKind::Io,
-                    format!("cannot serve the FUSE directory {}: {e}", dir.display()),
+        let fuse = match socket {
+            FuseSocket::Off => {
+                tracing::info!("no FUSE directory: serving NBD only");
+                return Ok(None);
+            }
+            FuseSocket::Inherited(conn) => {
+                // The connection the supervisor mounted and holds: it outlives this process,
+                // and a resumed one has the kernel resend what the previous process left
+                // unanswered.
+                let start = if conn.resume {
+                    fss_fuse::Start::Resume
+                } else {
+                    fss_fuse::Start::Fresh
+                };
+                let session_file = opts.paths.state_dir.join("fuse-session.json");
+                let fuse = fss_fuse::FuseFrontEnd::serve_connection(
+                    conn.fd,
+                    dir,
+                    catalog,
+                    hooks,
+                    &session_file,
+                    start,
                 )
-            })?;
-            return Ok(Fuse(Some(fuse), true));
-        }
-        let fuse = fss_fuse::FuseFrontEnd::mount(dir, catalog, hooks).map_err(|e| {
-            DaemonError::new(
-                fssd::error::ErrorKind::Io,
-                format!(
-                    "cannot mount the FUSE directory {}: {e}; is /dev/fuse available (modprobe fuse)?",
-                    dir.display()
-                ),
-            )
-        })?;
-        tracing::info!(dir = %dir.display(), "FUSE directory mounted");
-        Ok(Fuse(Some(fuse), false))
+                .map_err(|e| {
+                    DaemonError::new(
+                        fssd::error::ErrorKind::Io,
+                        format!("cannot serve the FUSE directory {}: {e}", dir.display()),
+                    )
+                })?;
+                Fuse(Some(fuse), true)
+            }
+            FuseSocket::Mount => match fss_fuse::FuseFrontEnd::mount(dir, catalog, hooks) {
+                Ok(fuse) => {
+                    tracing::info!(dir = %dir.display(), "FUSE directory mounted");
+                    Fuse(Some(fuse), false)
+                }
+                Err(e) => {
+                    // The error names the directory and the likely cause already.
+                    tracing::warn!("{e}; serving NBD only (--fuse-dir none skips FUSE on purpose)");
+                    return Ok(None);
+                }
+            },
+        };
+        registry.add_usage_source(source);
+        Ok(Some(fuse))
     }
 
     /// Start every front-end, on the sockets made for them.
@@ -274,11 +285,14 @@ pub mod frontends {
             sockets.nbd_tcp,
             sockets.own_socket_files,
         )?;
-        registry.set_endpoints(
-            Some(opts.paths.fuse_dir.clone()),
-            Some(opts.paths.nbd_socket.clone()),
-            opts.nbd_listen.clone(),
-        );
-        Ok(vec![Box::new(nbd), Box::new(fuse)])
+        registry.set_endpoints(Frontends {
+            fuse: fuse.is_some().then(|| opts.paths.fuse_dir.clone()),
+            nbd_unix: Some(opts.paths.nbd_socket.clone()),
+            nbd_tcp: opts.nbd_listen.clone(),
+            metrics: None,
+        });
+        let mut started: Vec<Box<dyn FrontEnd>> = vec![Box::new(nbd)];
+        started.extend(fuse.map(|f| Box::new(f) as Box<dyn FrontEnd>));
+        Ok(started)
     }
 }

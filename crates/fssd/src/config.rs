@@ -19,6 +19,9 @@ pub struct ServeOptions {
     /// FUSE front-end's `mount_connection`; the daemon library does not depend on it). `None`:
     /// each serving process mounts its own, which dies with it.
     pub fuse_mount: Option<FuseMount>,
+    /// Whether to serve the FUSE directory at all (`--fuse-dir none`: NBD only). When it is
+    /// wanted but cannot be mounted, the daemon warns once and serves NBD only.
+    pub fuse_enabled: bool,
 }
 
 /// See [`ServeOptions::fuse_mount`]: the mount point to a `/dev/fuse` descriptor mounted there,

@@ -600,4 +600,20 @@ pub struct StatusInfo {
     /// How the last one ended.
     #[serde(default)]
     pub last_restart: Option<LastRestart>,
+    /// Where each front-end serves (`null`: not serving).
+    #[serde(default)]
+    pub frontends: Frontends,
+}
+
+/// Where the daemon's front-ends serve, each `None` when it is not up: `status` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frontends {
+    /// The FUSE directory (`None`: `--fuse-dir none`, or it could not be mounted).
+    pub fuse: Option<PathBuf>,
+    /// The NBD unix socket.
+    pub nbd_unix: Option<PathBuf>,
+    /// The NBD TCP address (`--nbd-listen`).
+    pub nbd_tcp: Option<String>,
+    /// The metrics HTTP address (`--metrics-listen`).
+    pub metrics: Option<String>,
 }

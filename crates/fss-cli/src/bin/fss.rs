@@ -385,14 +385,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.state_dir.display()
             );
             println!("volumes: {}, snapshots: {}", s.volumes, s.snapshots);
-            if let Some(d) = s.fuse_dir {
-                println!("FUSE directory: {}", d.display());
+            match s.fuse_dir {
+                Some(d) => println!("FUSE directory: {}", d.display()),
+                None => println!("FUSE directory: none (NBD only)"),
             }
             if let Some(d) = s.nbd_socket {
                 println!("NBD socket: {}", d.display());
             }
             if let Some(d) = s.nbd_listen {
                 println!("NBD TCP: {d}");
+            }
+            if let Some(d) = s.frontends.metrics {
+                println!("metrics: http://{d}/metrics");
             }
             if let Some(sup) = s.supervisor_pid {
                 print!("supervisor: pid {sup}, {} restart(s)", s.restarts);
