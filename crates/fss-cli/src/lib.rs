@@ -10,6 +10,7 @@
 //! - [`frontends`]: starting and stopping NBD and FUSE for `fss serve`;
 //! - [`serve`]: `fss serve` (the supervisor, its serving process, or both in one process);
 //! - [`restart`]: `fss restart`;
+//! - [`stats`]: `fss stats` (the figures of `--metrics-listen`, without HTTP);
 //! - here: the state directory, connecting and calling, and clap parsers for sizes and paths
 //!   ([`size_arg`], [`path_arg`]: paths made absolute against the caller's directory).
 
@@ -20,6 +21,7 @@ pub mod output;
 pub mod progress;
 pub mod restart;
 pub mod serve;
+pub mod stats;
 
 use anyhow::Context;
 use std::path::PathBuf;
@@ -84,6 +86,7 @@ pub fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::R
 
 /// The front-ends `fss serve` starts (NBD, FUSE).
 pub mod frontends {
+    use fssd::catalog::UsageKind;
     use fssd::config::ServeOptions;
     use fssd::daemon::{FrontEnd, FrontEndSockets, FuseSocket};
     use fssd::protocol::Frontends;
@@ -161,9 +164,10 @@ pub mod frontends {
             })?);
         }
         let counter = server.clone();
-        registry.add_usage_source(Box::new(move || {
-            counter.exports_in_use().into_iter().collect()
-        }));
+        registry.add_usage_source(
+            UsageKind::Nbd,
+            Box::new(move || counter.exports_in_use().into_iter().collect()),
+        );
         tracing::info!(socket = %opts.paths.nbd_socket.display(), tcp = ?opts.nbd_listen, "NBD server listening");
         Ok(Nbd {
             server,
@@ -264,7 +268,7 @@ pub mod frontends {
                 }
             },
         };
-        registry.add_usage_source(source);
+        registry.add_usage_source(UsageKind::Fuse, source);
         Ok(Some(fuse))
     }
 
@@ -285,14 +289,23 @@ pub mod frontends {
             sockets.nbd_tcp,
             sockets.own_socket_files,
         )?;
+        let metrics = sockets
+            .metrics
+            .map(|l| {
+                let addr = l.local_addr().map(|a| a.to_string()).ok();
+                fssd::metrics::http::MetricsServer::start(l, Arc::clone(registry))
+                    .map(|m| (m, addr))
+            })
+            .transpose()?;
         registry.set_endpoints(Frontends {
             fuse: fuse.is_some().then(|| opts.paths.fuse_dir.clone()),
             nbd_unix: Some(opts.paths.nbd_socket.clone()),
             nbd_tcp: opts.nbd_listen.clone(),
-            metrics: None,
+            metrics: metrics.as_ref().and_then(|(_, addr)| addr.clone()),
         });
         let mut started: Vec<Box<dyn FrontEnd>> = vec![Box::new(nbd)];
         started.extend(fuse.map(|f| Box::new(f) as Box<dyn FrontEnd>));
+        started.extend(metrics.map(|(m, _)| Box::new(m) as Box<dyn FrontEnd>));
         Ok(started)
     }
 }

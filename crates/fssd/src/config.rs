@@ -11,6 +11,8 @@ pub struct ServeOptions {
     pub paths: Paths,
     /// TCP address for NBD, if any.
     pub nbd_listen: Option<String>,
+    /// TCP address for `GET /metrics` (`--metrics-listen`), if any.
+    pub metrics_listen: Option<String>,
     /// How volumes are opened (page cache or O_DIRECT).
     pub volume_io: VolumeIo,
     /// Test-only hooks ([`TestHooks::from_env`] at start; default off).

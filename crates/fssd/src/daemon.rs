@@ -46,6 +46,8 @@ pub struct FrontEndSockets {
     pub nbd_tcp: Option<TcpListener>,
     /// The FUSE directory: inherited, to mount here, or none.
     pub fuse: FuseSocket,
+    /// The metrics HTTP listener (`--metrics-listen`).
+    pub metrics: Option<TcpListener>,
     /// Whether the front-ends remove their socket files when they stop (not when a supervisor
     /// holds the sockets for the next process).
     pub own_socket_files: bool,
@@ -184,6 +186,11 @@ pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<Stopped> {
         } else {
             FuseSocket::Off
         },
+        metrics: opts
+            .metrics_listen
+            .as_deref()
+            .map(crate::metrics::http::bind)
+            .transpose()?,
         own_socket_files: true,
     };
     let frontends = start(&registry, opts, sockets)?;
@@ -216,8 +223,10 @@ pub fn run_serving(
         nbd_unix: handover.nbd_unix,
         nbd_tcp: handover.nbd_tcp,
         fuse: handover.fuse.map_or(FuseSocket::Off, FuseSocket::Inherited),
+        metrics: handover.metrics,
         own_socket_files: false,
     };
+    registry.set_restarts(handover.supervision.restarts);
     let frontends = start(&registry, opts, sockets)?;
     let gate = RestartGate::new(
         Some(handover.link),

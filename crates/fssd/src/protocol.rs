@@ -183,6 +183,8 @@ pub struct SnapshotSpec {
 pub enum Request {
     /// Daemon status.
     Status,
+    /// The figures metrics report ([`crate::stats::Stats`]).
+    Stats,
     /// Create a sparse image and serve it.
     VolumeCreate {
         /// Name.
@@ -317,6 +319,7 @@ impl Request {
         matches!(
             self,
             Request::Status
+                | Request::Stats
                 | Request::VolumeList
                 | Request::SnapshotList
                 | Request::SnapshotInfo { .. }

@@ -61,6 +61,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The figures `--metrics-listen` serves, without HTTP: per volume, per snapshot, and the
+    /// daemon's (schema in docs/CLI.md).
+    Stats {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
     /// SHA-256 of a volume's or snapshot's whole contents (for checks).
     Checksum {
         /// Volume or snapshot name.
@@ -410,6 +417,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Stats { json } => fss_cli::stats::stats(&state, json),
         Command::Checksum { name } => {
             let v = call(&mut connect(&state)?, Request::Checksum { name })?;
             println!("{}", v.as_str().unwrap_or_default());

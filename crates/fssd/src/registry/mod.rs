@@ -27,7 +27,7 @@
 //! and `endpoints`. Long operations (backup, restore, rollback) drop `inner` before their
 //! long part and keep their names in `held` instead.
 
-use crate::catalog::UsageSource;
+use crate::catalog::{UsageKind, UsageSource};
 use crate::config::{TestHooks, VolumeIo};
 use crate::error::{DaemonError, Result};
 use crate::heartbeat::Heartbeat;
@@ -40,6 +40,7 @@ use fss_core::Volume;
 use indexmap::IndexMap;
 pub(crate) use recovery::boot_id;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 
 mod entries;
@@ -72,7 +73,9 @@ pub struct Registry {
     /// What front-ends may open, by name.
     pub(crate) exports: RwLock<BTreeMap<String, Export>>,
     /// Front-ends' counts of users per export (see [`crate::catalog`]).
-    pub(crate) usage: Mutex<Vec<UsageSource>>,
+    pub(crate) usage: Mutex<Vec<(UsageKind, UsageSource)>>,
+    /// Serving processes the supervisor replaced before this one (for metrics).
+    pub(crate) restarts: AtomicU64,
     /// Front-end addresses, for `status`.
     pub(crate) endpoints: Mutex<Frontends>,
     /// Names (volumes, snapshots) in use by long operations running now (backup, restore,
@@ -121,6 +124,7 @@ impl Registry {
             }),
             exports: RwLock::new(BTreeMap::new()),
             usage: Mutex::new(Vec::new()),
+            restarts: AtomicU64::new(0),
             endpoints: Mutex::new(Frontends::default()),
             held: Mutex::new(HashMap::new()),
             heartbeat: OnceLock::new(),

@@ -33,6 +33,7 @@ pub(crate) struct Held {
     pub(crate) nbd_unix: UnixListener,
     pub(crate) nbd_tcp: Option<TcpListener>,
     pub(crate) fuse: Option<HeldFuse>,
+    pub(crate) metrics: Option<TcpListener>,
 }
 
 impl Held {
@@ -41,12 +42,18 @@ impl Held {
         let fuse = open_fuse_connection(opts);
         let nbd_unix = bind_socket(&opts.paths.nbd_socket)?;
         let nbd_tcp = opts.nbd_listen.as_deref().map(bind_tcp).transpose()?;
+        let metrics = opts
+            .metrics_listen
+            .as_deref()
+            .map(crate::metrics::http::bind)
+            .transpose()?;
         let control = bind_socket(&opts.paths.control_socket())?;
         Ok(Held {
             control,
             nbd_unix,
             nbd_tcp,
             fuse,
+            metrics,
         })
     }
 
@@ -61,6 +68,9 @@ impl Held {
         }
         if let Some(f) = &self.fuse {
             v.push((FdName::Fuse, f.fd.as_fd()));
+        }
+        if let Some(m) = &self.metrics {
+            v.push((FdName::Metrics, m.as_fd()));
         }
         v
     }
