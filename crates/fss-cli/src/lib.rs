@@ -6,6 +6,7 @@
 //!   backing file in the FUSE directory);
 //! - [`consistent`]: a snapshot of a mounted file system under a freeze lease;
 //! - [`backup`]: `fss diff`, `backup`, `restore`, `rollback`;
+//! - [`manual`]: man pages and shell completions;
 //! - [`progress`]: progress bars and plain progress lines;
 //! - [`frontends`]: starting and stopping NBD and FUSE for `fss serve`;
 //! - [`serve`]: `fss serve` (the supervisor, its serving process, or both in one process);
@@ -16,6 +17,7 @@
 
 pub mod backup;
 pub mod consistent;
+pub mod manual;
 pub mod mounts;
 pub mod output;
 pub mod progress;
