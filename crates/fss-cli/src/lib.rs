@@ -4,6 +4,7 @@
 //! - [`output`]: tables and JSON for listings;
 //! - [`mounts`]: from a mount point to the fss volume under it (mountinfo -> loop device ->
 //!   backing file in the FUSE directory);
+//! - [`mount_helper`]: `fss mount` and `fss umount`;
 //! - [`consistent`]: a snapshot of a mounted file system under a freeze lease;
 //! - [`backup`]: `fss diff`, `backup`, `restore`, `rollback`;
 //! - [`manual`]: man pages and shell completions;
@@ -18,6 +19,7 @@
 pub mod backup;
 pub mod consistent;
 pub mod manual;
+pub mod mount_helper;
 pub mod mounts;
 pub mod output;
 pub mod progress;

@@ -67,6 +67,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Mount the file system of a volume or snapshot on DIR: its FUSE file on a loop device
+    /// (read-only for a snapshot), with the options a snapshot needs (ext4, xfs, btrfs).
+    /// Prints the loop device.
+    Mount {
+        /// Volume or snapshot name.
+        name: String,
+        /// An empty directory.
+        #[arg(value_parser = path_arg)]
+        dir: PathBuf,
+    },
+    /// Unmount what `fss mount` mounted on DIR and detach its loop device.
+    Umount {
+        /// The mount point.
+        #[arg(value_parser = path_arg)]
+        dir: PathBuf,
+    },
     /// Print a completion script for bash, zsh or fish, for example
     /// `source <(fss completions bash)`.
     Completions {
@@ -354,6 +370,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Mount { name, dir } => fss_cli::mount_helper::mount(&state, &name, &dir),
+        Command::Umount { dir } => fss_cli::mount_helper::umount(&dir),
         Command::Completions { shell } => fss_cli::manual::completions(&shell, &mut Cli::command()),
         Command::Man { dir } => fss_cli::manual::write_pages(&dir, Cli::command()),
         Command::Stats { json } => fss_cli::stats::stats(&state, json),
