@@ -67,9 +67,11 @@ impl Daemon {
         d
     }
 
-    /// Start `fss serve` through `wrapper` (a command that execs it, such as `setpriv`).
-    pub fn start_through(dir: &Path, wrapper: &[&str], extra: &[&str]) -> Daemon {
+    /// Start `fss serve` from `binary` through `wrapper` (a command that execs it, such as
+    /// `setpriv`).
+    pub fn start_through(dir: &Path, binary: &Path, wrapper: &[&str], extra: &[&str]) -> Daemon {
         let mut d = Self::unstarted(dir, extra, &[]);
+        d.binary = binary.to_path_buf();
         d.wrapper = wrapper.iter().map(ToString::to_string).collect();
         d.spawn();
         d
