@@ -10,6 +10,7 @@
 //! - [`manual`]: man pages and shell completions;
 //! - [`progress`]: progress bars and plain progress lines;
 //! - [`frontends`]: starting and stopping NBD and FUSE for `fss serve`;
+//! - [`nbd_tls`]: TLS for NBD over TCP (certificates, reload on SIGHUP);
 //! - [`serve`]: `fss serve` (the supervisor, its serving process, or both in one process);
 //! - [`restart`]: `fss restart`;
 //! - [`stats`]: `fss stats` (the figures of `--metrics-listen`, without HTTP);
@@ -21,6 +22,7 @@ pub mod consistent;
 pub mod manual;
 pub mod mount_helper;
 pub mod mounts;
+pub mod nbd_tls;
 pub mod output;
 pub mod progress;
 pub mod restart;
@@ -106,6 +108,7 @@ pub mod frontends {
         threads: Vec<std::thread::JoinHandle<()>>,
         /// The socket file to remove at the stop (not when a supervisor holds the socket).
         socket: Option<std::path::PathBuf>,
+        tls: Option<crate::nbd_tls::Reloader>,
     }
 
     impl FrontEnd for Nbd {
@@ -130,6 +133,9 @@ pub mod frontends {
             for t in self.threads.drain(..) {
                 let _ = t.join();
             }
+            if let Some(r) = &mut self.tls {
+                r.stop();
+            }
             if let Some(socket) = &self.socket {
                 let _ = std::fs::remove_file(socket);
             }
@@ -146,11 +152,13 @@ pub mod frontends {
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
         // As many workers as a deep client queue (fio iodepth 16, the kernel client's default
         // queue): concurrent first overwrites into persistent snapshots then share one flush.
+        let tls = crate::nbd_tls::start(opts)?;
         let options = fss_nbd::ServerOptions {
             workers_per_connection: 16,
+            tls: tls.as_ref().map(crate::nbd_tls::Reloader::tls),
             ..Default::default()
         };
-        let server = fss_nbd::Server::new(catalog, options);
+        let server = fss_nbd::Server::new(catalog, options.clone());
         let stop = server.shutdown_handle();
         let mut threads = Vec::new();
         let s = server.clone();
@@ -160,6 +168,12 @@ pub mod frontends {
             }
         })?);
         if let Some(tcp) = tcp {
+            if let Ok(local) = tcp.local_addr() {
+                let warning = crate::nbd_tls::exposure_warning(local, options.tls.as_deref());
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
+                }
+            }
             let s = server.clone();
             threads.push(spawn("fss-nbd-tcp", move || {
                 if let Err(e) = s.serve_tcp(tcp) {
@@ -172,12 +186,15 @@ pub mod frontends {
             UsageKind::Nbd,
             Box::new(move || counter.exports_in_use().into_iter().collect()),
         );
-        tracing::info!(socket = %opts.paths.nbd_socket.display(), tcp = ?opts.nbd_listen, "NBD server listening");
+        let tls_mode = tls.as_ref().map(|t| t.tls().settings().mode);
+        tracing::info!(socket = %opts.paths.nbd_socket.display(), tcp = ?opts.nbd_listen,
+            tls = ?tls_mode, "NBD server listening");
         Ok(Nbd {
             server,
             stop,
             threads,
             socket: own_socket_file.then(|| opts.paths.nbd_socket.clone()),
+            tls,
         })
     }
 

@@ -16,12 +16,16 @@ pub struct ServeArgs {
     /// Unix socket for NBD (default <state-dir>/nbd.sock).
     #[arg(long, value_name = "PATH", value_parser = crate::path_arg)]
     pub nbd_socket: Option<PathBuf>,
-    /// Also serve NBD over TCP at this address (for example 127.0.0.1:10809).
+    /// Also serve NBD over TCP at this address (for example 127.0.0.1:10809); needs
+    /// --tls-certificates, or --tls off for plaintext.
     #[arg(long, value_name = "ADDR:PORT")]
     pub nbd_listen: Option<String>,
     /// Serve Prometheus metrics at http://ADDR:PORT/metrics (for example 127.0.0.1:9850).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_listen: Option<String>,
+    /// TLS for NBD over TCP.
+    #[command(flatten)]
+    pub tls: crate::nbd_tls::TlsArgs,
     /// Volume I/O: direct-large (default: O_DIRECT for reads of 64 KiB or more and writes of
     /// 256 KiB or more), direct-reads (O_DIRECT for large reads only), buffered, or direct
     /// (O_DIRECT for every aligned read and write). Default from FSS_VOLUME_IO when set.
@@ -83,10 +87,12 @@ pub fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<i32> {
         Some(FuseDir::Dir(d)) => (Some(d), true),
         None => (None, true),
     };
+    let nbd_tls = a.tls.checked(a.nbd_listen.as_deref())?;
     let opts = fssd::config::ServeOptions {
         paths: fssd::paths::Paths::new(state.to_path_buf(), fuse_dir, a.nbd_socket),
         nbd_listen: a.nbd_listen,
         metrics_listen: a.metrics_listen,
+        nbd_tls,
         volume_io,
         test_hooks: fssd::config::TestHooks::from_env(),
         fuse_mount: Some(|dir| fss_fuse::mount_connection(dir).map_err(|e| e.to_string())),

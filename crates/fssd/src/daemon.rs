@@ -371,12 +371,16 @@ impl Signals {
     }
 }
 
-/// `SIGTERM` (and `SIGINT` when `interrupt`) stop, a second one forces. A serving process
+/// `SIGTERM` (and `SIGINT` when `interrupt`) stop, a second one forces; `SIGHUP` is
+/// ignored here (the TLS reloader takes it). A serving process
 /// takes no `SIGINT` (it swallows it): a Ctrl-C reaches the whole foreground process group,
 /// and the supervisor passes it on as one `SIGTERM`.
 fn install_signals(stop: &Arc<AtomicBool>, force: &Arc<AtomicBool>, interrupt: bool) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let failed = |e: std::io::Error| DaemonError::io("cannot install signal handlers", &e);
+    // SIGHUP reloads TLS certificates where TLS is set up; without it, it must not kill the
+    // daemon (its default action) when an administrator sends it out of habit.
+    signal_hook::flag::register(SIGHUP, Arc::new(AtomicBool::new(false))).map_err(failed)?;
     let mut signals = if interrupt {
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
     } else {

@@ -278,6 +278,20 @@ impl Daemon {
     }
 }
 
+/// Fail (never skip) when a tool is missing, saying what to install.
+pub fn require(tool: &str, package: &str) {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        ok,
+        "`{tool}` is needed by this test: apt-get install {package}"
+    );
+}
+
 /// Wait until `cond` holds, at most `limit` (then fail, saying `what`).
 /// Fail (never skip) when a tool is missing, saying which package to install.
 pub fn require_tool(tool: &str, package: &str) {
