@@ -12,6 +12,8 @@ pub struct ServeOptions {
     pub paths: Paths,
     /// TCP address for NBD, if any.
     pub nbd_listen: Option<String>,
+    /// TCP address for `GET /metrics` (`--metrics-listen`), if any.
+    pub metrics_listen: Option<String>,
     /// TLS for NBD over TCP (checked by [`NbdTls::check`]).
     pub nbd_tls: NbdTls,
     /// How volumes are opened (page cache or O_DIRECT).
@@ -22,6 +24,9 @@ pub struct ServeOptions {
     /// FUSE front-end's `mount_connection`; the daemon library does not depend on it). `None`:
     /// each serving process mounts its own, which dies with it.
     pub fuse_mount: Option<FuseMount>,
+    /// Whether to serve the FUSE directory at all (`--fuse-dir none`: NBD only). When it is
+    /// wanted but cannot be mounted, the daemon warns once and serves NBD only.
+    pub fuse_enabled: bool,
 }
 
 /// `fss serve --tls`: whether NBD over TCP offers or requires TLS.

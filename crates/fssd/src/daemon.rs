@@ -44,12 +44,24 @@ pub struct FrontEndSockets {
     pub nbd_unix: UnixListener,
     /// NBD over TCP (`--nbd-listen`).
     pub nbd_tcp: Option<TcpListener>,
-    /// The FUSE connection, when the supervisor opened and mounted it (else the FUSE
-    /// front-end mounts the directory itself).
-    pub fuse: Option<FuseConnection>,
+    /// The FUSE directory: inherited, to mount here, or none.
+    pub fuse: FuseSocket,
+    /// The metrics HTTP listener (`--metrics-listen`).
+    pub metrics: Option<TcpListener>,
     /// Whether the front-ends remove their socket files when they stop (not when a supervisor
     /// holds the sockets for the next process).
     pub own_socket_files: bool,
+}
+
+/// Where the FUSE front-end gets its connection.
+#[derive(Debug)]
+pub enum FuseSocket {
+    /// The supervisor opened and mounted it, and holds it for the next process.
+    Inherited(FuseConnection),
+    /// The front-end mounts the directory itself (unsupervised); if it cannot, NBD only.
+    Mount,
+    /// No FUSE directory: `--fuse-dir none`, or the supervisor could not mount it.
+    Off,
 }
 
 /// Starts the front-ends once the registry is open.
@@ -169,7 +181,16 @@ pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<Stopped> {
     let sockets = FrontEndSockets {
         nbd_unix: bind_socket(&paths.nbd_socket)?,
         nbd_tcp: opts.nbd_listen.as_deref().map(bind_tcp).transpose()?,
-        fuse: None,
+        fuse: if opts.fuse_enabled {
+            FuseSocket::Mount
+        } else {
+            FuseSocket::Off
+        },
+        metrics: opts
+            .metrics_listen
+            .as_deref()
+            .map(crate::metrics::http::bind)
+            .transpose()?,
         own_socket_files: true,
     };
     let frontends = start(&registry, opts, sockets)?;
@@ -201,9 +222,11 @@ pub fn run_serving(
     let sockets = FrontEndSockets {
         nbd_unix: handover.nbd_unix,
         nbd_tcp: handover.nbd_tcp,
-        fuse: handover.fuse,
+        fuse: handover.fuse.map_or(FuseSocket::Off, FuseSocket::Inherited),
+        metrics: handover.metrics,
         own_socket_files: false,
     };
+    registry.set_restarts(handover.supervision.restarts);
     let frontends = start(&registry, opts, sockets)?;
     let gate = RestartGate::new(
         Some(handover.link),
