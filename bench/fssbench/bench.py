@@ -162,6 +162,11 @@ class Bench:
         self.loops.append(dev)
         return dev
 
+    def serving_pid(self):
+        """The process that serves I/O (`fss serve` runs it under a supervisor, whose pid
+        `self.pf` is): where CPU time and memory go."""
+        return self.ctl("status")["pid"]
+
     # ------------------------------------------------------------ setup
     def start_main_fss(self):
         """The daemon most cases measure: `vol` and `vol2` on the two images, warmed."""
@@ -177,7 +182,7 @@ class Bench:
         self.wait_nbd(self.u_vol, self.pf)
         warm(self.u_vol)
         warm(self.u_vol2)
-        self.mem_note("start, 2 volumes, warm-up", self.pf.pid)
+        self.mem_note("start, 2 volumes, warm-up", self.serving_pid())
 
     def setup(self):
         """Versions, the binary, the two pre-filled images, the main daemon."""
@@ -214,7 +219,7 @@ class Bench:
         self.setup()
         self.run_cases()
         self.extra["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
-        self.mem_note("end", self.pf.pid)
+        self.mem_note("end", self.serving_pid())
         self.rows.finish()
         self.extra["duration_s"] = round(time.monotonic() - T0, 1)
         notes = [f"- error: {e}" for e in self.errors] + [f"- {s}" for s in self.skipped]
