@@ -84,6 +84,16 @@ fn by_volume_name_keeps_exactly_n_and_only_its_own() {
     let refused = common::fails(&d, &["schedule", "add", "vol", "--every", "5m"]);
     assert!(refused.contains("has a schedule already"), "{refused}");
     let seen = wait_runs(&d, 6, Duration::from_secs(30));
+    // `fss stats` (the metrics' figures) reports the schedule's last success.
+    let stats = d.json(&["stats"]);
+    let sched = &stats["schedules"][0];
+    assert_eq!(sched["volume"], "vol", "{stats}");
+    assert_eq!(sched["last_run_ok"], true, "{stats}");
+    let since = sched["last_success"].as_u64().unwrap();
+    assert!(
+        since >= schedule(&d)["last_run"].as_u64().unwrap() - 2,
+        "{stats}"
+    );
     let removed: Value =
         serde_json::from_str(&d.ok(&["schedule", "remove", "vol", "--json"])).unwrap();
     let kept = members(&removed);

@@ -241,6 +241,7 @@ impl<W: Write> Connection<'_, W> {
         }
         let result = match &env.request {
             Request::Status => encode(Ok(self.status())),
+            Request::Stats => encode(reg.stats()),
             Request::VolumeCreate { name, size, image } => {
                 encode(reg.create_volume(name, *size, image.clone()))
             }

@@ -184,6 +184,8 @@ pub struct SnapshotSpec {
 pub enum Request {
     /// Daemon status.
     Status,
+    /// The figures metrics report ([`crate::stats::Stats`]).
+    Stats,
     /// Create a sparse image and serve it.
     VolumeCreate {
         /// Name.
@@ -327,6 +329,7 @@ impl Request {
         matches!(
             self,
             Request::Status
+                | Request::Stats
                 | Request::VolumeList
                 | Request::SnapshotList
                 | Request::ScheduleList
@@ -612,4 +615,20 @@ pub struct StatusInfo {
     /// How the last one ended.
     #[serde(default)]
     pub last_restart: Option<LastRestart>,
+    /// Where each front-end serves (`null`: not serving).
+    #[serde(default)]
+    pub frontends: Frontends,
+}
+
+/// Where the daemon's front-ends serve, each `None` when it is not up: `status` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frontends {
+    /// The FUSE directory (`None`: `--fuse-dir none`, or it could not be mounted).
+    pub fuse: Option<PathBuf>,
+    /// The NBD unix socket.
+    pub nbd_unix: Option<PathBuf>,
+    /// The NBD TCP address (`--nbd-listen`).
+    pub nbd_tcp: Option<String>,
+    /// The metrics HTTP address (`--metrics-listen`).
+    pub metrics: Option<String>,
 }

@@ -116,6 +116,7 @@ fn open_device(place: &StorePlace, create: bool) -> Result<Arc<FileDevice>> {
         exclusive: true,
         create_len: (create && !place.is_device).then_some(0),
         create_new: create && place.fresh,
+        direct_reads: true,
         ..OpenOptions::default()
     };
     FileDevice::open(&place.path, &opts)

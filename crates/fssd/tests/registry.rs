@@ -752,11 +752,14 @@ fn open_exports_refuse_what_would_change_them() {
     d.volume("w", 4 * MIB);
     d.snapshot("v", "s", false);
     // A front-end that reports users of `w` and `s`.
-    d.reg().add_usage_source(Box::new(|| {
-        [("w".to_string(), 2), ("s".to_string(), 1)]
-            .into_iter()
-            .collect()
-    }));
+    d.reg().add_usage_source(
+        fssd::catalog::UsageKind::Nbd,
+        Box::new(|| {
+            [("w".to_string(), 2), ("s".to_string(), 1)]
+                .into_iter()
+                .collect()
+        }),
+    );
     let list: Vec<VolumeInfo> = d.ok(Request::VolumeList);
     let open: Vec<(&str, u64)> = list.iter().map(|v| (v.name.as_str(), v.open)).collect();
     assert_eq!(open, [("default", 0), ("v", 0), ("w", 2)]);

@@ -29,12 +29,12 @@
 //! it. Long operations (backup, restore, rollback) drop `inner` before their
 //! long part and keep their names in `held` instead.
 
-use crate::catalog::UsageSource;
+use crate::catalog::{UsageKind, UsageSource};
 use crate::config::{TestHooks, VolumeIo};
 use crate::error::{DaemonError, Result};
 use crate::heartbeat::Heartbeat;
 use crate::paths::Paths;
-use crate::protocol::StatusInfo;
+use crate::protocol::{Frontends, StatusInfo};
 use crate::schedule::space::SpaceWatch;
 use crate::state::State;
 use fingerprint::{settled_fingerprint, PreviousStop};
@@ -43,7 +43,7 @@ use fss_core::Volume;
 use indexmap::IndexMap;
 pub(crate) use recovery::boot_id;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 
 mod entries;
@@ -78,9 +78,11 @@ pub struct Registry {
     /// What front-ends may open, by name.
     pub(crate) exports: RwLock<BTreeMap<String, Export>>,
     /// Front-ends' counts of users per export (see [`crate::catalog`]).
-    pub(crate) usage: Mutex<Vec<UsageSource>>,
+    pub(crate) usage: Mutex<Vec<(UsageKind, UsageSource)>>,
+    /// Serving processes the supervisor replaced before this one (for metrics).
+    pub(crate) restarts: AtomicU64,
     /// Front-end addresses, for `status`.
-    pub(crate) endpoints: Mutex<(Option<PathBuf>, Option<PathBuf>, Option<String>)>,
+    pub(crate) endpoints: Mutex<Frontends>,
     /// Names (volumes, snapshots) in use by long operations running now (backup, restore,
     /// rollback), with what holds them.
     held: Mutex<HashMap<String, Vec<String>>>,
@@ -138,7 +140,8 @@ impl Registry {
             }),
             exports: RwLock::new(BTreeMap::new()),
             usage: Mutex::new(Vec::new()),
-            endpoints: Mutex::new((None, None, None)),
+            restarts: AtomicU64::new(0),
+            endpoints: Mutex::new(Frontends::default()),
             held: Mutex::new(HashMap::new()),
             heartbeat: OnceLock::new(),
             space: Arc::new(SpaceWatch::default()),
@@ -221,16 +224,11 @@ impl Registry {
     }
 
     /// Record where front-ends serve, for `status`.
-    pub fn set_endpoints(
-        &self,
-        fuse_dir: Option<PathBuf>,
-        nbd_socket: Option<PathBuf>,
-        nbd_listen: Option<String>,
-    ) {
+    pub fn set_endpoints(&self, frontends: Frontends) {
         *self
             .endpoints
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = (fuse_dir, nbd_socket, nbd_listen);
+            .unwrap_or_else(PoisonError::into_inner) = frontends;
     }
 
     fn name_taken(inner: &Inner, name: &str) -> bool {
@@ -254,15 +252,16 @@ impl Registry {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             state_dir: self.paths.state_dir.clone(),
-            fuse_dir: ep.0,
-            nbd_socket: ep.1,
-            nbd_listen: ep.2,
+            fuse_dir: ep.fuse.clone(),
+            nbd_socket: ep.nbd_unix.clone(),
+            nbd_listen: ep.nbd_tcp.clone(),
             volumes: inner.volumes.len() as u64,
             snapshots: inner.snapshots.len() as u64,
             recovered_from_crash: inner.recovered_from_crash,
             supervisor_pid: None,
             restarts: 0,
             last_restart: None,
+            frontends: ep,
         }
     }
 
