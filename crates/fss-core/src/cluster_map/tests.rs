@@ -90,11 +90,13 @@ mod model {
             .keys()
             .map(|c| c / LEAF_CLUSTERS)
             .collect::<BTreeSet<_>>();
-        let table = 2 * 8 * (u64::from(top / LEAF_CLUSTERS) + 1);
+        // A Vec holds at least 4 elements once it holds one (8- and 16-byte elements here),
+        // and at most twice what it holds after growing.
+        let table = 8 * (2 * (u64::from(top / LEAF_CLUSTERS) + 1)).max(4);
         let leaves = ranges.len() as u64 * (700 + 16 * 4);
         let slot_bytes = model.len() as u64 * 9 / 2;
         let chunks = u64::from(slots / 4096 + 1);
-        let masks = chunks * (4096 * words as u64 * 2) + 2 * 16 * chunks;
+        let masks = chunks * (4096 * words as u64 * 2) + 16 * (2 * chunks).max(4);
         table + leaves + slot_bytes + masks
     }
 

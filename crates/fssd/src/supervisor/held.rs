@@ -162,17 +162,27 @@ fn serving_record(paths: &Paths) -> PathBuf {
     paths.state_dir.join("serving.pid")
 }
 
-/// The start time of process `pid` (field 22 of `/proc/PID/stat`), unless it is gone or a
-/// zombie (its descriptors, and so its volume locks, are closed).
+/// The start time of process `pid` (field 22 of `/proc/PID/stat`), unless it is gone or
+/// every one of its threads has exited (its descriptors, and so its volume locks, are then
+/// closed). The main thread alone is not enough: killed, it shows as a zombie while the
+/// other threads, which share the descriptor table, are still on their way out.
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: fields count after it.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    if matches!(f.first(), Some(&("Z" | "X"))) {
-        return None;
-    }
-    f.get(19)?.parse().ok()
+    let started = stat_fields(&stat)?.get(19)?.parse().ok()?;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let running = tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| stat_fields(&s)?.first().map(|st| !matches!(*st, "Z" | "X")))
+            .unwrap_or(false)
+    });
+    running.then_some(started)
+}
+
+/// The fields of a `stat` line after the command name (in parentheses, possibly with
+/// spaces), from the state on.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat[stat.rfind(')')? + 2..].split(' ').collect())
 }
 
 /// Record the serving process just started.
