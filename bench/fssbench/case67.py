@@ -1,6 +1,8 @@
 """Cases 6 and 7, on a second daemon of their own (state6): snapshot creation time on
 sparse volumes of 1 GiB to 1 TiB, daemon restart with 100k preserved clusters, and the
-daemon's resident memory per volume, per snapshot and per preserved cluster.
+daemon's resident memory per volume, per snapshot and per preserved cluster (over 100k
+clusters here, over 1M in case7_million). Memory is the serving process's, not the
+supervisor's.
 
 They share one setup (the volumes and the 100k-cluster snapshot), so either case number
 runs both. Creation is timed on the control socket minus a `status` round trip, so
@@ -12,6 +14,7 @@ import shutil
 import statistics
 import time
 
+from .case7_million import case7_million
 from .config import CLUSTER
 from .servers import fss_env, start_fss
 from .report import per_sample_ratios
@@ -40,8 +43,12 @@ class Daemon:
         self.p, ready, self.ctl = start_fss(self.b.procs, self.b.fss, "fss6", self.state)
         return stop, ready
 
+    def pid(self):
+        """The serving process (`fss serve` runs it under a supervisor), where the maps live."""
+        return self.ctl("status")["pid"]
+
     def rss(self):
-        return mem_kib(self.p.pid)
+        return mem_kib(self.pid())
 
 
 def memory_per_volume_and_snapshot(d):
@@ -145,7 +152,7 @@ def fill_100k(b, d, u):
     n = N100K
     halves = []
     for h in range(2):
-        b.s.fio(f"c7/fill-100k-{h}", d.p.pid, [
+        b.s.fio(f"c7/fill-100k-{h}", d.pid(), [
             "--ioengine=nbd", f"--uri={u}", "--rw=write:60k", "--bs=4k",
             "--iodepth=16", f"--offset={h * (n // 8) * CLUSTER}",
             f"--size={n // 8 * CLUSTER}", f"--offset_increment={n // 4 * CLUSTER}",
@@ -243,7 +250,10 @@ def case67_restart_and_memory(b, d, mem):
     mem.update({"100k: before fill": before, "100k: after fill": after})
     b.extra["case7_memory_kib"] = mem
     b.extra["case7_restart_rss_kib"] = {"empty": e["rss_kib"], "100k": f["rss_kib"]}
-    memory_rows(b, mem, halves, restart, mem_kib(b.pf.pid).get("VmHWM", 0))
+    peak = mem_kib(b.ctl("status")["pid"]).get("VmHWM", 0)
+    memory_rows(b, mem, halves, restart, peak)
+    d.ctl("snapshot-delete", name="p100k")
+    d.ctl("volume-remove", name="c100k")
 
 
 def case67(b):
@@ -256,6 +266,8 @@ def case67(b):
         mem = memory_per_volume_and_snapshot(d)
         case6_creation(b, d, st6)
         case67_restart_and_memory(b, d, mem)
+        b.drop_scratch_fs()
+        case7_million(b, d, restarts)
     finally:
         d.ctl.close()
         b.procs.stop(d.p)

@@ -80,7 +80,7 @@ def case1(b):
                            (">=", 1.0) if s == "F" else None)
     b.rows.add(1, "fss volume ÷ qemu-nbd", "whole-device copy (nbdcopy → null:)",
                "c1/F/copy", "c1/A/copy", "MB/s", b.s.samples, (">=", 1.0))
-    b.mem_note("case 1", b.pf.pid)
+    b.mem_note("case 1", b.serving_pid())
 
 
 # ------------------------------------------------------------ case 2
@@ -88,7 +88,7 @@ def c2_fss_sample(b, v, key, args, fss_info):
     """fss with no snapshot, or with a fresh one (every write a first overwrite)."""
     if v != "none":
         b.snap("vol", "c2", v == "transient")
-    b.s.fio(key, b.pf.pid, ["--ioengine=nbd", f"--uri={b.u_vol}"] + args, timed=False)
+    b.s.fio(key, b.serving_pid(), ["--ioengine=nbd", f"--uri={b.u_vol}"] + args, timed=False)
     if v != "none":
         fss_info.setdefault(key, []).append(b.snap_info("c2"))
         b.unsnap("c2")
@@ -157,7 +157,7 @@ def case2(b):
         b.procs.stop(pc)
     b.extra["case2"] = {"fss_snapshot_after_run": fss_info, "qemu_cbw": cbw}
     c2_rows(b)
-    b.mem_note("case 2", b.pf.pid)
+    b.mem_note("case 2", b.serving_pid())
 
 
 # ------------------------------------------------------------ case 3
@@ -167,7 +167,7 @@ def case3(b):
     half = b.cfg.half
     b.snap("vol2", "c3", False)
     try:
-        b.s.fio("c3/setup-preserve", b.pf.pid, ["--ioengine=nbd", f"--uri={b.u_vol2}",
+        b.s.fio("c3/setup-preserve", b.serving_pid(), ["--ioengine=nbd", f"--uri={b.u_vol2}",
                 "--rw=write", "--bs=1M", "--iodepth=16", f"--size={half}"], timed=False)
         info = b.snap_info("c3")
         want = half // CLUSTER
@@ -178,7 +178,7 @@ def case3(b):
             for wl in ("sw", "rw"):
                 for qd in QDS:
                     for v, u in order([("none", b.u_vol), ("kept", b.u_vol2)], rep):
-                        b.s.fio(f"c3/{v}/{wl}{qd}", b.pf.pid, ["--ioengine=nbd",
+                        b.s.fio(f"c3/{v}/{wl}{qd}", b.serving_pid(), ["--ioengine=nbd",
                                 f"--uri={u}", f"--iodepth={qd}"] + WL[wl][1] + region)
         b.extra["case3_snapshot"] = b.snap_info("c3")
     finally:
@@ -188,7 +188,7 @@ def case3(b):
             b.rows.add(3, "rewrite of preserved blocks ÷ no snapshot", wl_name(wl, qd),
                        f"c3/kept/{wl}{qd}", f"c3/none/{wl}{qd}", WL[wl][2], b.s.samples,
                        (">=", 0.98))
-    b.mem_note("case 3", b.pf.pid)
+    b.mem_note("case 3", b.serving_pid())
 
 
 # ------------------------------------------------------------ case 4
@@ -198,7 +198,7 @@ def c4_sample(b, n, wl, qd, info):
     for x in names:
         b.snap("vol", x, False)
     try:
-        b.s.fio(f"c4/{n}/{wl}{qd}", b.pf.pid, ["--ioengine=nbd",
+        b.s.fio(f"c4/{n}/{wl}{qd}", b.serving_pid(), ["--ioengine=nbd",
                 f"--uri={b.u_vol}"] + b.s.first_args(wl, qd), timed=False)
         info.setdefault(f"c4/{n}/{wl}{qd}", []).append(
             [b.snap_info(x)["clusters_preserved"] for x in names])
@@ -224,14 +224,14 @@ def case4(b):
                        f"c4/1/{wl}16", WL[wl][2], b.s.samples,
                        (">=", 1 / 1.2) if n == 16 else None,
                        note="goal: cost <= 1.2x" if n == 16 else "")
-    b.mem_note("case 4", b.pf.pid)
+    b.mem_note("case 4", b.serving_pid())
 
 
 # ------------------------------------------------------------ case 5
 def c5_setup(b):
     """Preserve the first 32 KiB of every 64 KiB cluster: every cluster half preserved."""
     size, half = b.cfg.size, b.cfg.half
-    b.s.fio("c5/setup-preserve-half", b.pf.pid, ["--ioengine=nbd",
+    b.s.fio("c5/setup-preserve-half", b.serving_pid(), ["--ioengine=nbd",
             f"--uri={b.u_vol2}", "--rw=write:32k", "--bs=32k", "--iodepth=16",
             f"--size={size // 4}", f"--offset_increment={size // 4}",
             f"--io_size={half // 4}"], timed=False, jobs=4)
@@ -248,11 +248,11 @@ def c5_rounds(b, u_snap):
         for wl in ("sr", "rr"):
             for qd in QDS:
                 for v, u in order(pair, rep):
-                    b.s.fio(f"c5/{v}/{wl}{qd}", b.pf.pid, ["--ioengine=nbd",
+                    b.s.fio(f"c5/{v}/{wl}{qd}", b.serving_pid(), ["--ioengine=nbd",
                             f"--uri={u}", f"--iodepth={qd}",
                             f"--size={cfg.size_mib}M"] + WL[wl][1])
         for v, u in order(pair, rep) if rep < cfg.info_reps else ():
-            b.s.nbdcopy(f"c5/{v}/copy", u, b.pf.pid)
+            b.s.nbdcopy(f"c5/{v}/copy", u, b.serving_pid())
 
 
 def case5(b):
@@ -273,7 +273,7 @@ def case5(b):
                        f"c5/vol/{wl}{qd}", WL[wl][2], b.s.samples, (">=", 1.0))
     b.rows.add(5, "snapshot read ÷ volume read", "whole-device copy (nbdcopy → null:)",
                "c5/snap/copy", "c5/vol/copy", "MB/s", b.s.samples, (">=", 1.0))
-    b.mem_note("case 5", b.pf.pid)
+    b.mem_note("case 5", b.serving_pid())
 
 
 # ------------------------------------------------------------ case 8
@@ -293,7 +293,7 @@ def c8_rounds(b, lp, lf):
         for wl in RW4:
             for qd in QDS:
                 for v, dev in order([("plain", lp), ("fuse", lf)], rep):
-                    b.s.fio(f"c8/{v}/{wl}{qd}", b.pf.pid if v == "fuse" else None,
+                    b.s.fio(f"c8/{v}/{wl}{qd}", b.serving_pid() if v == "fuse" else None,
                             ["--ioengine=libaio", "--direct=1", f"--filename={dev}",
                              f"--iodepth={qd}", f"--size={cfg.size_mib}M"] + WL[wl][1])
 

@@ -41,15 +41,31 @@ def spread_pct(ratios, ratio):
     return round((max(rs) - min(rs)) / 2 / ratio * 100, 1)
 
 
+# Units whose goals bound the value itself (a time, a size), not a ratio to a baseline.
+VALUE_GOAL_UNITS = ("ms", "B")
+
+
 def goal_met(goal, unit, median, ratio):
-    """Whether a row meets its goal (">=" or "<", bound): ms goals apply to the value
-    (a time), the others to the ratio. None without a goal or without a figure."""
+    """Whether a row meets its goal (">=", "<" or "<=", bound): ms and B goals apply to the
+    value (a time, a size), the others to the ratio. None without a goal or a figure."""
     if not goal:
         return None
-    x = median if unit == "ms" else ratio
+    x = median if unit in VALUE_GOAL_UNITS else ratio
     if x is None:
         return None
-    return x >= goal[1] if goal[0] == ">=" else x < goal[1]
+    op, bound = goal
+    return {">=": x >= bound, "<": x < bound, "<=": x <= bound}[op]
+
+
+def slope(xs, ys):
+    """The least-squares slope of ys over xs (memory per cluster over a fill); None for
+    fewer than two distinct xs."""
+    n = len(xs)
+    if n < 2 or len(set(xs)) < 2:
+        return None
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
 
 
 def finish_row(r):
@@ -111,8 +127,8 @@ def fmt_goal(r):
     g = r["goal"]
     if not g:
         return ""
-    if r["unit"] == "ms":
-        return f"{g[0]} {g[1]:g} ms"
+    if r["unit"] in VALUE_GOAL_UNITS:
+        return f"{g[0].replace('<=', '≤')} {g[1]:g} {r['unit']}"
     if r["case"] == 4:
         return "cost ≤ 1.2x"
     return f"{g[0].replace('>=', '≥')} {g[1]:g}x"

@@ -49,14 +49,15 @@ def warm(uri):
 
 
 def fio_figures(j):
-    """The figures of one fio job (its JSON): both directions summed, latency of the busier."""
-    rd, wr = j["read"], j["write"]
-    d = wr if wr["total_ios"] >= rd["total_ios"] else rd
+    """The figures of one fio job (its JSON): every direction (read, write, trim) summed,
+    latency of the busiest."""
+    ds = [j[k] for k in ("read", "write", "trim") if k in j]
+    d = max(ds, key=lambda x: x["total_ios"])
     pct = d.get("clat_ns", {}).get("percentile", {})
     return {
-        "MB/s": (rd["bw_bytes"] + wr["bw_bytes"]) / 1e6,
-        "IOPS": rd["iops"] + wr["iops"],
-        "ios": rd["total_ios"] + wr["total_ios"],
+        "MB/s": sum(x["bw_bytes"] for x in ds) / 1e6,
+        "IOPS": sum(x["iops"] for x in ds),
+        "ios": sum(x["total_ios"] for x in ds),
         "lat_p50_us": pct.get("50.000000", 0) / 1e3,
         "lat_p99_us": pct.get("99.000000", 0) / 1e3,
     }

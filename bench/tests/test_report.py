@@ -94,6 +94,14 @@ class Goals(unittest.TestCase):
         self.assertFalse(row([12, 12], [24, 24], ("<", 10.0), unit="ms")["met"])
         self.assertFalse(row([10, 10], [1, 1], ("<", 10.0), unit="ms")["met"])
 
+    def test_bytes_goal_is_an_upper_bound_on_the_value(self):
+        rows = report.Rows()
+        rows.add_values(7, "RSS per cluster", "1M", "B", [16.0], goal=("<=", 16.0))
+        rows.add_values(7, "RSS per cluster", "1M", "B", [16.5], goal=("<=", 16.0))
+        rows.finish()
+        self.assertEqual([r["met"] for r in rows.rows], [True, False])
+        self.assertEqual(report.fmt_goal(rows.rows[0]), "≤ 16 B")
+
     def test_no_goal_no_verdict(self):
         self.assertIsNone(row([1], [2])["met"])
         self.assertIsNone(report.goal_met((">=", 1.0), "IOPS", 5, None))
@@ -103,6 +111,15 @@ class Goals(unittest.TestCase):
         self.assertTrue(r["met"])            # 0.835 >= 0.8333: cost 1.198x
         self.assertFalse(row([80, 80], [100, 100], (">=", 1 / 1.2), case=4)["met"])
         self.assertEqual(report.fmt_goal(r), "cost ≤ 1.2x")
+
+
+class Slope(unittest.TestCase):
+    def test_least_squares_slope(self):
+        self.assertAlmostEqual(report.slope([1, 2, 3, 4], [10, 12, 14, 16]), 2.0)
+        # noise around 6 per step: the fit, not the end points
+        self.assertAlmostEqual(report.slope([0, 1, 2, 3], [0, 7, 11, 18]), 5.8)
+        self.assertIsNone(report.slope([5], [1]))
+        self.assertIsNone(report.slope([5, 5], [1, 2]))
 
 
 class TableLine(unittest.TestCase):

@@ -1,11 +1,13 @@
 //! A snapshot of a mounted file system: open a freeze lease with the daemon, freeze, ask for the
 //! snapshot, thaw on every path (errors and Ctrl-C included), close the lease. If this process
 //! dies while the file system is frozen, the daemon thaws it (lease dropped or expired).
+//! [`create`] is `fss snapshot create` and `create-group`, of volumes or mount points.
 
+use crate::{call, connect, decode};
 use anyhow::Context;
 use fssd::freeze;
-use fssd::protocol::{Request, SnapshotSpec};
-use std::path::Path;
+use fssd::protocol::{Request, SnapshotInfo, SnapshotSpec};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -106,6 +108,75 @@ pub fn create_frozen(
         return Err(e);
     }
     result
+}
+
+/// Resolve each spec's volume: a mount point becomes its volume (and is frozen later).
+fn resolve(
+    client: &mut fssd::client::Client,
+    specs: &mut [SnapshotSpec],
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut mounts = Vec::new();
+    for s in specs.iter_mut() {
+        if !s.volume.contains('/') {
+            continue;
+        }
+        let (volume, mp) = crate::mounts::volume_of_target(client, &s.volume)?;
+        if let Some(store) = &s.store {
+            crate::mounts::check_store_not_on(store, &mp)?;
+        }
+        s.mount_point = Some(mp.display().to_string());
+        s.volume = volume;
+        mounts.push(mp);
+    }
+    Ok(mounts)
+}
+
+/// `fss snapshot create` and `create-group`: resolve mount points to volumes, take the
+/// snapshots (frozen when of mount points), print what was made.
+///
+/// # Errors
+/// No daemon, a mount point not on an fss volume, or the daemon refused.
+pub fn create(
+    state: &Path,
+    mut specs: Vec<SnapshotSpec>,
+    json: bool,
+    group: bool,
+) -> anyhow::Result<()> {
+    let mut client = connect(state)?;
+    let mounts = resolve(&mut client, &mut specs)?;
+    let result = if mounts.is_empty() {
+        let req = if group {
+            Request::SnapshotCreateGroup { members: specs }
+        } else {
+            Request::SnapshotCreate(specs.remove(0))
+        };
+        call(&mut client, req)?
+    } else {
+        let refs: Vec<&Path> = mounts.iter().map(PathBuf::as_path).collect();
+        let hooks = fssd::config::TestHooks::from_env();
+        create_frozen(&mut client, specs, &refs, &hooks)?
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    let list: Vec<SnapshotInfo> = if result.is_array() {
+        decode(result)?
+    } else {
+        vec![decode(result)?]
+    };
+    for s in list {
+        println!(
+            "created {} snapshot '{}' of volume '{}'{}",
+            s.kind,
+            s.name,
+            s.volume,
+            s.mount_point
+                .map(|m| format!(" (file system at {m}, frozen and thawed)"))
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
 }
 
 use signal_hook::consts as signal_hook_consts;

@@ -4,25 +4,34 @@
 //! - [`output`]: tables and JSON for listings;
 //! - [`mounts`]: from a mount point to the fss volume under it (mountinfo -> loop device ->
 //!   backing file in the FUSE directory);
+//! - [`mount_helper`]: `fss mount` and `fss umount`;
 //! - [`consistent`]: a snapshot of a mounted file system under a freeze lease;
 //! - [`backup`]: `fss diff`, `backup`, `restore`, `rollback`;
+//! - [`manual`]: man pages and shell completions;
 //! - [`progress`]: progress bars and plain progress lines;
 //! - [`frontends`]: starting and stopping NBD and FUSE for `fss serve`;
+//! - [`nbd_tls`]: TLS for NBD over TCP (certificates, reload on SIGHUP);
 //! - [`serve`]: `fss serve` (the supervisor, its serving process, or both in one process);
 //! - [`restart`]: `fss restart`;
+//! - [`stats`]: `fss stats` (the figures of `--metrics-listen`, without HTTP);
 //! - here: the state directory, connecting and calling, and clap parsers for sizes and paths
 //!   ([`size_arg`], [`path_arg`]: paths made absolute against the caller's directory).
 
 pub mod backup;
 pub mod consistent;
+pub mod manual;
+pub mod mount_helper;
 pub mod mounts;
+pub mod nbd_tls;
 pub mod output;
 pub mod progress;
 pub mod repo;
 pub mod repo_args;
 pub mod repo_stream;
 pub mod restart;
+pub mod schedule;
 pub mod serve;
+pub mod stats;
 
 use anyhow::Context;
 use std::path::PathBuf;
@@ -87,10 +96,11 @@ pub fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::R
 
 /// The front-ends `fss serve` starts (NBD, FUSE).
 pub mod frontends {
+    use fssd::catalog::UsageKind;
     use fssd::config::ServeOptions;
-    use fssd::daemon::{FrontEnd, FrontEndSockets};
+    use fssd::daemon::{FrontEnd, FrontEndSockets, FuseSocket};
+    use fssd::protocol::Frontends;
     use fssd::registry::Registry;
-    use fssd::serving::FuseConnection;
     use fssd::DaemonError;
     use std::sync::Arc;
     use std::time::Duration;
@@ -102,6 +112,7 @@ pub mod frontends {
         threads: Vec<std::thread::JoinHandle<()>>,
         /// The socket file to remove at the stop (not when a supervisor holds the socket).
         socket: Option<std::path::PathBuf>,
+        tls: Option<crate::nbd_tls::Reloader>,
     }
 
     impl FrontEnd for Nbd {
@@ -126,6 +137,9 @@ pub mod frontends {
             for t in self.threads.drain(..) {
                 let _ = t.join();
             }
+            if let Some(r) = &mut self.tls {
+                r.stop();
+            }
             if let Some(socket) = &self.socket {
                 let _ = std::fs::remove_file(socket);
             }
@@ -142,11 +156,13 @@ pub mod frontends {
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
         // As many workers as a deep client queue (fio iodepth 16, the kernel client's default
         // queue): concurrent first overwrites into persistent snapshots then share one flush.
+        let tls = crate::nbd_tls::start(opts)?;
         let options = fss_nbd::ServerOptions {
             workers_per_connection: 16,
+            tls: tls.as_ref().map(crate::nbd_tls::Reloader::tls),
             ..Default::default()
         };
-        let server = fss_nbd::Server::new(catalog, options);
+        let server = fss_nbd::Server::new(catalog, options.clone());
         let stop = server.shutdown_handle();
         let mut threads = Vec::new();
         let s = server.clone();
@@ -156,6 +172,12 @@ pub mod frontends {
             }
         })?);
         if let Some(tcp) = tcp {
+            if let Ok(local) = tcp.local_addr() {
+                let warning = crate::nbd_tls::exposure_warning(local, options.tls.as_deref());
+                if let Some(w) = warning {
+                    tracing::warn!("{w}");
+                }
+            }
             let s = server.clone();
             threads.push(spawn("fss-nbd-tcp", move || {
                 if let Err(e) = s.serve_tcp(tcp) {
@@ -164,15 +186,19 @@ pub mod frontends {
             })?);
         }
         let counter = server.clone();
-        registry.add_usage_source(Box::new(move || {
-            counter.exports_in_use().into_iter().collect()
-        }));
-        tracing::info!(socket = %opts.paths.nbd_socket.display(), tcp = ?opts.nbd_listen, "NBD server listening");
+        registry.add_usage_source(
+            UsageKind::Nbd,
+            Box::new(move || counter.exports_in_use().into_iter().collect()),
+        );
+        let tls_mode = tls.as_ref().map(|t| t.tls().settings().mode);
+        tracing::info!(socket = %opts.paths.nbd_socket.display(), tcp = ?opts.nbd_listen,
+            tls = ?tls_mode, "NBD server listening");
         Ok(Nbd {
             server,
             stop,
             threads,
             socket: own_socket_file.then(|| opts.paths.nbd_socket.clone()),
+            tls,
         })
     }
 
@@ -208,56 +234,67 @@ pub mod frontends {
         }
     }
 
+    /// The FUSE front-end, or `None` when there is no FUSE directory: off on purpose, or
+    /// not mountable here (warned once, here or by the supervisor), so NBD serves alone.
     fn start_fuse(
         registry: &Arc<Registry>,
         opts: &ServeOptions,
-        inherited: Option<FuseConnection>,
-    ) -> fssd::Result<Fuse> {
+        socket: FuseSocket,
+    ) -> fssd::Result<Option<Fuse>> {
         let catalog: Arc<dyn fss_core::export::Catalog> = Arc::clone(registry) as _;
         let opens = Arc::new(fssd::catalog::OpenCounter::default());
-        registry.add_usage_source(opens.source());
+        let source = opens.source();
         let hooks = fss_fuse::Hooks {
             on_open_change: Some(Arc::new(move |name: &str, open: bool| {
                 opens.note(name, open);
             })),
         };
         let dir = &opts.paths.fuse_dir;
-        if let Some(conn) = inherited {
-            // The connection the supervisor mounted and holds: it outlives this process, and
-            // a resumed one has the kernel resend what the previous process left unanswered.
-            let start = if conn.resume {
-                fss_fuse::Start::Resume
-            } else {
-                fss_fuse::Start::Fresh
-            };
-            let session_file = opts.paths.state_dir.join("fuse-session.json");
-            let fuse = fss_fuse::FuseFrontEnd::serve_connection(
-                conn.fd,
-                dir,
-                catalog,
-                hooks,
-                &session_file,
-                start,
-            )
-            .map_err(|e| {
-                DaemonError::new(
-                    fssd::error::ErrorKind::Io,
-                    format!("cannot serve the FUSE directory {}: {e}", dir.display()),
+        let fuse = match socket {
+            FuseSocket::Off => {
+                tracing::info!("no FUSE directory: serving NBD only");
+                return Ok(None);
+            }
+            FuseSocket::Inherited(conn) => {
+                // The connection the supervisor mounted and holds: it outlives this process,
+                // and a resumed one has the kernel resend what the previous process left
+                // unanswered.
+                let start = if conn.resume {
+                    fss_fuse::Start::Resume
+                } else {
+                    fss_fuse::Start::Fresh
+                };
+                let session_file = opts.paths.state_dir.join("fuse-session.json");
+                let fuse = fss_fuse::FuseFrontEnd::serve_connection(
+                    conn.fd,
+                    dir,
+                    catalog,
+                    hooks,
+                    &session_file,
+                    start,
                 )
-            })?;
-            return Ok(Fuse(Some(fuse), true));
-        }
-        let fuse = fss_fuse::FuseFrontEnd::mount(dir, catalog, hooks).map_err(|e| {
-            DaemonError::new(
-                fssd::error::ErrorKind::Io,
-                format!(
-                    "cannot mount the FUSE directory {}: {e}; is /dev/fuse available (modprobe fuse)?",
-                    dir.display()
-                ),
-            )
-        })?;
-        tracing::info!(dir = %dir.display(), "FUSE directory mounted");
-        Ok(Fuse(Some(fuse), false))
+                .map_err(|e| {
+                    DaemonError::new(
+                        fssd::error::ErrorKind::Io,
+                        format!("cannot serve the FUSE directory {}: {e}", dir.display()),
+                    )
+                })?;
+                Fuse(Some(fuse), true)
+            }
+            FuseSocket::Mount => match fss_fuse::FuseFrontEnd::mount(dir, catalog, hooks) {
+                Ok(fuse) => {
+                    tracing::info!(dir = %dir.display(), "FUSE directory mounted");
+                    Fuse(Some(fuse), false)
+                }
+                Err(e) => {
+                    // The error names the directory and the likely cause already.
+                    tracing::warn!("{e}; serving NBD only (--fuse-dir none skips FUSE on purpose)");
+                    return Ok(None);
+                }
+            },
+        };
+        registry.add_usage_source(UsageKind::Fuse, source);
+        Ok(Some(fuse))
     }
 
     /// Start every front-end, on the sockets made for them.
@@ -277,11 +314,23 @@ pub mod frontends {
             sockets.nbd_tcp,
             sockets.own_socket_files,
         )?;
-        registry.set_endpoints(
-            Some(opts.paths.fuse_dir.clone()),
-            Some(opts.paths.nbd_socket.clone()),
-            opts.nbd_listen.clone(),
-        );
-        Ok(vec![Box::new(nbd), Box::new(fuse)])
+        let metrics = sockets
+            .metrics
+            .map(|l| {
+                let addr = l.local_addr().map(|a| a.to_string()).ok();
+                fssd::metrics::http::MetricsServer::start(l, Arc::clone(registry))
+                    .map(|m| (m, addr))
+            })
+            .transpose()?;
+        registry.set_endpoints(Frontends {
+            fuse: fuse.is_some().then(|| opts.paths.fuse_dir.clone()),
+            nbd_unix: Some(opts.paths.nbd_socket.clone()),
+            nbd_tcp: opts.nbd_listen.clone(),
+            metrics: metrics.as_ref().and_then(|(_, addr)| addr.clone()),
+        });
+        let mut started: Vec<Box<dyn FrontEnd>> = vec![Box::new(nbd)];
+        started.extend(fuse.map(|f| Box::new(f) as Box<dyn FrontEnd>));
+        started.extend(metrics.map(|(m, _)| Box::new(m) as Box<dyn FrontEnd>));
+        Ok(started)
     }
 }

@@ -143,6 +143,25 @@ pub fn check_store_not_on(store: &Path, mount_point: &Path) -> anyhow::Result<()
     Ok(())
 }
 
+/// The volume under the file system mounted at `target` (a path, made absolute), asking the
+/// daemon `client` speaks to where its FUSE directory is.
+///
+/// # Errors
+/// The daemon has no FUSE directory, or `target` is not a file system on one of its volumes.
+pub fn volume_of_target(
+    client: &mut fssd::client::Client,
+    target: &str,
+) -> anyhow::Result<(String, PathBuf)> {
+    let st: fssd::protocol::StatusInfo =
+        crate::decode(crate::call(client, fssd::protocol::Request::Status)?)?;
+    let fuse = st.fuse_dir.context(
+        "the daemon has no FUSE directory, so no file system can be on one of its volumes",
+    )?;
+    let mp = crate::path_arg(target).map_err(anyhow::Error::msg)?;
+    let volume = volume_of_mount(&mp, &fuse)?;
+    Ok((volume, mp))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

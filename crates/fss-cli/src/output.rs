@@ -2,6 +2,7 @@
 
 use fssd::names::human_size;
 use fssd::protocol::{SnapshotInfo, VolumeInfo};
+use fssd::schedule::Utc;
 
 /// Render rows as an aligned table under `header`.
 #[must_use]
@@ -38,19 +39,30 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
 /// unset): "Wed Nov 25 10:06:50 2026".
 #[must_use]
 pub fn ctime(secs: u64) -> String {
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let (year, month, d) = fss_repo::calendar::civil(days);
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    let t = Utc::of(secs);
+    const WD: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
     const MO: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
     format!(
-        "{} {} {:>2} {h:02}:{m:02}:{s:02} {year}",
-        WD[(days % 7) as usize],
-        MO[(month - 1) as usize],
-        d
+        "{} {} {:>2} {:02}:{:02}:{:02} {}",
+        WD[t.weekday as usize % 7],
+        MO[(t.month as usize).saturating_sub(1) % 12],
+        t.day,
+        t.hour,
+        t.minute,
+        t.second,
+        t.year
+    )
+}
+
+/// A time as ISO 8601 in UTC: "2026-11-25T10:06:50Z".
+#[must_use]
+pub fn iso_utc(secs: u64) -> String {
+    let t = Utc::of(secs);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
 

@@ -9,15 +9,23 @@ use std::path::{Path, PathBuf};
 /// The arguments of `fss serve`.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// Directory of the FUSE files (default <state-dir>/dev).
-    #[arg(long, value_name = "DIR", value_parser = crate::path_arg)]
-    pub fuse_dir: Option<PathBuf>,
+    /// Directory of the FUSE files (default <state-dir>/dev), or `none` to serve NBD only.
+    /// When it cannot be mounted (no /dev/fuse, no permission), fss warns and serves NBD only.
+    #[arg(long, value_name = "DIR|none", value_parser = fuse_dir_arg)]
+    pub fuse_dir: Option<FuseDir>,
     /// Unix socket for NBD (default <state-dir>/nbd.sock).
     #[arg(long, value_name = "PATH", value_parser = crate::path_arg)]
     pub nbd_socket: Option<PathBuf>,
-    /// Also serve NBD over TCP at this address (for example 127.0.0.1:10809).
+    /// Also serve NBD over TCP at this address (for example 127.0.0.1:10809); needs
+    /// --tls-certificates, or --tls off for plaintext.
     #[arg(long, value_name = "ADDR:PORT")]
     pub nbd_listen: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (for example 127.0.0.1:9850).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<String>,
+    /// TLS for NBD over TCP.
+    #[command(flatten)]
+    pub tls: crate::nbd_tls::TlsArgs,
     /// Volume I/O: direct-large (default: O_DIRECT for reads of 64 KiB or more and writes of
     /// 256 KiB or more), direct-reads (O_DIRECT for large reads only), buffered, or direct
     /// (O_DIRECT for every aligned read and write). Default from FSS_VOLUME_IO when set.
@@ -30,6 +38,23 @@ pub struct ServeArgs {
     /// Internal: run as the serving process of a supervisor (set by `fss serve` itself).
     #[arg(long, hide = true, conflicts_with = "no_supervisor")]
     pub serving_child: bool,
+}
+
+/// `--fuse-dir`: a directory, or `none`.
+#[derive(Clone, Debug)]
+pub enum FuseDir {
+    /// No FUSE directory: NBD only.
+    None,
+    /// This directory.
+    Dir(PathBuf),
+}
+
+fn fuse_dir_arg(s: &str) -> Result<FuseDir, String> {
+    if s == "none" {
+        Ok(FuseDir::None)
+    } else {
+        crate::path_arg(s).map(FuseDir::Dir)
+    }
 }
 
 fn init_logging() {
@@ -57,12 +82,21 @@ pub fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<i32> {
             Err(_) => fssd::config::VolumeIo::default(),
         },
     };
+    let (fuse_dir, fuse_enabled) = match a.fuse_dir {
+        Some(FuseDir::None) => (None, false),
+        Some(FuseDir::Dir(d)) => (Some(d), true),
+        None => (None, true),
+    };
+    let nbd_tls = a.tls.checked(a.nbd_listen.as_deref())?;
     let opts = fssd::config::ServeOptions {
-        paths: fssd::paths::Paths::new(state.to_path_buf(), a.fuse_dir, a.nbd_socket),
+        paths: fssd::paths::Paths::new(state.to_path_buf(), fuse_dir, a.nbd_socket),
         nbd_listen: a.nbd_listen,
+        metrics_listen: a.metrics_listen,
+        nbd_tls,
         volume_io,
         test_hooks: fssd::config::TestHooks::from_env(),
         fuse_mount: Some(|dir| fss_fuse::mount_connection(dir).map_err(|e| e.to_string())),
+        fuse_enabled,
     };
     let message = |e: fssd::DaemonError| anyhow::anyhow!(e.message);
     let start = Box::new(crate::frontends::start);

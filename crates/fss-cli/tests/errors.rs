@@ -390,7 +390,10 @@ fn fssconfig_usage_and_errors_exit_1() {
 #[test]
 fn nbd_over_tcp_on_every_address_is_logged_as_exposed() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut d = Daemon::start_with(&tmp.path().join("s"), &["--nbd-listen", "0.0.0.0:0"]);
+    let mut d = Daemon::start_with(
+        &tmp.path().join("s"),
+        &["--nbd-listen", "0.0.0.0:0", "--tls", "off"],
+    );
     // The log is read by another thread: give it a moment.
     let t = std::time::Instant::now();
     while !d.log().contains("unencrypted") && t.elapsed().as_secs() < 5 {
@@ -402,7 +405,10 @@ fn nbd_over_tcp_on_every_address_is_logged_as_exposed() {
         d.log()
     );
     assert_eq!(d.stop(), 0);
-    let mut quiet = Daemon::start_with(&tmp.path().join("q"), &["--nbd-listen", "127.0.0.1:0"]);
+    let mut quiet = Daemon::start_with(
+        &tmp.path().join("q"),
+        &["--nbd-listen", "127.0.0.1:0", "--tls", "off"],
+    );
     assert!(!quiet.log().contains("unencrypted"), "{}", quiet.log());
     assert_eq!(quiet.stop(), 0);
 }

@@ -285,3 +285,28 @@ fn a_ctrl_c_stops_cleanly_once() {
     assert!(!log.contains("forced"), "one signal, not two: {log}");
     assert!(!dir.join("control.sock").exists());
 }
+
+/// SIGHUP (an administrator's habit, or a TLS reload) kills neither process when no TLS is set
+/// up: the supervisor passes it on, the serving process ignores it.
+#[test]
+fn sighup_without_tls_kills_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&tmp.path().join("state"));
+    let st = d.json(&["status"]);
+    let pid = u32::try_from(st["pid"].as_u64().unwrap()).unwrap();
+    let supervisor = u32::try_from(st["supervisor_pid"].as_u64().unwrap()).unwrap();
+    for target in [supervisor, pid, supervisor] {
+        signal(target, rustix::process::Signal::HUP);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let passed_on = || d.log().matches("SIGHUP passed on").count() == 2;
+    wait_until(
+        Duration::from_secs(5),
+        "the supervisor passes SIGHUP on",
+        passed_on,
+    );
+    let st = d.json(&["status"]);
+    assert_eq!(st["pid"], pid, "{st}");
+    assert_eq!(st["restarts"], 0, "{st}");
+    assert!(alive(supervisor) && alive(pid));
+}

@@ -177,6 +177,11 @@ impl HeldWrites {
         Ok(())
     }
 
+    /// Bytes acknowledged but not applied to the volume yet.
+    pub fn bytes(&self) -> u64 {
+        self.inner.lock().bytes
+    }
+
     /// Keep held changes in `journal` from now on; records are numbered from the next
     /// arrival on, and everything before counts as retired.
     pub fn use_journal(&self, journal: Arc<HeldJournal>) -> Result<()> {

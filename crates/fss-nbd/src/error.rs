@@ -47,7 +47,32 @@ pub(crate) enum ConnError {
     /// The handshake went on longer than the handshake timeout (formatted).
     #[error("handshake not finished within {0}, closing")]
     HandshakeTimeout(String),
+    /// `NBD_OPT_EXPORT_NAME` before `NBD_OPT_STARTTLS` where TLS is required (the option has
+    /// no error reply: the protocol says to end the session).
+    #[error("NBD_OPT_EXPORT_NAME in plaintext, but this server requires TLS")]
+    TlsRequired,
+    /// The client sent more after `NBD_OPT_STARTTLS` before the server's reply (bytes that
+    /// would otherwise be taken as sent over TLS).
+    #[error("the client sent data after NBD_OPT_STARTTLS before its reply")]
+    DataAfterStartTls,
+    /// The TLS handshake failed.
+    #[error("{0}")]
+    Tls(#[from] crate::tls::stream::HandshakeError),
     /// The handshake was closed to make room for a new client.
     #[error("unfinished handshake closed to make room for a new client: {0}")]
     Evicted(String),
+}
+
+impl ConnError {
+    /// Whether a read or write on the socket timed out (the handshake deadline).
+    pub(crate) fn timed_out(&self) -> bool {
+        use crate::tls::stream::HandshakeError;
+        let (ConnError::Io(io) | ConnError::Tls(HandshakeError::Failed(io))) = self else {
+            return false;
+        };
+        matches!(
+            io.kind(),
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        )
+    }
 }

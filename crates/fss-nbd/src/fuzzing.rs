@@ -1,7 +1,7 @@
 //! Entry points for the fuzz targets (`fuzz/fuzz_targets/nbd_request.rs`): the server's own
 //! handshake and request checks run on bytes, without sockets. Not a stable API.
 
-use crate::handshake::{self, Context, Outcome};
+use crate::handshake::{self, Context, Outcome, TlsOffer};
 use crate::protocol::{Command, NbdErrno, Request, REQUEST_LEN};
 use crate::transmission;
 use fss_core::export::{Catalog, Export};
@@ -62,6 +62,7 @@ pub fn handshake(
         catalog,
         shutting_down: &stopping,
         chosen: &chosen,
+        tls: TlsOffer::Refused("no TLS here"),
     };
     let end = match handshake::negotiate(&mut rd, &mut out, &ctx) {
         Ok(Outcome::Transmission(n)) => HandshakeEnd::Transmission {
@@ -70,6 +71,7 @@ pub fn handshake(
             contexts: n.contexts.len(),
         },
         Ok(Outcome::Ended(why)) => HandshakeEnd::Ended(why),
+        Ok(Outcome::StartTls(_)) => HandshakeEnd::Ended("upgraded to TLS"),
         Err(e) => HandshakeEnd::Error(e.to_string()),
     };
     (out, end)

@@ -1,11 +1,14 @@
 //! Fixed newstyle negotiation: the greeting, client flags, and option haggling until the client
 //! chooses an export (`NBD_OPT_GO` / `NBD_OPT_EXPORT_NAME`), aborts, or goes away.
 //!
-//! Options handled: `EXPORT_NAME`, `ABORT`, `LIST`, `STARTTLS` (refused with
-//! `NBD_REP_ERR_POLICY`: no TLS here), `INFO`, `GO` (with `NBD_INFO_EXPORT`,
+//! Options handled: `EXPORT_NAME`, `ABORT`, `LIST`, `STARTTLS` (acknowledged when TLS is
+//! offered, after which the caller upgrades the stream and calls [`resume`]; refused with
+//! `NBD_REP_ERR_POLICY` otherwise), `INFO`, `GO` (with `NBD_INFO_EXPORT`,
 //! `NBD_INFO_BLOCK_SIZE` always, `NBD_INFO_NAME` and `NBD_INFO_DESCRIPTION` on request),
 //! `STRUCTURED_REPLY`, `LIST_META_CONTEXT`, `SET_META_CONTEXT`. Anything else gets
-//! `NBD_REP_ERR_UNSUP` and haggling goes on.
+//! `NBD_REP_ERR_UNSUP` and haggling goes on. When TLS is required and not yet active
+//! (FORCEDTLS), every option but `STARTTLS` and `ABORT` is answered `NBD_REP_ERR_TLS_REQD`,
+//! and `EXPORT_NAME` (which has no error reply) ends the session.
 
 use crate::error::ConnError;
 use crate::meta_context::{self, MetaContext};
@@ -44,6 +47,28 @@ pub(crate) enum Outcome {
     Transmission(Negotiated),
     /// The client aborted or went away; the reason is for the log.
     Ended(&'static str),
+    /// `NBD_OPT_STARTTLS` was acknowledged: upgrade the stream, then [`resume`] with this.
+    StartTls(Resume),
+}
+
+/// What survives a TLS upgrade: only the client's flags (options negotiated before it are
+/// forgotten, as they could have been tampered with).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Resume {
+    no_zeroes: bool,
+}
+
+/// TLS on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TlsOffer {
+    /// Not offered (`NBD_OPT_STARTTLS` gets `NBD_REP_ERR_POLICY` with this sentence).
+    Refused(&'static str),
+    /// Offered; the client may also stay in plaintext.
+    Optional,
+    /// Required before anything else (FORCEDTLS).
+    Required,
+    /// Already active.
+    Active,
 }
 
 /// What the negotiation needs from the server.
@@ -55,6 +80,8 @@ pub(crate) struct Context<'a> {
     /// Called with the export's name just before the reply that lets the client use it, so
     /// that the export counts as in use before any request can reach it.
     pub chosen: &'a dyn Fn(&str),
+    /// Whether TLS is offered, required or already active.
+    pub tls: TlsOffer,
 }
 
 /// The transmission flags an export gets.
@@ -150,10 +177,25 @@ pub(crate) fn negotiate(
     if client_flags & !(p::FLAG_C_FIXED_NEWSTYLE | p::FLAG_C_NO_ZEROES) != 0 {
         return Err(ConnError::ClientFlags(client_flags));
     }
+    let no_zeroes = client_flags & p::FLAG_C_NO_ZEROES != 0;
+    resume(rd, w, ctx, Resume { no_zeroes })
+}
+
+/// Go on with option haggling from a fresh state (after the greeting, or on the stream a TLS
+/// upgrade made).
+///
+/// # Errors
+/// As [`negotiate`].
+pub(crate) fn resume(
+    rd: &mut impl Read,
+    w: &mut impl Write,
+    ctx: &Context<'_>,
+    from: Resume,
+) -> Result<Outcome, ConnError> {
     let mut st = Haggle {
         structured: false,
         meta: None,
-        no_zeroes: client_flags & p::FLAG_C_NO_ZEROES != 0,
+        no_zeroes: from.no_zeroes,
     };
     loop {
         let mut h = [0u8; p::OPTION_HEADER_LEN];
@@ -170,7 +212,9 @@ pub(crate) fn negotiate(
                 return Err(ConnError::OptionTooLarge(hdr.length));
             }
             discard(rd, u64::from(hdr.length))?;
-            let kind = if known(opt) {
+            let kind = if ctx.tls == TlsOffer::Required && opt != p::OPT_STARTTLS {
+                p::REP_ERR_TLS_REQD
+            } else if known(opt) {
                 p::REP_ERR_TOO_BIG
             } else {
                 p::REP_ERR_UNSUP
@@ -187,6 +231,13 @@ pub(crate) fn negotiate(
             refuse(w, opt, p::REP_ERR_SHUTDOWN, "the server is shutting down")?;
             continue;
         }
+        if ctx.tls == TlsOffer::Required && !matches!(opt, p::OPT_STARTTLS | p::OPT_ABORT) {
+            if opt == p::OPT_EXPORT_NAME {
+                return Err(ConnError::TlsRequired);
+            }
+            refuse(w, opt, p::REP_ERR_TLS_REQD, TLS_REQUIRED)?;
+            continue;
+        }
         match opt {
             p::OPT_EXPORT_NAME => return export_name(w, ctx, st, &data),
             p::OPT_ABORT => {
@@ -196,16 +247,10 @@ pub(crate) fn negotiate(
             }
             p::OPT_LIST => list(w, ctx, &data)?,
             p::OPT_STARTTLS => {
-                if data.is_empty() {
-                    refuse(
-                        w,
-                        opt,
-                        p::REP_ERR_POLICY,
-                        "TLS is not available on this server; connect without it \
-                         (over a unix socket or a trusted network)",
-                    )?;
-                } else {
-                    refuse(w, opt, p::REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data")?;
+                if starttls(w, ctx.tls, &data)? {
+                    return Ok(Outcome::StartTls(Resume {
+                        no_zeroes: st.no_zeroes,
+                    }));
                 }
             }
             p::OPT_INFO | p::OPT_GO => {
@@ -237,6 +282,28 @@ pub(crate) fn negotiate(
             )?,
         }
     }
+}
+
+/// The refusal of options before the upgrade when TLS is required.
+const TLS_REQUIRED: &str = "this server requires TLS: send NBD_OPT_STARTTLS first (an nbds:// \
+    URI with tls-certificates=DIR, or qemu's tls-creds)";
+
+/// `NBD_OPT_STARTTLS`: whether it was acknowledged (the stream is then upgraded).
+fn starttls(w: &mut impl Write, tls: TlsOffer, data: &[u8]) -> std::io::Result<bool> {
+    let opt = p::OPT_STARTTLS;
+    if !data.is_empty() {
+        refuse(w, opt, p::REP_ERR_INVALID, "NBD_OPT_STARTTLS takes no data")?;
+        return Ok(false);
+    }
+    match tls {
+        TlsOffer::Refused(why) => refuse(w, opt, p::REP_ERR_POLICY, why)?,
+        TlsOffer::Active => refuse(w, opt, p::REP_ERR_INVALID, "TLS is already active")?,
+        TlsOffer::Optional | TlsOffer::Required => {
+            reply(w, opt, p::REP_ACK, &[])?;
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn known(opt: u32) -> bool {
@@ -395,9 +462,9 @@ fn meta(
         );
     };
     let found = if set {
-        meta_context::select(&export, &req.queries)
+        meta_context::select(ctx.catalog, &export, &req.queries)
     } else {
-        meta_context::list(&export, &req.queries)
+        meta_context::list(ctx.catalog, &export, &req.queries)
     };
     let contexts = match found {
         Ok(c) => c,

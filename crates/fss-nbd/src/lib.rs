@@ -42,12 +42,14 @@ pub mod protocol;
 mod reply;
 mod server;
 mod stream;
+pub mod tls;
 mod transmission;
 
 pub use catalog::StaticCatalog;
 pub use error::ServeError;
 pub use handshake::DEFAULT_EXPORT;
 pub use server::{ConnectionInfo, Server, ServerOptions, ShutdownHandle};
+pub use tls::{Tls, TlsError, TlsMode, TlsSettings};
 
 /// Minimum block size advertised: any byte offset and length is accepted.
 pub const MIN_BLOCK_SIZE: u32 = 1;

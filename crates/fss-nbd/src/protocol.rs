@@ -82,6 +82,8 @@ pub const REP_ERR_UNSUP: u32 = REP_FLAG_ERROR | 1;
 pub const REP_ERR_POLICY: u32 = REP_FLAG_ERROR | 2;
 /// Option error: syntactically or semantically invalid.
 pub const REP_ERR_INVALID: u32 = REP_FLAG_ERROR | 3;
+/// Option error: TLS must be negotiated first (`NBD_OPT_STARTTLS`).
+pub const REP_ERR_TLS_REQD: u32 = REP_FLAG_ERROR | 5;
 /// Option error: unknown export.
 pub const REP_ERR_UNKNOWN: u32 = REP_FLAG_ERROR | 6;
 /// Option error: the server is shutting down.

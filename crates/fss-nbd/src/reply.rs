@@ -118,6 +118,7 @@ impl ReplyWriter {
     pub fn close(&self) {
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = out.flush();
+        out.get_ref().close_notify();
         let _ = out.get_ref().shutdown(Shutdown::Both);
     }
 }

@@ -3,7 +3,7 @@
 
 use crate::admission::{self, Admit, HalfOpen, Limits};
 use crate::error::{ConnError, ServeError};
-use crate::handshake::{self, Outcome};
+use crate::handshake::{self, Outcome, TlsOffer};
 use crate::pool::SharedBudget;
 use crate::stream::Stream;
 use crate::transmission::{self, End};
@@ -54,6 +54,8 @@ pub struct ServerOptions {
     /// Connections still in the handshake at once from one peer (a TCP address, or the process
     /// on a unix socket); when over, that peer's oldest is closed.
     pub max_handshakes_per_peer: usize,
+    /// TLS on TCP connections (`None`: not offered). The unix socket never offers it.
+    pub tls: Option<Arc<crate::tls::Tls>>,
 }
 
 impl Default for ServerOptions {
@@ -68,6 +70,7 @@ impl Default for ServerOptions {
             reply_timeout: Some(Duration::from_secs(60)),
             max_handshakes: 64,
             max_handshakes_per_peer: 8,
+            tls: None,
         }
     }
 }
@@ -550,6 +553,7 @@ fn serve_connection(inner: &Inner, id: u64, stream: Stream) -> Result<String, Co
     // A backstop for the reaper in the accept loop, which stops with it at shutdown.
     stream.set_read_timeout(inner.options.handshake_timeout)?;
     stream.set_write_timeout(inner.options.handshake_timeout)?;
+    let tls = crate::tls::offer(&stream, inner.options.tls.as_deref());
     let mut w = stream.try_clone()?;
     let mut rd = BufReader::with_capacity(128 * 1024, stream);
     let shutting_down = || inner.shutdown.load(Ordering::SeqCst);
@@ -558,26 +562,33 @@ fn serve_connection(inner: &Inner, id: u64, stream: Stream) -> Result<String, Co
             e.export = Some(name.to_string());
         }
     };
-    let ctx = handshake::Context {
+    let mut ctx = handshake::Context {
         catalog: inner.catalog.as_ref(),
         shutting_down: &shutting_down,
         chosen: &chosen,
+        tls,
     };
-    let n = match handshake::negotiate(&mut rd, &mut w, &ctx) {
+    let mut outcome = handshake::negotiate(&mut rd, &mut w, &ctx);
+    if let (Ok(Outcome::StartTls(resume)), Some(tls)) = (&outcome, &inner.options.tls) {
+        outcome = crate::tls::upgrade(&rd, tls).and_then(|upgraded| {
+            w = upgraded.try_clone()?;
+            rd = BufReader::with_capacity(128 * 1024, upgraded);
+            ctx.tls = TlsOffer::Active;
+            handshake::resume(&mut rd, &mut w, &ctx, *resume)
+        });
+    }
+    let n = match outcome {
         Ok(Outcome::Transmission(n)) => n,
         Ok(Outcome::Ended(why)) => {
             return closed_by_server(inner, id, false).map_or_else(|| Ok(why.to_string()), Err)
         }
-        Err(e) => {
-            let timed_out = matches!(&e, ConnError::Io(io)
-                if matches!(io.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut));
-            return Err(closed_by_server(inner, id, timed_out).unwrap_or(e));
-        }
+        Ok(Outcome::StartTls(_)) => return Ok("TLS was acknowledged but is not set up".into()),
+        Err(e) => return Err(closed_by_server(inner, id, e.timed_out()).unwrap_or(e)),
     };
     rd.get_ref().set_read_timeout(None)?;
     w.set_write_timeout(inner.options.reply_timeout)?;
     tracing::info!(connection = id, export = %n.name, structured = n.structured,
-        contexts = ?n.contexts, "NBD client connected");
+        contexts = ?n.contexts, tls = %rd.get_ref().tls_client(), "NBD client connected");
     let peer = rd.get_ref().peer();
     let end = transmission::serve(
         rd,

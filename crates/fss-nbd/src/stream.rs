@@ -1,5 +1,6 @@
-//! One connected socket, unix or TCP, behind one type.
+//! One connected socket, unix, TCP or TLS over TCP, behind one type.
 
+use crate::tls::stream::TlsStream;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::os::unix::net::UnixStream;
@@ -12,6 +13,8 @@ pub(crate) enum Stream {
     Unix(UnixStream),
     /// A TCP stream (Nagle's algorithm off, as the protocol asks).
     Tcp(TcpStream),
+    /// TLS over a TCP stream, after `NBD_OPT_STARTTLS`.
+    Tls(TlsStream),
 }
 
 impl Stream {
@@ -20,6 +23,7 @@ impl Stream {
         Ok(match self {
             Stream::Unix(s) => Stream::Unix(s.try_clone()?),
             Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            Stream::Tls(s) => Stream::Tls(s.clone()),
         })
     }
 
@@ -28,6 +32,14 @@ impl Stream {
         match self {
             Stream::Unix(s) => s.shutdown(how),
             Stream::Tcp(s) => s.shutdown(how),
+            Stream::Tls(s) => s.shutdown(how),
+        }
+    }
+
+    /// Tell a TLS client the stream ends here (best effort; nothing to do in plaintext).
+    pub fn close_notify(&self) {
+        if let Stream::Tls(s) = self {
+            s.close_notify();
         }
     }
 
@@ -36,6 +48,7 @@ impl Stream {
         match self {
             Stream::Unix(s) => s.set_read_timeout(t),
             Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Tls(s) => s.set_read_timeout(t),
         }
     }
 
@@ -44,6 +57,19 @@ impl Stream {
         match self {
             Stream::Unix(s) => s.set_write_timeout(t),
             Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Tls(s) => s.set_write_timeout(t),
+        }
+    }
+
+    /// TLS on this stream, for the log: `off`, or the cipher suite and the client
+    /// certificate's subject (`TLS13_AES_256_GCM_SHA384 CN=alice`).
+    pub fn tls_client(&self) -> String {
+        match self {
+            Stream::Tls(s) => match s.client_names().as_slice() {
+                [] => s.suite(),
+                names => format!("{} CN={}", s.suite(), names.join(",CN=")),
+            },
+            _ => "off".to_string(),
         }
     }
 
@@ -57,9 +83,8 @@ impl Stream {
                 Ok(c) => format!("unix pid {}", c.pid.as_raw_nonzero()),
                 Err(_) => "unix".to_string(),
             },
-            Stream::Tcp(s) => s
-                .peer_addr()
-                .map_or_else(|_| "tcp".to_string(), |a| format!("tcp {}", a.ip())),
+            Stream::Tcp(s) => tcp_peer_key(s),
+            Stream::Tls(s) => tcp_peer_key(s.tcp()),
         }
     }
 
@@ -74,11 +99,20 @@ impl Stream {
                 ),
                 Err(_) => "unix".to_string(),
             },
-            Stream::Tcp(s) => s
-                .peer_addr()
-                .map_or_else(|_| "tcp".to_string(), |a| a.to_string()),
+            Stream::Tcp(s) => tcp_peer(s),
+            Stream::Tls(s) => tcp_peer(s.tcp()),
         }
     }
+}
+
+fn tcp_peer_key(s: &TcpStream) -> String {
+    s.peer_addr()
+        .map_or_else(|_| "tcp".to_string(), |a| format!("tcp {}", a.ip()))
+}
+
+fn tcp_peer(s: &TcpStream) -> String {
+    s.peer_addr()
+        .map_or_else(|_| "tcp".to_string(), |a| a.to_string())
 }
 
 impl Read for Stream {
@@ -86,6 +120,7 @@ impl Read for Stream {
         match self {
             Stream::Unix(s) => s.read(buf),
             Stream::Tcp(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -95,6 +130,7 @@ impl Write for Stream {
         match self {
             Stream::Unix(s) => s.write(buf),
             Stream::Tcp(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
         }
     }
 
@@ -102,6 +138,7 @@ impl Write for Stream {
         match self {
             Stream::Unix(s) => s.write_vectored(bufs),
             Stream::Tcp(s) => s.write_vectored(bufs),
+            Stream::Tls(s) => s.write_vectored(bufs),
         }
     }
 
@@ -109,6 +146,7 @@ impl Write for Stream {
         match self {
             Stream::Unix(s) => s.flush(),
             Stream::Tcp(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
         }
     }
 }

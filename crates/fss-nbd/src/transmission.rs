@@ -555,7 +555,7 @@ fn block_status(conn: &Conn, req: &Request, req_one: bool) {
     let len = req.length.min(MAX_STATUS_LEN);
     let mut all = Vec::with_capacity(conn.contexts.len());
     for c in &conn.contexts {
-        match meta_context::extents(*c, &conn.export, req.offset, len, max) {
+        match meta_context::extents(c, &conn.export, req.offset, len, max) {
             Ok(d) => all.push((c.id(), d)),
             Err(e) => return engine_error(conn, req, &e),
         }

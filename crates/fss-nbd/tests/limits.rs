@@ -429,19 +429,7 @@ fn over_tcp_a_peer_is_its_address_and_its_idle_sockets_are_closed_first() {
         p::REP_ACK
     );
     // The oldest idle ones were closed, the newest kept (the client itself has gone).
-    let closed = |s: &mut TcpStream, limit: Duration| {
-        s.set_read_timeout(Some(limit)).unwrap();
-        let mut b = [0u8; 64];
-        let t = Instant::now();
-        loop {
-            match s.read(&mut b) {
-                Ok(0) => return true,
-                Ok(_) if t.elapsed() < limit => {}
-                Ok(_) => return false,
-                Err(e) => return !matches!(e.kind(), std::io::ErrorKind::WouldBlock),
-            }
-        }
-    };
+    let closed = common::tcp_closed_within;
     assert!(closed(&mut idle[0], Duration::from_secs(5)));
     assert!(closed(&mut idle[16], Duration::from_secs(5)));
     assert!(!closed(&mut idle[19], Duration::from_millis(100)));

@@ -34,14 +34,7 @@ fn qemu_io(uri: &str, read_only: bool, cmds: &[&str]) -> std::process::Output {
 
 fn qemu_io_ok(uri: &str, read_only: bool, cmds: &[&str]) -> String {
     let out = qemu_io(uri, read_only, cmds);
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(
-        out.status.success() && !stdout.contains("failed") && !stderr.contains("failed"),
-        "qemu-io {cmds:?} on {uri} failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    stdout
+    common::qemu_stdout_ok(&format!("qemu-io {cmds:?} on {uri}"), &out)
 }
 
 /// (offset, length, type) of an `nbdinfo --map --json` listing.
@@ -86,7 +79,11 @@ fn nbdinfo_describes_volume_and_snapshot() {
         assert_eq!(e["block_size_minimum"], 1);
         assert_eq!(e["block_size_preferred"], 4096);
         assert_eq!(e["block_size_maximum"], 32 * MIB);
-        assert_eq!(e["contexts"], serde_json::json!(["base:allocation"]));
+        // The volume offers QEMU's dirty bitmap since each of its snapshots.
+        assert_eq!(
+            e["contexts"],
+            serde_json::json!(["base:allocation", "qemu:dirty-bitmap:snap"])
+        );
     }
 
     let v = nbdinfo(&["--json", "--no-content", &h.uri("snap")]);

@@ -12,6 +12,15 @@ use std::sync::{Mutex, PoisonError};
 /// A front-end's count of users per export name.
 pub type UsageSource = Box<dyn Fn() -> BTreeMap<String, usize> + Send + Sync>;
 
+/// Which front-end a [`UsageSource`] counts for (metrics report them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageKind {
+    /// NBD connections, per export.
+    Nbd,
+    /// Open FUSE files, per name.
+    Fuse,
+}
+
 impl Registry {
     /// Open count of `name` by front-ends.
     pub(crate) fn opens_of(&self, name: &str) -> u64 {
@@ -21,7 +30,7 @@ impl Registry {
     /// Every front-end's users, summed per name.
     fn open_counts(&self) -> BTreeMap<String, u64> {
         let mut all: BTreeMap<String, u64> = BTreeMap::new();
-        for source in self
+        for (_, source) in self
             .usage
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -44,11 +53,23 @@ impl Registry {
     }
 
     /// Let a front-end report its users per export (checked before deletes and at stop).
-    pub fn add_usage_source(&self, source: UsageSource) {
+    pub fn add_usage_source(&self, kind: UsageKind, source: UsageSource) {
         self.usage
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push(source);
+            .push((kind, source));
+    }
+
+    /// The users of every export by front-ends of one kind, summed (for metrics).
+    pub(crate) fn users_of_kind(&self, kind: UsageKind) -> u64 {
+        self.usage
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(k, _)| *k == kind)
+            .flat_map(|(_, source)| source().into_values())
+            .map(|n| n as u64)
+            .sum()
     }
 
     /// A one-line description of an export, for NBD and listings.

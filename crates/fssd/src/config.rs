@@ -2,6 +2,7 @@
 //! test-only hooks. A leaf module: the daemon, the registry and the front-ends read it.
 
 use crate::paths::Paths;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// What `fss serve` was asked.
@@ -11,6 +12,10 @@ pub struct ServeOptions {
     pub paths: Paths,
     /// TCP address for NBD, if any.
     pub nbd_listen: Option<String>,
+    /// TCP address for `GET /metrics` (`--metrics-listen`), if any.
+    pub metrics_listen: Option<String>,
+    /// TLS for NBD over TCP (checked by [`NbdTls::check`]).
+    pub nbd_tls: NbdTls,
     /// How volumes are opened (page cache or O_DIRECT).
     pub volume_io: VolumeIo,
     /// Test-only hooks ([`TestHooks::from_env`] at start; default off).
@@ -19,6 +24,97 @@ pub struct ServeOptions {
     /// FUSE front-end's `mount_connection`; the daemon library does not depend on it). `None`:
     /// each serving process mounts its own, which dies with it.
     pub fuse_mount: Option<FuseMount>,
+    /// Whether to serve the FUSE directory at all (`--fuse-dir none`: NBD only). When it is
+    /// wanted but cannot be mounted, the daemon warns once and serves NBD only.
+    pub fuse_enabled: bool,
+}
+
+/// `fss serve --tls`: whether NBD over TCP offers or requires TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsChoice {
+    /// Plaintext only (`NBD_OPT_STARTTLS` refused).
+    Off,
+    /// Offered; plaintext clients are served too.
+    On,
+    /// Required: plaintext clients are refused before they learn anything.
+    Require,
+}
+
+impl TlsChoice {
+    /// The choice named `s` (`off`, `on`, `require`), as `fss serve --tls` takes it.
+    ///
+    /// # Errors
+    /// Any other name.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "off" => Ok(TlsChoice::Off),
+            "on" => Ok(TlsChoice::On),
+            "require" => Ok(TlsChoice::Require),
+            other => Err(format!(
+                "unknown TLS mode '{other}': use off, on or require"
+            )),
+        }
+    }
+}
+
+/// TLS for NBD over TCP, as `fss serve --tls-certificates DIR --tls MODE --tls-verify-peer
+/// --tls-authz CN=NAME` asked. The unix socket is always plaintext (local, mode 0600).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NbdTls {
+    /// `--tls` (default: `require` with certificates).
+    pub mode: Option<TlsChoice>,
+    /// The directory with `ca-cert.pem`, `server-cert.pem`, `server-key.pem`.
+    pub certificates: Option<PathBuf>,
+    /// Require a client certificate signed by `ca-cert.pem`.
+    pub verify_peer: bool,
+    /// The client certificate subject common names accepted (empty: any the CA signed).
+    pub authz: Vec<String>,
+}
+
+impl NbdTls {
+    /// Whether TLS is to be set up, and with which mode; refuses contradictions, and NBD over
+    /// TCP that would be plaintext by accident.
+    ///
+    /// # Errors
+    /// A sentence naming the flags at odds and the ways out.
+    pub fn check(
+        &self,
+        nbd_listen: Option<&str>,
+    ) -> std::result::Result<Option<TlsChoice>, String> {
+        let client_checks = self.verify_peer || !self.authz.is_empty();
+        match (&self.certificates, self.mode) {
+            (None, Some(m @ (TlsChoice::On | TlsChoice::Require))) => Err(format!(
+                "--tls {} needs --tls-certificates DIR (with ca-cert.pem, server-cert.pem and \
+                 server-key.pem)",
+                if m == TlsChoice::On { "on" } else { "require" }
+            )),
+            (None, _) if client_checks => Err(
+                "--tls-verify-peer and --tls-authz need --tls-certificates DIR (with \
+                 ca-cert.pem, server-cert.pem and server-key.pem)"
+                    .into(),
+            ),
+            (None, None) if nbd_listen.is_some() => Err(format!(
+                "NBD over TCP (--nbd-listen {}) would serve every volume in plaintext and \
+                 without authentication: give --tls-certificates DIR (with ca-cert.pem, \
+                 server-cert.pem and server-key.pem) to require TLS, or --tls off to accept \
+                 plaintext on a trusted network",
+                nbd_listen.unwrap_or_default()
+            )),
+            (None, _) => Ok(None),
+            (Some(_), Some(TlsChoice::Off)) => Err(
+                "--tls off contradicts --tls-certificates (and --tls-verify-peer, \
+                 --tls-authz): drop one or the other"
+                    .into(),
+            ),
+            (Some(_), _) if nbd_listen.is_none() => Err(
+                "--tls-certificates applies to NBD over TCP, and there is none: add \
+                 --nbd-listen ADDR:PORT (the unix socket is always plaintext)"
+                    .into(),
+            ),
+            (Some(_), None) => Ok(Some(TlsChoice::Require)),
+            (Some(_), Some(m)) => Ok(Some(m)),
+        }
+    }
 }
 
 /// See [`ServeOptions::fuse_mount`]: the mount point to a `/dev/fuse` descriptor mounted there,

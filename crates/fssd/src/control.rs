@@ -241,6 +241,7 @@ impl<W: Write> Connection<'_, W> {
         }
         let result = match &env.request {
             Request::Status => encode(Ok(self.status())),
+            Request::Stats => encode(reg.stats()),
             Request::VolumeCreate { name, size, image } => {
                 encode(reg.create_volume(name, *size, image.clone()))
             }
@@ -288,6 +289,9 @@ impl<W: Write> Connection<'_, W> {
                 return chan.finish(encode(r));
             }
             Request::RestoreAbandon { volume } => encode(reg.abandon_restore(volume)),
+            Request::ScheduleAdd(spec) => encode(reg.add_schedule(spec.clone())),
+            Request::ScheduleList => encode(Ok(reg.list_schedules())),
+            Request::ScheduleRemove { volume } => encode(reg.remove_schedule(volume)),
             Request::Restart {
                 timeout_seconds,
                 drop_transient,

@@ -44,12 +44,24 @@ pub struct FrontEndSockets {
     pub nbd_unix: UnixListener,
     /// NBD over TCP (`--nbd-listen`).
     pub nbd_tcp: Option<TcpListener>,
-    /// The FUSE connection, when the supervisor opened and mounted it (else the FUSE
-    /// front-end mounts the directory itself).
-    pub fuse: Option<FuseConnection>,
+    /// The FUSE directory: inherited, to mount here, or none.
+    pub fuse: FuseSocket,
+    /// The metrics HTTP listener (`--metrics-listen`).
+    pub metrics: Option<TcpListener>,
     /// Whether the front-ends remove their socket files when they stop (not when a supervisor
     /// holds the sockets for the next process).
     pub own_socket_files: bool,
+}
+
+/// Where the FUSE front-end gets its connection.
+#[derive(Debug)]
+pub enum FuseSocket {
+    /// The supervisor opened and mounted it, and holds it for the next process.
+    Inherited(FuseConnection),
+    /// The front-end mounts the directory itself (unsupervised); if it cannot, NBD only.
+    Mount,
+    /// No FUSE directory: `--fuse-dir none`, or the supervisor could not mount it.
+    Off,
 }
 
 /// Starts the front-ends once the registry is open.
@@ -169,7 +181,16 @@ pub fn run(opts: &ServeOptions, start: StartFrontEnds<'_>) -> Result<Stopped> {
     let sockets = FrontEndSockets {
         nbd_unix: bind_socket(&paths.nbd_socket)?,
         nbd_tcp: opts.nbd_listen.as_deref().map(bind_tcp).transpose()?,
-        fuse: None,
+        fuse: if opts.fuse_enabled {
+            FuseSocket::Mount
+        } else {
+            FuseSocket::Off
+        },
+        metrics: opts
+            .metrics_listen
+            .as_deref()
+            .map(crate::metrics::http::bind)
+            .transpose()?,
         own_socket_files: true,
     };
     let frontends = start(&registry, opts, sockets)?;
@@ -201,9 +222,11 @@ pub fn run_serving(
     let sockets = FrontEndSockets {
         nbd_unix: handover.nbd_unix,
         nbd_tcp: handover.nbd_tcp,
-        fuse: handover.fuse,
+        fuse: handover.fuse.map_or(FuseSocket::Off, FuseSocket::Inherited),
+        metrics: handover.metrics,
         own_socket_files: false,
     };
+    registry.set_restarts(handover.supervision.restarts);
     let frontends = start(&registry, opts, sockets)?;
     let gate = RestartGate::new(
         Some(handover.link),
@@ -240,7 +263,16 @@ fn serve(
         None => announce_ready(),
     }
     tracing::info!(state_dir = %paths.state_dir.display(), "fss daemon ready");
+    let gate = Arc::clone(&services.restart);
+    let paused: crate::schedule::timer::Paused = Arc::new(move || gate.is_active());
+    let timers = crate::schedule::timer::Timers::start(registry, &paused)
+        .map_err(|e| tracing::error!(error = %e, "schedules do not run"))
+        .ok();
     control::serve_with(listener, &services, &signals.stop);
+    // Before anything records the stop: no schedule writes the state after it.
+    if let Some(t) = timers {
+        t.stop();
+    }
     if let Some(handoff) = services.restart.take_handoff() {
         finish_restart(
             registry,
@@ -348,12 +380,16 @@ impl Signals {
     }
 }
 
-/// `SIGTERM` (and `SIGINT` when `interrupt`) stop, a second one forces. A serving process
+/// `SIGTERM` (and `SIGINT` when `interrupt`) stop, a second one forces; `SIGHUP` is
+/// ignored here (the TLS reloader takes it). A serving process
 /// takes no `SIGINT` (it swallows it): a Ctrl-C reaches the whole foreground process group,
 /// and the supervisor passes it on as one `SIGTERM`.
 fn install_signals(stop: &Arc<AtomicBool>, force: &Arc<AtomicBool>, interrupt: bool) -> Result<()> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let failed = |e: std::io::Error| DaemonError::io("cannot install signal handlers", &e);
+    // SIGHUP reloads TLS certificates where TLS is set up; without it, it must not kill the
+    // daemon (its default action) when an administrator sends it out of habit.
+    signal_hook::flag::register(SIGHUP, Arc::new(AtomicBool::new(false))).map_err(failed)?;
     let mut signals = if interrupt {
         signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
     } else {

@@ -50,15 +50,18 @@ pub enum FdName {
     Fuse,
     /// The channel to the supervisor.
     Channel,
+    /// The metrics HTTP listener (`--metrics-listen`).
+    Metrics,
 }
 
 impl FdName {
-    const ALL: [FdName; 5] = [
+    const ALL: [FdName; 6] = [
         FdName::Control,
         FdName::NbdUnix,
         FdName::NbdTcp,
         FdName::Fuse,
         FdName::Channel,
+        FdName::Metrics,
     ];
 
     /// The name in `FSS_SUPERVISOR_FDS`.
@@ -70,6 +73,7 @@ impl FdName {
             FdName::NbdTcp => "nbd-tcp",
             FdName::Fuse => "fuse",
             FdName::Channel => "channel",
+            FdName::Metrics => "metrics",
         }
     }
 }

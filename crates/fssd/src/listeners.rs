@@ -23,27 +23,12 @@ pub fn bind_socket(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
-/// Listen for NBD over TCP at `addr`, warning when other machines can reach it.
+/// Listen for NBD over TCP at `addr`. The front-end that serves it warns when other
+/// machines can reach it without authentication (it knows whether TLS is set up).
 ///
 /// # Errors
 /// The address cannot be bound.
 pub fn bind_tcp(addr: &str) -> Result<TcpListener> {
-    let tcp = TcpListener::bind(addr)
-        .map_err(|e| DaemonError::io(&format!("cannot listen for NBD on {addr}"), &e))?;
-    warn_if_exposed(&tcp);
-    Ok(tcp)
-}
-
-/// Plain NBD over TCP has neither authentication nor encryption: say so loudly when the
-/// listener is reachable from other machines.
-fn warn_if_exposed(tcp: &TcpListener) {
-    if let Ok(local) = tcp.local_addr() {
-        if !local.ip().is_loopback() {
-            tracing::warn!(
-                "NBD over TCP on {local} serves every volume read-write, unencrypted and without \
-                 authentication, to anyone who can reach that address; listen on 127.0.0.1 (or \
-                 use the unix socket) unless the network is trusted"
-            );
-        }
-    }
+    TcpListener::bind(addr)
+        .map_err(|e| DaemonError::io(&format!("cannot listen for NBD on {addr}"), &e))
 }

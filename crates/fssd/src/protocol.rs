@@ -3,6 +3,7 @@
 
 use crate::error::ErrorKind;
 pub use crate::handover::{LastRestart, RestartInfo, RestartReason};
+pub use crate::schedule::{Retention, ScheduleInfo, ScheduleSpec};
 pub use crate::state::VolumeKind;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::path::PathBuf;
@@ -183,6 +184,8 @@ pub struct SnapshotSpec {
 pub enum Request {
     /// Daemon status.
     Status,
+    /// The figures metrics report ([`crate::stats::Stats`]).
+    Stats,
     /// Create a sparse image and serve it.
     VolumeCreate {
         /// Name.
@@ -311,6 +314,15 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Take snapshots of a volume on a schedule: a [`ScheduleInfo`].
+    ScheduleAdd(ScheduleSpec),
+    /// Every schedule: an array of [`ScheduleInfo`].
+    ScheduleList,
+    /// Stop a volume's schedule (its snapshots are kept): the [`ScheduleInfo`] removed.
+    ScheduleRemove {
+        /// The volume.
+        volume: String,
+    },
 }
 
 impl Request {
@@ -321,8 +333,10 @@ impl Request {
         matches!(
             self,
             Request::Status
+                | Request::Stats
                 | Request::VolumeList
                 | Request::SnapshotList
+                | Request::ScheduleList
                 | Request::SnapshotInfo { .. }
                 | Request::SnapshotVerify { .. }
                 | Request::Checksum { .. }
@@ -344,6 +358,7 @@ impl Request {
                 members.iter().filter_map(|m| m.store.as_deref()).collect()
             }
             Request::Restore { files, .. } => files.iter().map(PathBuf::as_path).collect(),
+            Request::ScheduleAdd(spec) => spec.store.as_deref().into_iter().collect(),
             _ => Vec::new(),
         };
         paths.into_iter().find(|p| p.is_relative())
@@ -604,4 +619,20 @@ pub struct StatusInfo {
     /// How the last one ended.
     #[serde(default)]
     pub last_restart: Option<LastRestart>,
+    /// Where each front-end serves (`null`: not serving).
+    #[serde(default)]
+    pub frontends: Frontends,
+}
+
+/// Where the daemon's front-ends serve, each `None` when it is not up: `status` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frontends {
+    /// The FUSE directory (`None`: `--fuse-dir none`, or it could not be mounted).
+    pub fuse: Option<PathBuf>,
+    /// The NBD unix socket.
+    pub nbd_unix: Option<PathBuf>,
+    /// The NBD TCP address (`--nbd-listen`).
+    pub nbd_tcp: Option<String>,
+    /// The metrics HTTP address (`--metrics-listen`).
+    pub metrics: Option<String>,
 }

@@ -47,6 +47,8 @@ pub struct Handover {
     pub nbd_tcp: Option<TcpListener>,
     /// The FUSE connection, when the supervisor holds it.
     pub fuse: Option<FuseConnection>,
+    /// The metrics listener, with `--metrics-listen`.
+    pub metrics: Option<TcpListener>,
     /// The channel to the supervisor.
     pub link: Link,
     /// For `status`.
@@ -146,6 +148,7 @@ pub fn adopt(hooks: &TestHooks) -> Result<Handover> {
         control: UnixListener::from(fds.take(FdName::Control)?),
         nbd_unix: UnixListener::from(fds.take(FdName::NbdUnix)?),
         nbd_tcp: fds.take(FdName::NbdTcp).ok().map(TcpListener::from),
+        metrics: fds.take(FdName::Metrics).ok().map(TcpListener::from),
         fuse: fds.take(FdName::Fuse).ok().map(|fd| FuseConnection {
             fd,
             resume: std::env::var(handover::ENV_FUSE_RESUME).is_ok_and(|v| v == "1"),

@@ -161,6 +161,9 @@ pub struct State {
     /// Restores onto volumes in progress (absent when there are none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restores: Vec<RestoreState>,
+    /// Snapshot schedules, with the snapshots each took (absent when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<crate::schedule::ScheduleState>,
 }
 
 impl Default for State {
@@ -173,6 +176,7 @@ impl Default for State {
             snapshots: Vec::new(),
             rollbacks: Vec::new(),
             restores: Vec::new(),
+            schedules: Vec::new(),
         }
     }
 }
@@ -341,6 +345,30 @@ mod tests {
         let text = serde_json::to_string(&with).unwrap();
         assert!(text.contains(r#""ctime_ns":5"#), "{text}");
         assert_eq!(serde_json::from_str::<Fingerprint>(&text).unwrap(), with);
+    }
+
+    #[test]
+    fn schedules_are_optional_in_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.json");
+        State::default().save(&p).unwrap();
+        assert!(!std::fs::read_to_string(&p).unwrap().contains("schedules"));
+        let mut s = State::default();
+        s.schedules.push(crate::schedule::ScheduleState {
+            spec: crate::schedule::ScheduleSpec {
+                volume: "v".into(),
+                every_seconds: 60,
+                min_free: Some(1 << 20),
+                ..Default::default()
+            },
+            added: 5,
+            members: vec!["v-20261204T2031Z".into()],
+            last_run: Some(6),
+            last_error: None,
+            last_success: Some(6),
+        });
+        s.save(&p).unwrap();
+        assert_eq!(State::load(&p).unwrap(), Some(s));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 use crate::error::{DaemonError, Result};
 use crate::names::human_size;
+use crate::schedule::space::SpaceWatch;
 use fss_core::device::{BlockDevice, FileDevice, OpenOptions};
 use fss_core::format::layout::Layout;
 use fss_core::store::{DeviceStore, FileStore, Recovered, Store, StoreIdentity, StoreParams};
@@ -115,11 +116,25 @@ fn open_device(place: &StorePlace, create: bool) -> Result<Arc<FileDevice>> {
         exclusive: true,
         create_len: (create && !place.is_device).then_some(0),
         create_new: create && place.fresh,
+        direct_reads: true,
         ..OpenOptions::default()
     };
     FileDevice::open(&place.path, &opts)
         .map(Arc::new)
         .map_err(|e| DaemonError::io(&format!("cannot open store {}", place.path.display()), &e))
+}
+
+/// A store file's device, watched for `--min-free` (a raw device cannot grow: not watched).
+fn watched(
+    dev: Arc<FileDevice>,
+    place: &StorePlace,
+    watch: &Arc<SpaceWatch>,
+) -> Arc<dyn BlockDevice> {
+    if place.is_device {
+        dev
+    } else {
+        watch.wrap(dev, &place.path)
+    }
 }
 
 /// Make a new store at `place` for `params`; `unlink` removes the file once open (the store is
@@ -131,6 +146,7 @@ pub fn create(
     place: &StorePlace,
     params: &StoreParams,
     unlink: bool,
+    watch: &Arc<SpaceWatch>,
 ) -> fss_core::Result<Box<dyn Store>> {
     check_max_bytes(params)?;
     let to_core = |e: DaemonError| {
@@ -147,7 +163,7 @@ pub fn create(
             let _ = std::fs::remove_file(&place.path);
         }
     };
-    let dyn_dev: Arc<dyn BlockDevice> = dev;
+    let dyn_dev = watched(dev, place, watch);
     let result: fss_core::Result<Box<dyn Store>> = if params.persistent {
         let owned = place.owned.then(|| place.path.clone());
         FileStore::create(dyn_dev, params, place.is_device, owned)
@@ -216,8 +232,9 @@ pub fn reopen(
     place: &StorePlace,
     expect: &StoreIdentity,
     max: Option<u64>,
+    watch: &Arc<SpaceWatch>,
 ) -> Result<(Box<dyn Store>, Recovered)> {
-    let dev = open_device(place, false)?;
+    let dev = watched(open_device(place, false)?, place, watch);
     let owned = place.owned.then(|| place.path.clone());
     let (store, rec) = FileStore::open(dev, expect, place.is_device, max, owned)?;
     Ok((Box::new(store), rec))

@@ -755,11 +755,14 @@ fn open_exports_refuse_what_would_change_them() {
     d.volume("w", 4 * MIB);
     d.snapshot("v", "s", false);
     // A front-end that reports users of `w` and `s`.
-    d.reg().add_usage_source(Box::new(|| {
-        [("w".to_string(), 2), ("s".to_string(), 1)]
-            .into_iter()
-            .collect()
-    }));
+    d.reg().add_usage_source(
+        fssd::catalog::UsageKind::Nbd,
+        Box::new(|| {
+            [("w".to_string(), 2), ("s".to_string(), 1)]
+                .into_iter()
+                .collect()
+        }),
+    );
     let list: Vec<VolumeInfo> = d.ok(Request::VolumeList);
     let open: Vec<(&str, u64)> = list.iter().map(|v| (v.name.as_str(), v.open)).collect();
     assert_eq!(open, [("default", 0), ("v", 0), ("w", 2)]);
@@ -876,4 +879,82 @@ fn snapshot_set_changes_the_store_maximum_and_keeps_it() {
     let d = d.restart();
     let s: SnapshotInfo = d.ok(Request::SnapshotInfo { name: "s".into() });
     assert_eq!(s.store_max, None);
+}
+
+#[test]
+fn schedule_add_list_remove_runs_and_their_errors() {
+    use fssd::protocol::{Retention, ScheduleInfo, ScheduleSpec};
+    let d = Daemon::start();
+    d.volume("v", 4 * MIB);
+    let add = |volume: &str, every: u64, store: Option<PathBuf>| {
+        Request::ScheduleAdd(ScheduleSpec {
+            volume: volume.into(),
+            every_seconds: every,
+            retention: Retention {
+                last: Some(2),
+                ..Retention::default()
+            },
+            store,
+            ..ScheduleSpec::default()
+        })
+    };
+    assert_kind(
+        &d.err(add("nope", 60, None)),
+        ErrorKind::NotFound,
+        "no volume",
+    );
+    assert_kind(&d.err(add("v", 0, None)), ErrorKind::InvalidArgument, "1s");
+    let file = d.dir().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    assert_kind(
+        &d.err(add("v", 60, Some(file))),
+        ErrorKind::InvalidArgument,
+        "not a directory",
+    );
+    let rel = add("v", 60, Some("relative".into()));
+    assert_kind(&d.err(rel), ErrorKind::InvalidArgument, "relative");
+    let s: ScheduleInfo = d.ok(add("v", 60, None));
+    assert_eq!((s.last_run, s.next_run > 0), (None, true));
+    assert_kind(
+        &d.err(add("v", 30, None)),
+        ErrorKind::Exists,
+        "remove it first",
+    );
+    let remove = Request::VolumeRemove { name: "v".into() };
+    assert_kind(&d.err(remove), ErrorKind::Busy, "has a snapshot schedule");
+    // Runs at made-up times a minute apart: a manual snapshot is never pruned, the schedule
+    // keeps its two newest.
+    d.ok::<SnapshotInfo>(Request::SnapshotCreate(spec("v", "manual", false)));
+    let reg = d.reg();
+    for i in 0..4u64 {
+        let at = 1_796_416_260 + 60 * i;
+        let outcome = reg
+            .begin_run("v", at)
+            .and_then(|spec| reg.create_snapshot(&spec).map(drop));
+        reg.finish_run("v", at, &outcome);
+        outcome.unwrap();
+    }
+    let list: Vec<ScheduleInfo> = d.ok(Request::ScheduleList);
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].snapshots, ["v-20261204T2033Z", "v-20261204T2034Z"]);
+    assert_eq!(list[0].last_run_ok, Some(true));
+    assert_eq!(list[0].next_run, 1_796_416_260 + 60 * 3 + 60);
+    // A name already taken: the run fails and says so.
+    let taken = reg.begin_run("v", 1_796_416_260 + 60 * 3).unwrap_err();
+    assert_kind(&taken, ErrorKind::Exists, "taken");
+    let names: Vec<String> = d
+        .ok::<Vec<SnapshotInfo>>(Request::SnapshotList)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["manual", "v-20261204T2033Z", "v-20261204T2034Z"]);
+    // The schedule and its members survive a restart.
+    let d = d.restart();
+    let list: Vec<ScheduleInfo> = d.ok(Request::ScheduleList);
+    assert_eq!(list[0].snapshots.len(), 2);
+    let gone: ScheduleInfo = d.ok(Request::ScheduleRemove { volume: "v".into() });
+    assert_eq!(gone.snapshots.len(), 2);
+    let again = Request::ScheduleRemove { volume: "v".into() };
+    assert_kind(&d.err(again), ErrorKind::NotFound, "no schedule");
+    assert_eq!(d.ok::<Vec<SnapshotInfo>>(Request::SnapshotList).len(), 3);
 }

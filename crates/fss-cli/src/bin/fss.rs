@@ -1,10 +1,9 @@
 //! `fss`: serve volumes and take, list and delete their snapshots.
 
-use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use fss_cli::{call, connect, decode, output, path_arg, size_arg, state_dir, EXIT_FAILED};
 use fssd::protocol::{Request, SnapshotInfo, SnapshotSpec, StatusInfo, VerifyInfo, VolumeInfo};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Copy-on-write, point-in-time, read-only snapshots of live block devices.
 ///
@@ -58,11 +57,51 @@ enum Command {
     /// Take, list, inspect, verify and delete snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Take snapshots of a volume on a schedule and prune them (kept by the daemon).
+    #[command(subcommand)]
+    Schedule(fss_cli::schedule::ScheduleCmd),
     /// What the daemon serves, and where.
     Status {
         /// Print one JSON document.
         #[arg(long)]
         json: bool,
+    },
+    /// The figures `--metrics-listen` serves, without HTTP: per volume, per snapshot, and the
+    /// daemon's (schema in docs/CLI.md).
+    Stats {
+        /// Print one JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mount the file system of a volume or snapshot on DIR: its FUSE file on a loop device
+    /// (read-only for a snapshot), with the options a snapshot needs (ext4, xfs, btrfs).
+    /// Prints the loop device.
+    Mount {
+        /// Volume or snapshot name.
+        name: String,
+        /// An empty directory.
+        #[arg(value_parser = path_arg)]
+        dir: PathBuf,
+    },
+    /// Unmount what `fss mount` mounted on DIR and detach its loop device.
+    Umount {
+        /// The mount point.
+        #[arg(value_parser = path_arg)]
+        dir: PathBuf,
+    },
+    /// Print a completion script for bash, zsh or fish, for example
+    /// `source <(fss completions bash)`.
+    Completions {
+        /// The shell.
+        #[arg(value_parser = fss_cli::manual::SHELLS)]
+        shell: String,
+    },
+    /// Write the man pages fss.8 and fssconfig.8 into DIR (docs/man in the source tree).
+    #[command(hide = true)]
+    Man {
+        /// The directory.
+        #[arg(value_parser = path_arg)]
+        dir: PathBuf,
     },
     /// SHA-256 of a volume's or snapshot's whole contents (for checks).
     Checksum {
@@ -285,82 +324,6 @@ fn spec(volume: String, name: String, o: &SnapOpts) -> SnapshotSpec {
     }
 }
 
-/// Resolve each spec's volume: a mount point becomes its volume (and is frozen later).
-fn resolve(
-    client: &mut fssd::client::Client,
-    specs: &mut [SnapshotSpec],
-) -> anyhow::Result<Vec<PathBuf>> {
-    let mut mounts = Vec::new();
-    let mut status: Option<StatusInfo> = None;
-    for s in specs.iter_mut() {
-        if !s.volume.contains('/') {
-            continue;
-        }
-        let st = match &status {
-            Some(st) => st.clone(),
-            None => {
-                let st: StatusInfo = decode(call(client, Request::Status)?)?;
-                status = Some(st.clone());
-                st
-            }
-        };
-        let fuse = st.fuse_dir.clone().context(
-            "the daemon has no FUSE directory, so no file system can be on one of its volumes",
-        )?;
-        let mp = path_arg(&s.volume).map_err(anyhow::Error::msg)?;
-        let volume = fss_cli::mounts::volume_of_mount(&mp, &fuse)?;
-        if let Some(store) = &s.store {
-            fss_cli::mounts::check_store_not_on(store, &mp)?;
-        }
-        s.mount_point = Some(mp.display().to_string());
-        s.volume = volume;
-        mounts.push(mp);
-    }
-    Ok(mounts)
-}
-
-fn create(
-    state: &Path,
-    mut specs: Vec<SnapshotSpec>,
-    json: bool,
-    group: bool,
-) -> anyhow::Result<()> {
-    let mut client = connect(state)?;
-    let mounts = resolve(&mut client, &mut specs)?;
-    let result = if mounts.is_empty() {
-        let req = if group {
-            Request::SnapshotCreateGroup { members: specs }
-        } else {
-            Request::SnapshotCreate(specs.remove(0))
-        };
-        call(&mut client, req)?
-    } else {
-        let refs: Vec<&Path> = mounts.iter().map(PathBuf::as_path).collect();
-        let hooks = fssd::config::TestHooks::from_env();
-        fss_cli::consistent::create_frozen(&mut client, specs, &refs, &hooks)?
-    };
-    if json {
-        return print_json(&result);
-    }
-    let list: Vec<SnapshotInfo> = if result.is_array() {
-        decode(result)?
-    } else {
-        vec![decode(result)?]
-    };
-    for s in list {
-        println!(
-            "created {} snapshot '{}' of volume '{}'{}",
-            s.kind,
-            s.name,
-            s.volume,
-            s.mount_point
-                .map(|m| format!(" (file system at {m}, frozen and thawed)"))
-                .unwrap_or_default()
-        );
-    }
-    Ok(())
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     let state = state_dir(cli.state_dir.clone());
     match cli.command {
@@ -396,14 +359,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 s.state_dir.display()
             );
             println!("volumes: {}, snapshots: {}", s.volumes, s.snapshots);
-            if let Some(d) = s.fuse_dir {
-                println!("FUSE directory: {}", d.display());
+            match s.fuse_dir {
+                Some(d) => println!("FUSE directory: {}", d.display()),
+                None => println!("FUSE directory: none (NBD only)"),
             }
             if let Some(d) = s.nbd_socket {
                 println!("NBD socket: {}", d.display());
             }
             if let Some(d) = s.nbd_listen {
                 println!("NBD TCP: {d}");
+            }
+            if let Some(d) = s.frontends.metrics {
+                println!("metrics: http://{d}/metrics");
             }
             if let Some(sup) = s.supervisor_pid {
                 print!("supervisor: pid {sup}, {} restart(s)", s.restarts);
@@ -417,6 +384,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Mount { name, dir } => fss_cli::mount_helper::mount(&state, &name, &dir),
+        Command::Umount { dir } => fss_cli::mount_helper::umount(&dir),
+        Command::Completions { shell } => fss_cli::manual::completions(&shell, &mut Cli::command()),
+        Command::Man { dir } => fss_cli::manual::write_pages(&dir, Cli::command()),
+        Command::Stats { json } => fss_cli::stats::stats(&state, json),
         Command::Checksum { name } => {
             let v = call(&mut connect(&state)?, Request::Checksum { name })?;
             println!("{}", v.as_str().unwrap_or_default());
@@ -443,6 +415,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             snapshot,
             force,
         } => fss_cli::backup::rollback(&state, &volume, &snapshot, force),
+        Command::Schedule(cmd) => fss_cli::schedule::run(&state, cmd),
         Command::Volume(cmd) => {
             let mut c = connect(&state)?;
             match cmd {
@@ -485,7 +458,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 name,
                 opts,
                 json,
-            } => create(&state, vec![spec(volume, name, &opts)], json, false),
+            } => fss_cli::consistent::create(&state, vec![spec(volume, name, &opts)], json, false),
             SnapshotCmd::CreateGroup {
                 members,
                 opts,
@@ -498,7 +471,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     specs.push(spec(vol.to_string(), name.to_string(), &opts));
                 }
-                create(&state, specs, json, true)
+                fss_cli::consistent::create(&state, specs, json, true)
             }
             SnapshotCmd::Set {
                 name,

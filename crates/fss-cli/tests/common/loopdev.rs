@@ -47,6 +47,22 @@ impl Cleanup {
         run("mount", &["-o", opts, dev, s(at)]);
         self.mounts.push(at.to_path_buf());
     }
+    /// A tmpfs of `size` (`24m`) at `at`, unmounted like the other mounts.
+    pub fn tmpfs(&mut self, at: &Path, size: &str) {
+        std::fs::create_dir_all(at).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+                s(at),
+            ],
+        );
+        self.mounts.push(at.to_path_buf());
+    }
     pub fn umount(&mut self, at: &Path) {
         run("umount", &[s(at)]);
         self.mounts.retain(|m| m != at);
@@ -61,7 +77,15 @@ impl Cleanup {
                 .args(["-u", s(&m)])
                 .stderr(Stdio::null())
                 .status();
-            let _ = Command::new("umount").arg(&m).status();
+            // Busy (a daemon still has files open there, as after a failed assertion): detach
+            // it lazily; it goes when they are closed.
+            if !Command::new("umount")
+                .arg(&m)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                let _ = Command::new("umount").arg("-l").arg(&m).status();
+            }
         }
         for l in self.loops.drain(..).rev() {
             let _ = Command::new("losetup").args(["-d", &l]).status();

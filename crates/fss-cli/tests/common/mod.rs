@@ -38,6 +38,8 @@ pub struct Daemon {
     pub env: Vec<(String, String)>,
     /// The `fss` binary `fss serve` runs from.
     pub binary: PathBuf,
+    /// A command that runs it (for example `setpriv` to another user), which must exec it.
+    pub wrapper: Vec<String>,
 }
 
 /// The outcome of a command.
@@ -80,6 +82,16 @@ impl Daemon {
         d
     }
 
+    /// Start `fss serve` from `binary` through `wrapper` (a command that execs it, such as
+    /// `setpriv`).
+    pub fn start_through(dir: &Path, binary: &Path, wrapper: &[&str], extra: &[&str]) -> Daemon {
+        let mut d = Self::unstarted(dir, extra, &[]);
+        d.binary = binary.to_path_buf();
+        d.wrapper = wrapper.iter().map(ToString::to_string).collect();
+        d.spawn();
+        d
+    }
+
     fn start_full(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut d = Self::unstarted(dir, extra, env);
         d.spawn();
@@ -97,11 +109,20 @@ impl Daemon {
                 .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
                 .collect(),
             binary: PathBuf::from(FSS),
+            wrapper: Vec::new(),
         }
     }
 
     fn spawn(&mut self) {
-        let mut child = Command::new(&self.binary)
+        let mut command = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&self.binary);
+                c
+            }
+            None => Command::new(&self.binary),
+        };
+        let mut child = command
             .arg("serve")
             .args(&self.extra)
             .env("FSS_STATE_DIR", &self.dir)
@@ -216,6 +237,12 @@ impl Daemon {
         self.spawn();
     }
 
+    /// Start again after a stop, on the same state directory.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the daemon still runs");
+        self.spawn();
+    }
+
     /// SIGTERM, then start again on the same state directory.
     pub fn stop_and_start(&mut self) {
         assert_eq!(self.stop(), 0, "daemon exit status; log:\n{}", self.log());
@@ -277,7 +304,39 @@ impl Daemon {
     }
 }
 
+/// Fail (never skip) when a tool is missing, saying what to install.
+pub fn require(tool: &str, package: &str) {
+    let ok = Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    assert!(
+        ok,
+        "`{tool}` is needed by this test: apt-get install {package}"
+    );
+}
+
 /// Wait until `cond` holds, at most `limit` (then fail, saying `what`).
+/// Fail (never skip) when a tool is missing, saying which package to install.
+pub fn require_tool(tool: &str, package: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    assert!(
+        found,
+        "`{tool}` is needed by this test but is not installed: `apt-get install {package}`"
+    );
+}
+
+/// Fail (never skip) unless this test runs as root (CI does).
+pub fn require_root(why: &str) {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "this test must run as root: {why}"
+    );
+}
+
 pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     let t = Instant::now();
     while !cond() {

@@ -125,11 +125,19 @@ impl FileDevice {
             } else {
                 OFlags::empty()
             };
-            let d = base()
+            match base()
                 .custom_flags(flag_bits(OFlags::CLOEXEC | OFlags::DIRECT | nofollow))
-                .open(path)?;
-            same_file(&file, &d, path)?;
-            Some(d)
+                .open(path)
+            {
+                Ok(d) => {
+                    same_file(&file, &d, path)?;
+                    Some(d)
+                }
+                // A file system without O_DIRECT: the page cache serves every transfer,
+                // which only `direct` asks for explicitly.
+                Err(e) if !opts.direct && e.raw_os_error() == Some(libc_einval()) => None,
+                Err(e) => return Err(e),
+            }
         } else {
             None
         };
@@ -364,6 +372,11 @@ impl BlockDevice for FileDevice {
         }
         Ok(out)
     }
+}
+
+/// EINVAL, the error of an O_DIRECT open on a file system without it.
+fn libc_einval() -> i32 {
+    rustix::io::Errno::INVAL.raw_os_error()
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 mod changes;
 mod read;
+mod store_reads;
 
 pub use crate::snapshot_types::{
     OnStoreError, SnapshotInfo, SnapshotOptions, SnapshotState, SnapshotStats,

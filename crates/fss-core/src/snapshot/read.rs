@@ -1,11 +1,12 @@
 //! The snapshot read path: resolve each block through the maps of the snapshot's chain from
 //! itself to the newest, then the volume, then check again (DESIGN decision 5).
 
+use super::store_reads::read_from_stores;
 use crate::chain::SnapState;
-use crate::cluster_map::{mask_is_empty, mask_keep, mask_remove, mask_runs};
+use crate::cluster_map::{mask_is_empty, mask_remove, mask_runs};
 use crate::core::VolumeCore;
 use crate::error::{Error, ErrorKind, Result};
-use crate::geometry::{block_span, clip, Cluster, Geometry, Span, BLOCK_SIZE};
+use crate::geometry::{block_span, clip, Cluster, Geometry, Span};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -60,11 +61,8 @@ pub(super) fn read(
             .read_at_cached(&mut buf[span.in_buf(offset)], span.start)
             .map_err(|e| Error::io("read", object.clone(), e).at(span.start))?;
     }
-    let mut scratch = Vec::new();
-    for cluster in clusters {
-        let (_, in_range) = g.cluster_masks(cluster, b0, b1);
-        read_from_stores(&g, later, cluster, in_range, buf, offset, &mut scratch)?;
-    }
+    let wanted = clusters.map(|c| (c, g.cluster_masks(c, b0, b1).1));
+    read_from_stores(&g, later, wanted, buf, offset)?;
     if !snap.is_valid() {
         return Err(snap.invalid_error());
     }
@@ -117,16 +115,10 @@ fn read_parallel(
     let (b0, b1) = block_span(offset, len);
     let clusters = g.clusters_of(b0, b1);
     let mut from_volume = vec![0u8; span.in_buf(span.start).len()];
-    let mut scratch = Vec::new();
     let (stores, volume) = std::thread::scope(|sc| {
         let reader = sc.spawn(|| core.dev.read_at_cached(&mut from_volume, span.start));
-        let stores: Result<Vec<Vec<u16>>> = clusters
-            .clone()
-            .map(|cluster| {
-                let (_, in_range) = g.cluster_masks(cluster, b0, b1);
-                read_from_stores(g, later, cluster, in_range, buf, offset, &mut scratch)
-            })
-            .collect();
+        let wanted = clusters.clone().map(|c| (c, g.cluster_masks(c, b0, b1).1));
+        let stores = read_from_stores(g, later, wanted, buf, offset);
         (stores, reader.join())
     });
     let missing = stores?;
@@ -141,66 +133,19 @@ fn read_parallel(
             ))
         }
     }
-    for (cluster, open) in clusters.zip(missing) {
-        if mask_is_empty(&open) {
-            continue;
-        }
-        let open = read_from_stores(g, later, cluster, open, buf, offset, &mut scratch)?;
-        let first = g.first_block_of(cluster);
+    // Blocks no map held during the volume read: held now, they were preserved meanwhile
+    // (read them from the store); still not, the volume read saw them as they were.
+    let again: Vec<(Cluster, Vec<u16>)> = clusters
+        .zip(missing)
+        .filter(|(_, open)| !mask_is_empty(open))
+        .collect();
+    let firsts: Vec<u64> = again.iter().map(|(c, _)| g.first_block_of(*c)).collect();
+    let open = read_from_stores(g, later, again.into_iter(), buf, offset)?;
+    for (first, open) in firsts.into_iter().zip(open) {
         for (b, n) in mask_runs(&open) {
             let run = clip(first + u64::from(b), u64::from(n), offset, len);
             buf[run.in_buf(offset)].copy_from_slice(&from_volume[run.in_buf(span.start)]);
         }
     }
     Ok(())
-}
-
-/// Fill the parts of `buf` (which starts at byte `offset`) that the maps of `snaps` hold
-/// for the blocks `open` of `cluster`, with one store read per snapshot: the span from the
-/// first to the last block it holds, through `scratch` when the span has gaps. Returns the
-/// blocks found nowhere.
-#[allow(clippy::too_many_arguments)]
-fn read_from_stores(
-    g: &Geometry,
-    snaps: &[Arc<SnapState>],
-    cluster: Cluster,
-    mut open: Vec<u16>,
-    buf: &mut [u8],
-    offset: u64,
-    scratch: &mut Vec<u8>,
-) -> Result<Vec<u16>> {
-    let len = buf.len() as u64;
-    let first = g.first_block_of(cluster);
-    for s in snaps {
-        let (slot, hit) = {
-            let map = s.map();
-            let Some((slot, have)) = map.get(cluster.key()) else {
-                continue;
-            };
-            let mut hit = open.clone();
-            mask_keep(&mut hit, have);
-            (slot, hit)
-        };
-        let runs = mask_runs(&hit);
-        let (Some(&(lo, _)), Some(&(hl, hn))) = (runs.first(), runs.last()) else {
-            continue;
-        };
-        let span = clip(first + u64::from(lo), u64::from(hl + hn - lo), offset, len);
-        let in_slot = span.start - first * BLOCK_SIZE;
-        if runs.len() == 1 {
-            s.store.read(slot, in_slot, &mut buf[span.in_buf(offset)])?;
-        } else {
-            scratch.resize(span.in_buf(span.start).len(), 0);
-            s.store.read(slot, in_slot, scratch)?;
-            for (b, n) in runs {
-                let run = clip(first + u64::from(b), u64::from(n), offset, len);
-                buf[run.in_buf(offset)].copy_from_slice(&scratch[run.in_buf(span.start)]);
-            }
-        }
-        mask_remove(&mut open, &hit);
-        if mask_is_empty(&open) {
-            break;
-        }
-    }
-    Ok(open)
 }

@@ -271,6 +271,23 @@ impl Store for FileStore {
             .map_err(|e| Error::io("read pre-image from", self.describe(), e).at(off))
     }
 
+    fn read_slots(&self, slot: u32, offset: u64, buf: &mut [u8], _cluster_size: u64) -> Result<()> {
+        // The slots of one group lie end to end: one read per group touched.
+        let cluster = u64::from(self.sb.cluster_size);
+        let per_group = self.layout.slots_per_group();
+        let (mut slot, mut offset) = (u64::from(slot), offset);
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let in_group = per_group - slot % per_group;
+            let n = usize::try_from(in_group * cluster - offset)
+                .map_or(rest.len(), |n| n.min(rest.len()));
+            let (now, later) = rest.split_at_mut(n);
+            self.read(u32::try_from(slot).unwrap_or(u32::MAX), offset, now)?;
+            (slot, offset, rest) = (slot + in_group, 0, later);
+        }
+        Ok(())
+    }
+
     fn sync(&self) -> Result<()> {
         let mut c = self.lock();
         let mine = c.staged_total;

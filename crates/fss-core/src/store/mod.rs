@@ -105,6 +105,25 @@ pub trait Store: Send + Sync {
     /// The read failed.
     fn read(&self, slot: u32, offset: u64, buf: &mut [u8]) -> Result<()>;
 
+    /// Read `buf` from `slot` at byte `offset` inside it and on through the slots after it, as
+    /// if slots of `cluster_size` bytes lay end to end. Stores where they do override this
+    /// with fewer I/Os; the default reads slot by slot.
+    ///
+    /// # Errors
+    /// A read failed.
+    fn read_slots(&self, slot: u32, offset: u64, buf: &mut [u8], cluster_size: u64) -> Result<()> {
+        let (mut slot, mut offset) = (slot, offset);
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let n =
+                usize::try_from(cluster_size - offset).map_or(rest.len(), |n| n.min(rest.len()));
+            let (now, later) = rest.split_at_mut(n);
+            self.read(slot, offset, now)?;
+            (slot, offset, rest) = (slot + 1, 0, later);
+        }
+        Ok(())
+    }
+
     /// Make every block written so far, and its record, durable. A transient store does
     /// nothing. Concurrent callers may share one flush (group commit).
     ///

@@ -38,6 +38,9 @@ pub struct VolumeStats {
     pub busy_waits: u64,
     /// Live snapshots.
     pub snapshots: u64,
+    /// Bytes of writes acknowledged but not applied to the volume yet (held until their
+    /// pre-images are durable).
+    pub held_bytes: u64,
 }
 
 /// An origin device served read-write, with its live snapshots.
@@ -258,6 +261,7 @@ impl Volume {
             blocks_preserved: s.counters.blocks_preserved.load(Ordering::Relaxed),
             busy_waits: s.counters.busy_waits.load(Ordering::Relaxed),
             snapshots,
+            held_bytes: s.held.bytes(),
         }
     }
 }

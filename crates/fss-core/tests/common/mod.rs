@@ -26,6 +26,9 @@ impl Store for TestStore {
     fn read(&self, slot: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.inner.read(slot, offset, buf)
     }
+    fn read_slots(&self, slot: u32, offset: u64, buf: &mut [u8], cluster: u64) -> Result<()> {
+        self.inner.read_slots(slot, offset, buf, cluster)
+    }
     fn sync(&self) -> Result<()> {
         self.inner.sync()
     }

@@ -19,6 +19,12 @@ pub struct OptReply {
 pub fn greet(path: &Path) -> UnixStream {
     let mut s = UnixStream::connect(path).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    greet_on(&mut s);
+    s
+}
+
+/// Read the greeting on any stream and send the client flags.
+pub fn greet_on<S: Read + Write>(s: &mut S) {
     let mut g = [0u8; 18];
     s.read_exact(&mut g).unwrap();
     assert_eq!(&g[..8], b"NBDMAGIC");
@@ -27,10 +33,9 @@ pub fn greet(path: &Path) -> UnixStream {
     assert_eq!(hflags & p::FLAG_FIXED_NEWSTYLE, p::FLAG_FIXED_NEWSTYLE);
     s.write_all(&(p::FLAG_C_FIXED_NEWSTYLE | p::FLAG_C_NO_ZEROES).to_be_bytes())
         .unwrap();
-    s
 }
 
-pub fn send_option(s: &mut UnixStream, opt: u32, data: &[u8]) {
+pub fn send_option<S: Write>(s: &mut S, opt: u32, data: &[u8]) {
     let mut b = Vec::new();
     b.extend_from_slice(&p::IHAVEOPT.to_be_bytes());
     b.extend_from_slice(&opt.to_be_bytes());
@@ -39,7 +44,7 @@ pub fn send_option(s: &mut UnixStream, opt: u32, data: &[u8]) {
     s.write_all(&b).unwrap();
 }
 
-pub fn read_option_reply(s: &mut UnixStream) -> OptReply {
+pub fn read_option_reply<S: Read>(s: &mut S) -> OptReply {
     let mut h = [0u8; 20];
     s.read_exact(&mut h).unwrap();
     assert_eq!(
@@ -55,7 +60,7 @@ pub fn read_option_reply(s: &mut UnixStream) -> OptReply {
 }
 
 /// Send an option and read replies up to the final one (ACK or an error).
-pub fn option(s: &mut UnixStream, opt: u32, data: &[u8]) -> Vec<OptReply> {
+pub fn option<S: Read + Write>(s: &mut S, opt: u32, data: &[u8]) -> Vec<OptReply> {
     send_option(s, opt, data);
     let mut out = Vec::new();
     loop {

@@ -4,6 +4,7 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod client;
+pub mod tls;
 
 use fss_core::device::{FileDevice, OpenOptions};
 use fss_core::export::Export;
@@ -209,6 +210,35 @@ impl Rng {
             c.copy_from_slice(&v[..c.len()]);
         }
     }
+}
+
+/// Whether the server closed the TCP connection `s` within `limit` (a read returns the end, or
+/// fails otherwise than by timing out); whatever the server sends meanwhile is skipped.
+pub fn tcp_closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut b = [0u8; 4096];
+    let t = Instant::now();
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) if t.elapsed() < limit => {}
+            Ok(_) => return false,
+            Err(e) => return !matches!(e.kind(), std::io::ErrorKind::WouldBlock),
+        }
+    }
+}
+
+/// The stdout of a qemu tool (`desc` for the message), which must have succeeded without
+/// "failed" in its output (qemu-io reports failed requests and still exits 0).
+pub fn qemu_stdout_ok(desc: &str, out: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        out.status.success() && !stdout.contains("failed") && !stderr.contains("failed"),
+        "{desc} failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    stdout
 }
 
 pub fn file_bytes(p: &Path) -> Vec<u8> {

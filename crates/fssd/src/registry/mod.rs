@@ -13,6 +13,7 @@
 //! - `restore.rs`: restoring backups onto a volume, recorded so that an interrupted one is
 //!   finished at start or leaves the volume offline; abandoning one;
 //! - `rollback.rs`: returning a volume to a snapshot;
+//! - `schedules.rs`: snapshot schedules, their runs, retention and `--min-free`;
 //! - `entries.rs`: the state: one entry per volume and per snapshot, with its record and
 //!   either its live engine object or why it has none.
 //!
@@ -24,15 +25,17 @@
 //! `held` (names used by long operations), `exports` (what front-ends may open; front-ends
 //! read it without `inner`), `usage` (front-ends' open counts: its sources take the
 //! front-ends' own locks, so a front-end never calls into the registry while holding one)
-//! and `endpoints`. Long operations (backup, restore, rollback) drop `inner` before their
+//! and `endpoints`. `runs` (a schedule run in progress) is taken before `inner`, never under
+//! it. Long operations (backup, restore, rollback) drop `inner` before their
 //! long part and keep their names in `held` instead.
 
-use crate::catalog::UsageSource;
+use crate::catalog::{UsageKind, UsageSource};
 use crate::config::{TestHooks, VolumeIo};
 use crate::error::{DaemonError, Result};
 use crate::heartbeat::Heartbeat;
 use crate::paths::Paths;
-use crate::protocol::StatusInfo;
+use crate::protocol::{Frontends, StatusInfo};
+use crate::schedule::space::SpaceWatch;
 use crate::state::State;
 use fingerprint::{settled_fingerprint, PreviousStop};
 use fss_core::export::Export;
@@ -40,8 +43,8 @@ use fss_core::Volume;
 use indexmap::IndexMap;
 pub(crate) use recovery::boot_id;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
 
 mod entries;
 mod fingerprint;
@@ -50,12 +53,14 @@ mod journals;
 mod recovery;
 mod restore;
 mod rollback;
+mod schedules;
 mod snapshots;
 mod stand_ins;
 mod volumes;
 
 use entries::Inner;
 pub use jobs::{BackupJob, Hold};
+pub use schedules::now_secs;
 
 /// The size of the volume made on a fresh state directory.
 pub const DEFAULT_VOLUME_SIZE: u64 = 1 << 30;
@@ -73,14 +78,21 @@ pub struct Registry {
     /// What front-ends may open, by name.
     pub(crate) exports: RwLock<BTreeMap<String, Export>>,
     /// Front-ends' counts of users per export (see [`crate::catalog`]).
-    pub(crate) usage: Mutex<Vec<UsageSource>>,
+    pub(crate) usage: Mutex<Vec<(UsageKind, UsageSource)>>,
+    /// Serving processes the supervisor replaced before this one (for metrics).
+    pub(crate) restarts: AtomicU64,
     /// Front-end addresses, for `status`.
-    pub(crate) endpoints: Mutex<(Option<PathBuf>, Option<PathBuf>, Option<String>)>,
+    pub(crate) endpoints: Mutex<Frontends>,
     /// Names (volumes, snapshots) in use by long operations running now (backup, restore,
     /// rollback), with what holds them.
     held: Mutex<HashMap<String, Vec<String>>>,
     /// The heartbeat, from the moment volumes may be written on.
     heartbeat: OnceLock<Heartbeat>,
+    /// The `--min-free` floors every store file is watched against.
+    space: Arc<SpaceWatch>,
+    /// Held for the whole of a schedule run, and by `schedule-remove` (taken before `inner`),
+    /// so a removal waits for a run in progress and no run ends after its schedule is gone.
+    runs: Mutex<()>,
 }
 
 impl Registry {
@@ -88,6 +100,12 @@ impl Registry {
     #[must_use]
     pub fn paths(&self) -> &Paths {
         &self.paths
+    }
+
+    /// The `--min-free` watch on store file systems (the reclaimer waits on it).
+    #[must_use]
+    pub fn space_watch(&self) -> &Arc<SpaceWatch> {
+        &self.space
     }
 
     /// Load the state (or start one with a 1 GiB volume `default`), open every volume (the
@@ -122,9 +140,12 @@ impl Registry {
             }),
             exports: RwLock::new(BTreeMap::new()),
             usage: Mutex::new(Vec::new()),
-            endpoints: Mutex::new((None, None, None)),
+            restarts: AtomicU64::new(0),
+            endpoints: Mutex::new(Frontends::default()),
             held: Mutex::new(HashMap::new()),
             heartbeat: OnceLock::new(),
+            space: Arc::new(SpaceWatch::default()),
+            runs: Mutex::new(()),
         };
         {
             let mut inner = reg.lock();
@@ -149,6 +170,7 @@ impl Registry {
                 tracing::info!(image = %image.display(), "no volume configured: serving a new 1 GiB sparse volume 'default'");
             }
             reg.start_running(&mut inner)?;
+            reg.update_floors(&inner);
         }
         // Replaying store logs allocated and freed a record per preserved block run.
         crate::heap::give_back_free_memory();
@@ -202,16 +224,11 @@ impl Registry {
     }
 
     /// Record where front-ends serve, for `status`.
-    pub fn set_endpoints(
-        &self,
-        fuse_dir: Option<PathBuf>,
-        nbd_socket: Option<PathBuf>,
-        nbd_listen: Option<String>,
-    ) {
+    pub fn set_endpoints(&self, frontends: Frontends) {
         *self
             .endpoints
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = (fuse_dir, nbd_socket, nbd_listen);
+            .unwrap_or_else(PoisonError::into_inner) = frontends;
     }
 
     fn name_taken(inner: &Inner, name: &str) -> bool {
@@ -235,15 +252,16 @@ impl Registry {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
             state_dir: self.paths.state_dir.clone(),
-            fuse_dir: ep.0,
-            nbd_socket: ep.1,
-            nbd_listen: ep.2,
+            fuse_dir: ep.fuse.clone(),
+            nbd_socket: ep.nbd_unix.clone(),
+            nbd_listen: ep.nbd_tcp.clone(),
             volumes: inner.volumes.len() as u64,
             snapshots: inner.snapshots.len() as u64,
             recovered_from_crash: inner.recovered_from_crash,
             supervisor_pid: None,
             restarts: 0,
             last_restart: None,
+            frontends: ep,
         }
     }
 

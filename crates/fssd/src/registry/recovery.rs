@@ -125,7 +125,7 @@ impl Registry {
                     .insert(s.name.clone(), SnapshotEntry { record: s, live });
                 continue;
             };
-            let live = match attach(&vol, &s) {
+            let live = match attach(&vol, &s, &self.space) {
                 Ok(snap) if s.deleting => match vol.delete_snapshot(&s.name) {
                     Ok(()) => {
                         tracing::info!(snapshot = %s.name, "finished deleting snapshot interrupted by a stop");
@@ -244,7 +244,11 @@ impl Registry {
 }
 
 /// Reopen a persistent snapshot's store and attach it to its volume.
-fn attach(vol: &Volume, s: &SnapshotState) -> Result<fss_core::Snapshot> {
+fn attach(
+    vol: &Volume,
+    s: &SnapshotState,
+    watch: &std::sync::Arc<crate::schedule::space::SpaceWatch>,
+) -> Result<fss_core::Snapshot> {
     let place = StorePlace {
         path: s.store.clone(),
         owned: s.store_owned,
@@ -256,7 +260,7 @@ fn attach(vol: &Volume, s: &SnapshotState) -> Result<fss_core::Snapshot> {
         volume_len: vol.len(),
         snapshot_id: s.id,
     };
-    let (store, rec) = stores::reopen(&place, &expect, s.max_store_bytes)?;
+    let (store, rec) = stores::reopen(&place, &expect, s.max_store_bytes, watch)?;
     let opts = SnapshotOptions {
         persistent: true,
         on_store_error: s.on_store_error.into(),

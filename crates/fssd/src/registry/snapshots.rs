@@ -265,7 +265,7 @@ impl Registry {
     ) -> Result<(SnapshotState, Snapshot)> {
         let (vol, place, opts, on_err) = self.snapshot_plan(inner, spec)?;
         let snap = vol.create_snapshot(&spec.name, &opts, |p| {
-            stores::create(&place, p, spec.unlink_store)
+            stores::create(&place, p, spec.unlink_store, &self.space)
         })?;
         Ok((Self::snapshot_record(spec, place, on_err, &snap), snap))
     }
@@ -368,7 +368,7 @@ impl Registry {
                 .iter()
                 .position(|m| m.name == p.snapshot)
                 .unwrap_or(0);
-            stores::create(&plans[i].1, p, members[i].unlink_store)
+            stores::create(&plans[i].1, p, members[i].unlink_store, &self.space)
         })?;
         let made: Vec<(SnapshotState, Snapshot)> = plans
             .into_iter()

@@ -66,7 +66,32 @@ impl Registry {
                 "volume '{name}' is busy with {what}; wait for it to finish"
             )));
         }
+        if inner.meta.schedules.iter().any(|s| s.spec.volume == name) {
+            return Err(DaemonError::busy(format!(
+                "volume '{name}' has a snapshot schedule; remove it first with `fss schedule \
+                 remove {name}`"
+            )));
+        }
         self.volume_remove(&mut inner, name)
+    }
+
+    /// Every online volume's counters, for `stats` and metrics.
+    pub(crate) fn volume_stats(&self) -> Vec<crate::stats::VolumeStat> {
+        let inner = self.lock();
+        inner
+            .volumes
+            .iter()
+            .filter_map(|(name, v)| {
+                let s = v.volume()?.stats();
+                Some(crate::stats::VolumeStat {
+                    name: name.clone(),
+                    read_bytes: s.bytes_read,
+                    written_bytes: s.bytes_written,
+                    preserved_blocks: s.blocks_preserved,
+                    held_write_bytes: s.held_bytes,
+                })
+            })
+            .collect()
     }
 
     /// A volume as listings show it.

@@ -33,20 +33,27 @@ pub(crate) struct Held {
     pub(crate) nbd_unix: UnixListener,
     pub(crate) nbd_tcp: Option<TcpListener>,
     pub(crate) fuse: Option<HeldFuse>,
+    pub(crate) metrics: Option<TcpListener>,
 }
 
 impl Held {
     /// Make them, in DESIGN's order: the FUSE directory, NBD, the control socket last.
     pub(crate) fn open(opts: &ServeOptions) -> Result<Self> {
-        let fuse = open_fuse_connection(opts)?;
+        let fuse = open_fuse_connection(opts);
         let nbd_unix = bind_socket(&opts.paths.nbd_socket)?;
         let nbd_tcp = opts.nbd_listen.as_deref().map(bind_tcp).transpose()?;
+        let metrics = opts
+            .metrics_listen
+            .as_deref()
+            .map(crate::metrics::http::bind)
+            .transpose()?;
         let control = bind_socket(&opts.paths.control_socket())?;
         Ok(Held {
             control,
             nbd_unix,
             nbd_tcp,
             fuse,
+            metrics,
         })
     }
 
@@ -61,6 +68,9 @@ impl Held {
         }
         if let Some(f) = &self.fuse {
             v.push((FdName::Fuse, f.fd.as_fd()));
+        }
+        if let Some(m) = &self.metrics {
+            v.push((FdName::Metrics, m.as_fd()));
         }
         v
     }
@@ -91,23 +101,19 @@ impl Held {
 /// returning the connection for the supervisor to hold; every serving process then gets it as
 /// `FSS_SUPERVISOR_FDS=...,fuse=N`, with `FSS_FUSE_RESUME=1` from the second on, and serves it
 /// (`FrontEndSockets::fuse`) instead of mounting itself; the supervisor unmounts it at the
-/// final stop and aborts it in a crash loop. Without a mount function, there is none: each
-/// serving process mounts the directory itself, and it dies with that process.
-fn open_fuse_connection(opts: &ServeOptions) -> Result<Option<HeldFuse>> {
-    let Some(mount) = opts.fuse_mount else {
-        return Ok(None);
-    };
+/// final stop and aborts it in a crash loop. Without a mount function, with `--fuse-dir
+/// none`, or when the mount fails (logged once), there is none and the daemon serves NBD only.
+fn open_fuse_connection(opts: &ServeOptions) -> Option<HeldFuse> {
+    let mount = opts.fuse_mount.filter(|_| opts.fuse_enabled)?;
     let dir = opts.paths.fuse_dir.clone();
-    let fd = mount(&dir).map_err(|e| {
-        crate::error::DaemonError::new(
-            crate::error::ErrorKind::Io,
-            format!(
-                "cannot mount the FUSE directory {}: {e}; is /dev/fuse available (modprobe fuse)?",
-                dir.display()
-            ),
-        )
-    })?;
-    Ok(Some(HeldFuse { fd, dir }))
+    match mount(&dir) {
+        Ok(fd) => Some(HeldFuse { fd, dir }),
+        Err(e) => {
+            // The message already names the directory and the likely cause.
+            tracing::warn!("{e}; serving NBD only (--fuse-dir none skips FUSE on purpose)");
+            None
+        }
+    }
 }
 
 /// Abort the FUSE connection (a crash loop: no process will answer it again), so that users
@@ -156,17 +162,27 @@ fn serving_record(paths: &Paths) -> PathBuf {
     paths.state_dir.join("serving.pid")
 }
 
-/// The start time of process `pid` (field 22 of `/proc/PID/stat`), unless it is gone or a
-/// zombie (its descriptors, and so its volume locks, are closed).
+/// The start time of process `pid` (field 22 of `/proc/PID/stat`), unless it is gone or
+/// every one of its threads has exited (its descriptors, and so its volume locks, are then
+/// closed). The main thread alone is not enough: killed, it shows as a zombie while the
+/// other threads, which share the descriptor table, are still on their way out.
 fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may hold spaces: fields count after it.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split(' ').collect();
-    if matches!(f.first(), Some(&("Z" | "X"))) {
-        return None;
-    }
-    f.get(19)?.parse().ok()
+    let started = stat_fields(&stat)?.get(19)?.parse().ok()?;
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let running = tasks.flatten().any(|t| {
+        std::fs::read_to_string(t.path().join("stat"))
+            .ok()
+            .and_then(|s| stat_fields(&s)?.first().map(|st| !matches!(*st, "Z" | "X")))
+            .unwrap_or(false)
+    });
+    running.then_some(started)
+}
+
+/// The fields of a `stat` line after the command name (in parentheses, possibly with
+/// spaces), from the state on.
+fn stat_fields(stat: &str) -> Option<Vec<&str>> {
+    Some(stat[stat.rfind(')')? + 2..].split(' ').collect())
 }
 
 /// Record the serving process just started.

@@ -20,6 +20,7 @@
 //!   stop; the serving process swallows SIGINT, which a Ctrl-C sends it too, being in the
 //!   same process group); once it has stopped, the supervisor removes the socket files and
 //!   exits.
+//! - SIGHUP: passed on to the serving process, which reloads its TLS certificates.
 
 mod held;
 mod spawn;
@@ -63,6 +64,7 @@ pub fn run(opts: &ServeOptions, child_args: Vec<OsString>) -> Result<i32> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| DaemonError::io("cannot install signal handlers", &e))?;
     // Resolved once: after a rebuild, /proc/self/exe names a deleted file, this path the new one.
@@ -130,16 +132,20 @@ impl Supervisor<'_> {
             Next::Exit(code) => return code,
         };
         loop {
-            for _ in signals.pending() {
+            for signal in signals.pending() {
+                let child = rustix::process::Pid::from_child(&running.started.child);
+                if signal == signal_hook::consts::SIGHUP {
+                    // The serving process reloads what it reloads (TLS certificates).
+                    tracing::info!(pid = running.pid, "SIGHUP passed on to the serving process");
+                    let _ = rustix::process::kill_process(child, rustix::process::Signal::HUP);
+                    continue;
+                }
                 self.stopping = true;
                 tracing::info!(
                     pid = running.pid,
                     "stopping: passing the signal on to the serving process"
                 );
-                let _ = rustix::process::kill_process(
-                    rustix::process::Pid::from_child(&running.started.child),
-                    rustix::process::Signal::TERM,
-                );
+                let _ = rustix::process::kill_process(child, rustix::process::Signal::TERM);
             }
             match running.started.messages.recv_timeout(TICK) {
                 Ok(ToSupervisor::Ready) => self.on_ready(&mut running),
