@@ -90,17 +90,8 @@ impl FileBackend {
 }
 
 fn backend_err(op: &'static str, name: &str, e: &std::io::Error) -> RepoError {
-    if e.kind() == std::io::ErrorKind::NotFound && op != "put" {
-        return RepoError::Missing {
-            object: name.to_string(),
-            context: String::new(),
-        };
-    }
-    RepoError::Backend {
-        op,
-        object: name.to_string(),
-        detail: e.to_string(),
-    }
+    let missing = e.kind() == std::io::ErrorKind::NotFound && op != "put";
+    RepoError::backend(op, name, missing, e.to_string())
 }
 
 fn sync_dir(dir: &Path) {

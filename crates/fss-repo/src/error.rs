@@ -71,6 +71,22 @@ pub enum RepoError {
 pub type Result<T, E = RepoError> = std::result::Result<T, E>;
 
 impl RepoError {
+    /// What a backend call on object `name` failed with: `Missing` when the object is not
+    /// there, else `Backend` with the backend's own words.
+    pub(crate) fn backend(op: &'static str, name: &str, missing: bool, detail: String) -> Self {
+        if missing {
+            return RepoError::Missing {
+                object: name.to_string(),
+                context: String::new(),
+            };
+        }
+        RepoError::Backend {
+            op,
+            object: name.to_string(),
+            detail,
+        }
+    }
+
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         RepoError::Io {
             what: what.into(),

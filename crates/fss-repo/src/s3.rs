@@ -70,17 +70,8 @@ impl S3Backend {
 }
 
 fn s3_err(op: &'static str, name: &str, e: object_store::Error) -> RepoError {
-    if matches!(e, object_store::Error::NotFound { .. }) {
-        return RepoError::Missing {
-            object: name.to_string(),
-            context: String::new(),
-        };
-    }
-    RepoError::Backend {
-        op,
-        object: name.to_string(),
-        detail: e.to_string(),
-    }
+    let missing = matches!(e, object_store::Error::NotFound { .. });
+    RepoError::backend(op, name, missing, e.to_string())
 }
 
 impl Backend for S3Backend {
