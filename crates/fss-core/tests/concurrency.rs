@@ -18,11 +18,14 @@
 //! read of a snapshot deleted meanwhile must fail with `NotFound`; any other error fails the
 //! test. Volume reads are checked the same way against `[acked before, issued after]`.
 //!
+//! It runs twice: on memory devices, and on files (the volume and every store), where large
+//! snapshot reads put their pieces in flight together through io_uring, some with O_DIRECT.
+//!
 //! The duration can be raised for a soak run with `FSS_CONCURRENCY_SECS`; `FSS_TEST_SEED`
 //! replays a seed (thread interleavings still differ from run to run).
 
-use fss_core::device::MemDevice;
-use fss_core::store::DeviceStore;
+use fss_core::device::{AlignedBuf, BlockDevice, FileDevice, MemDevice, OpenOptions};
+use fss_core::store::{DeviceStore, Store, StoreParams};
 use fss_core::{ErrorKind, Snapshot, SnapshotOptions, Volume};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -231,6 +234,34 @@ struct Shared {
     failed: AtomicBool,
     /// Sum of `blocks_preserved` of snapshots, taken just before each was deleted.
     preserved_at_delete: AtomicU64,
+    /// Where the volume and the stores are files, in the file-backed run.
+    dir: Option<tempfile::TempDir>,
+    /// Store files made so far (for their names).
+    stores: AtomicU64,
+}
+
+/// A file device at `path`, made empty with `len` bytes, reading large pieces with O_DIRECT.
+fn file_device(path: &std::path::Path, len: u64) -> Arc<dyn BlockDevice> {
+    let f = std::fs::File::create(path).unwrap_or_else(|e| panic!("create {path:?}: {e}"));
+    f.set_len(len)
+        .unwrap_or_else(|e| panic!("size {path:?}: {e}"));
+    let opts = OpenOptions {
+        direct_reads: true,
+        ..OpenOptions::default()
+    };
+    Arc::new(FileDevice::open(path, &opts).unwrap_or_else(|e| panic!("open {path:?}: {e}")))
+}
+
+/// A store for a new snapshot: in memory, or on a new file in the file-backed run.
+fn make_store(sh: &Shared, p: &StoreParams) -> fss_core::Result<Box<dyn Store>> {
+    match &sh.dir {
+        None => DeviceStore::in_memory(p),
+        Some(dir) => {
+            let n = sh.stores.fetch_add(1, SeqCst);
+            let dev = file_device(&dir.path().join(format!("store{n}")), 0);
+            Ok(Box::new(DeviceStore::new(dev, p, false)))
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -495,11 +526,13 @@ fn writer(sh: &Shared, w: usize, seed: u64) -> Counts {
 /// A random range of the volume: single blocks and unaligned multi-block ranges, mostly in
 /// the hot region.
 fn random_range(rng: &mut Rng) -> (usize, usize) {
-    let (off, len) = match rng.below(4) {
+    let (off, len) = match rng.below(5) {
         0 => (BS * rng.below(HOT), BS),
         1 => (BS * rng.below(BLOCKS), BS),
         2 => (rng.below(HOT * BS), 1 + rng.below(5 * BS)),
-        _ => (rng.below(BLOCKS * BS), 1 + rng.below(9 * BS)),
+        3 => (rng.below(BLOCKS * BS), 1 + rng.below(9 * BS)),
+        // Aligned, several blocks: the pieces of a batched read can go O_DIRECT.
+        _ => (BS * rng.below(BLOCKS), BS * (1 + rng.below(9))),
     };
     (off, len.min(BLOCKS * BS - off))
 }
@@ -508,7 +541,8 @@ fn reader(sh: &Shared, r: usize, seed: u64) -> Counts {
     let _guard = StopOnPanic(sh);
     let mut rng = Rng::new(seed);
     let mut c = Counts::default();
-    let mut buf = vec![0u8; 10 * BS];
+    // Aligned, so that batched reads of aligned ranges may go O_DIRECT into it.
+    let mut buf = AlignedBuf::new(10 * BS);
     while !sh.stop.load(SeqCst) {
         let pick = rng.below(100);
         if pick < 5 {
@@ -607,7 +641,7 @@ fn create(sh: &Shared, name: &str) -> Arc<SnapRec> {
         ..SnapshotOptions::default()
     };
     let lo: Vec<u64> = sh.acked.iter().map(|a| a.load(SeqCst)).collect();
-    let snap = match sh.vol.create_snapshot(name, &opts, DeviceStore::in_memory) {
+    let snap = match sh.vol.create_snapshot(name, &opts, |p| make_store(sh, p)) {
         Ok(s) => s,
         Err(e) => panic!("seed {}: create snapshot {name}: {e}", sh.seed),
     };
@@ -685,6 +719,15 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 
 #[test]
 fn writers_readers_and_snapshot_churn_agree_with_the_model() {
+    run(false);
+}
+
+#[test]
+fn on_files_batched_snapshot_reads_agree_with_the_model() {
+    run(true);
+}
+
+fn run(file_backed: bool) {
     let seed = std::env::var("FSS_TEST_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -708,7 +751,12 @@ fn writers_readers_and_snapshot_churn_agree_with_the_model() {
         }
     }
 
-    let dev = Arc::new(MemDevice::new((BLOCKS * BS) as u64));
+    let len = (BLOCKS * BS) as u64;
+    let dir = file_backed.then(|| tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}")));
+    let dev: Arc<dyn BlockDevice> = match &dir {
+        None => Arc::new(MemDevice::new(len)),
+        Some(d) => file_device(&d.path().join("volume"), len),
+    };
     let sh = Arc::new(Shared {
         seed,
         vol: Volume::new("vol", dev),
@@ -719,6 +767,8 @@ fn writers_readers_and_snapshot_churn_agree_with_the_model() {
         stop: AtomicBool::new(false),
         failed: AtomicBool::new(false),
         preserved_at_delete: AtomicU64::new(0),
+        dir,
+        stores: AtomicU64::new(0),
     });
 
     let start = Instant::now();
@@ -798,7 +848,9 @@ fn writers_readers_and_snapshot_churn_agree_with_the_model() {
         total.blocks_checked += verify_whole_snapshot(&sh, rec, "after the run");
     }
     let mut all = vec![0u8; BLOCKS * BS];
-    sh.vol.read(&mut all, 0).unwrap();
+    if let Err(e) = sh.vol.read(&mut all, 0) {
+        panic!("seed {seed}: final volume read: {e}");
+    }
     let last: Vec<u64> = sh.acked.iter().map(|a| a.load(SeqCst)).collect();
     let ctx = || "final read of the volume".to_string();
     total.blocks_checked += check_read(&sh, &ctx, &all, 0, &last, &last, None);
@@ -849,7 +901,9 @@ fn writers_readers_and_snapshot_churn_agree_with_the_model() {
     while !rest.is_empty() {
         let rec = rest.remove(rng.below(rest.len()));
         delete(&sh, &rec);
-        let e = rec.snap.read(&mut all[..BS], 0).unwrap_err();
+        let Err(e) = rec.snap.read(&mut all[..BS], 0) else {
+            panic!("seed {seed}: deleted snapshot {} still reads", rec.name);
+        };
         assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
         for other in &rest {
             let when = format!("after deleting {} at the end", rec.name);

@@ -267,6 +267,22 @@ impl BlockDevice for FileDevice {
         Ok(())
     }
 
+    fn read_source(&self, offset: u64, buf: &[u8]) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        let aligned = offset % DIRECT_ALIGN as u64 == 0
+            && buf.len() % DIRECT_ALIGN == 0
+            && !buf.is_empty()
+            && is_aligned(buf);
+        match &self.direct {
+            // Batched reads are many and in flight together: direct ones go straight to the
+            // caller's buffer with no readahead to waste on scattered pieces.
+            Some(d) if aligned => Some(d.as_fd()),
+            // Fully direct and unaligned: `read_at` bounces through an aligned buffer.
+            _ if self.direct_writes => None,
+            _ => Some(self.file.as_fd()),
+        }
+    }
+
     fn flush(&self) -> io::Result<()> {
         self.file.sync_data()
     }

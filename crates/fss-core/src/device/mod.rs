@@ -20,14 +20,17 @@ mod create;
 mod fault;
 mod file;
 mod memory;
+mod uring;
 
 pub use aligned::{is_aligned, AlignedBuf, DIRECT_ALIGN};
 pub use crash::{CrashDevice, CrashHook, CrashOp, CrashPoint, Piece};
 pub use fault::{Fault, FaultDevice};
 pub use file::{FileDevice, OpenOptions, DIRECT_READ_MIN, DIRECT_WRITE_MIN, FILE_MODE};
 pub use memory::{IoCounters, MemDevice};
+pub use uring::{read_all, BatchError, BatchRead};
 
 use std::io;
+use std::os::fd::BorrowedFd;
 
 /// A byte-addressed device with positional I/O. Implementations must be safe to use from many
 /// threads at once; writes to disjoint ranges must not interfere.
@@ -74,6 +77,14 @@ pub trait BlockDevice: Send + Sync {
 
     /// A short description for messages: a path, or "memory".
     fn describe(&self) -> String;
+
+    /// A descriptor from which one positional read of `buf.len()` bytes at `offset`, into
+    /// `buf` itself, gives the bytes [`BlockDevice::read_at`] would: for callers that put many
+    /// reads in flight at once ([`read_all`]). `None` (the default, and for wrappers that must
+    /// see every read): use `read_at`.
+    fn read_source(&self, _offset: u64, _buf: &[u8]) -> Option<BorrowedFd<'_>> {
+        None
+    }
 
     /// Which parts of `[offset, offset + len)` hold data (true) or are holes that read as zeroes
     /// (false), as consecutive extents covering the range. The default: all data.
@@ -173,6 +184,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn describe(&self) -> String {
         (**self).describe()
+    }
+    fn read_source(&self, offset: u64, buf: &[u8]) -> Option<BorrowedFd<'_>> {
+        (**self).read_source(offset, buf)
     }
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         (**self).allocation(offset, len)

@@ -2,6 +2,7 @@
 //! change lists (`changes.rs`). They build on the volume's shared state
 //! ([`crate::core`]) and its chains ([`crate::chain`]), not on the volume handle.
 
+mod batch_read;
 mod changes;
 mod read;
 mod store_reads;

@@ -1,18 +1,19 @@
 //! The snapshot read path: resolve each block through the maps of the snapshot's chain from
 //! itself to the newest, then the volume, then check again (DESIGN decision 5).
 
+use super::batch_read;
 use super::store_reads::read_from_stores;
 use crate::chain::SnapState;
-use crate::cluster_map::{mask_is_empty, mask_remove, mask_runs};
+use crate::cluster_map::{mask_remove, mask_runs};
 use crate::core::VolumeCore;
 use crate::error::{Error, ErrorKind, Result};
-use crate::geometry::{block_span, clip, Cluster, Geometry, Span};
+use crate::geometry::{block_span, clip, Geometry};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Snapshot reads at least this long that need both the volume and a store read the two
-/// in parallel (below it, a thread hand-off costs more than the overlap saves).
-const PARALLEL_SNAPSHOT_READ: u64 = 256 << 10;
+/// Snapshot reads longer than this that need a store put all their pieces in flight at once
+/// (`batch_read`); a one-block read is one piece anyway.
+const BATCHED_SNAPSHOT_READ: u64 = crate::geometry::BLOCK_SIZE;
 
 /// Read `buf` at `offset` from snapshot `snap` of the volume `core`.
 pub(super) fn read(
@@ -44,22 +45,28 @@ pub(super) fn read(
     let (b0, b1) = block_span(offset, len);
     let clusters = g.clusters_of(b0, b1);
     let (unmapped, any_mapped) = unmapped_span(&g, later, b0, b1);
+    if any_mapped && len > BATCHED_SNAPSHOT_READ {
+        batch_read::read(core, &g, later, buf, offset, &object)?;
+        if !snap.is_valid() {
+            return Err(snap.invalid_error());
+        }
+        return Ok(());
+    }
     if let Some((lo, hi)) = unmapped {
         // Read that span from the volume first, in one I/O, and only then consult the
         // maps: a block not mapped at that later moment had not been preserved, so it had
         // not been overwritten either (a volume write waits for its pre-image), and the
         // volume read saw the snapshot's bytes. Mapped blocks are overlaid from stores.
         let span = clip(lo, hi - lo, offset, len);
-        if any_mapped && len >= PARALLEL_SNAPSHOT_READ {
-            read_parallel(core, &g, later, buf, offset, span, &object)?;
-            if !snap.is_valid() {
-                return Err(snap.invalid_error());
-            }
-            return Ok(());
-        }
-        core.dev
-            .read_at_cached(&mut buf[span.in_buf(offset)], span.start)
-            .map_err(|e| Error::io("read", object.clone(), e).at(span.start))?;
+        let piece = &mut buf[span.in_buf(offset)];
+        // Nothing preserved in range: this is a volume read, and reads as one (large ones
+        // direct). Otherwise the pre-image reads of writes beside it profit from the cache.
+        let done = if any_mapped {
+            core.dev.read_at_cached(piece, span.start)
+        } else {
+            core.dev.read_at(piece, span.start)
+        };
+        done.map_err(|e| Error::io("read", object.clone(), e).at(span.start))?;
     }
     let wanted = clusters.map(|c| (c, g.cluster_masks(c, b0, b1).1));
     read_from_stores(&g, later, wanted, buf, offset)?;
@@ -95,57 +102,4 @@ fn unmapped_span(
         }
     }
     (unmapped, any_mapped)
-}
-
-/// A large snapshot read that needs both the volume and the stores: the volume span
-/// `[start, end)` is read on a second thread into its own buffer while this one reads the
-/// stores into `buf`, so the two waits overlap. Then the maps are consulted again: a block
-/// still unmapped after the volume read completed was not overwritten before it (decision
-/// 5), and is taken from the volume's buffer; one mapped meanwhile is read from its store.
-fn read_parallel(
-    core: &VolumeCore,
-    g: &Geometry,
-    later: &[Arc<SnapState>],
-    buf: &mut [u8],
-    offset: u64,
-    span: Span,
-    object: &str,
-) -> Result<()> {
-    let len = buf.len() as u64;
-    let (b0, b1) = block_span(offset, len);
-    let clusters = g.clusters_of(b0, b1);
-    let mut from_volume = vec![0u8; span.in_buf(span.start).len()];
-    let (stores, volume) = std::thread::scope(|sc| {
-        let reader = sc.spawn(|| core.dev.read_at_cached(&mut from_volume, span.start));
-        let wanted = clusters.clone().map(|c| (c, g.cluster_masks(c, b0, b1).1));
-        let stores = read_from_stores(g, later, wanted, buf, offset);
-        (stores, reader.join())
-    });
-    let missing = stores?;
-    match volume {
-        Ok(r) => r.map_err(|e| Error::io("read", object.to_string(), e).at(span.start))?,
-        Err(_) => {
-            return Err(Error::new(
-                ErrorKind::Io,
-                "read",
-                object.to_string(),
-                "the thread reading the volume failed",
-            ))
-        }
-    }
-    // Blocks no map held during the volume read: held now, they were preserved meanwhile
-    // (read them from the store); still not, the volume read saw them as they were.
-    let again: Vec<(Cluster, Vec<u16>)> = clusters
-        .zip(missing)
-        .filter(|(_, open)| !mask_is_empty(open))
-        .collect();
-    let firsts: Vec<u64> = again.iter().map(|(c, _)| g.first_block_of(*c)).collect();
-    let open = read_from_stores(g, later, again.into_iter(), buf, offset)?;
-    for (first, open) in firsts.into_iter().zip(open) {
-        for (b, n) in mask_runs(&open) {
-            let run = clip(first + u64::from(b), u64::from(n), offset, len);
-            buf[run.in_buf(offset)].copy_from_slice(&from_volume[run.in_buf(span.start)]);
-        }
-    }
-    Ok(())
 }

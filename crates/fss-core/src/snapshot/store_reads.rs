@@ -24,23 +24,24 @@ const MERGE_MAX: u64 = 8 << 20;
 
 /// Bytes of one snapshot's store that go into the request's buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Segment {
+pub(super) struct Segment {
     /// Index of the snapshot in the chain slice the read resolves through.
-    snap: usize,
-    slot: u32,
+    pub snap: usize,
+    /// The slot in that store.
+    pub slot: u32,
     /// Byte offset inside the slot.
-    in_slot: u64,
+    pub in_slot: u64,
     /// Where the bytes go in the request's buffer.
-    to: Range<usize>,
+    pub to: Range<usize>,
 }
 
 impl Segment {
     /// Its position in the store as if slots were laid end to end (what merging compares).
-    fn store_start(&self, cluster_size: u64) -> u64 {
+    pub(super) fn store_start(&self, cluster_size: u64) -> u64 {
         u64::from(self.slot) * cluster_size + self.in_slot
     }
 
-    fn store_end(&self, cluster_size: u64) -> u64 {
+    pub(super) fn store_end(&self, cluster_size: u64) -> u64 {
         self.store_start(cluster_size) + self.to.len() as u64
     }
 }
@@ -77,7 +78,7 @@ pub(super) fn read_from_stores(
 
 /// The segments of `cluster`'s blocks `open` that `snaps` hold, appended to `out`; returns the
 /// blocks none holds.
-fn plan_cluster(
+pub(super) fn plan_cluster(
     g: &Geometry,
     snaps: &[Arc<SnapState>],
     cluster: Cluster,
@@ -115,7 +116,7 @@ fn plan_cluster(
 }
 
 /// Read `segments` into `buf`, merging those of one store that lie close together in it.
-fn read_segments(
+pub(super) fn read_segments(
     cluster_size: u64,
     snaps: &[Arc<SnapState>],
     mut segments: Vec<Segment>,

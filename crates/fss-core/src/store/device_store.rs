@@ -86,6 +86,16 @@ impl Store for DeviceStore {
         self.read(slot, offset, buf)
     }
 
+    fn read_source(
+        &self,
+        slot: u32,
+        offset: u64,
+        buf: &[u8],
+    ) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
+        let off = self.slot_offset(slot, offset);
+        Some((self.dev.read_source(off, buf)?, off))
+    }
+
     fn sync(&self) -> Result<()> {
         Ok(())
     }

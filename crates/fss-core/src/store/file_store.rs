@@ -288,6 +288,23 @@ impl Store for FileStore {
         Ok(())
     }
 
+    fn read_source(
+        &self,
+        slot: u32,
+        offset: u64,
+        buf: &[u8],
+    ) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
+        // One read only within one group: the next group starts with its log area.
+        let cluster = u64::from(self.sb.cluster_size);
+        let per_group = self.layout.slots_per_group();
+        let in_group = (per_group - u64::from(slot) % per_group) * cluster;
+        if offset + buf.len() as u64 > in_group {
+            return None;
+        }
+        let off = self.layout.slot_offset(slot) + offset;
+        Some((self.dev.read_source(off, buf)?, off))
+    }
+
     fn sync(&self) -> Result<()> {
         let mut c = self.lock();
         let mine = c.staged_total;

@@ -124,6 +124,19 @@ pub trait Store: Send + Sync {
         Ok(())
     }
 
+    /// Where `buf.len()` bytes from byte `offset` of `slot` on (slots laid end to end, as for
+    /// [`Store::read_slots`]) can be read with one positional read into `buf`: a descriptor
+    /// and the offset in it. For callers that put many reads in flight at once
+    /// ([`crate::device::read_all`]). `None` (the default): use `read_slots`.
+    fn read_source(
+        &self,
+        _slot: u32,
+        _offset: u64,
+        _buf: &[u8],
+    ) -> Option<(std::os::fd::BorrowedFd<'_>, u64)> {
+        None
+    }
+
     /// Make every block written so far, and its record, durable. A transient store does
     /// nothing. Concurrent callers may share one flush (group commit).
     ///

@@ -166,6 +166,9 @@ impl BlockDevice for Watched {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+    fn read_source(&self, offset: u64, buf: &[u8]) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.inner.read_source(offset, buf)
+    }
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<Extent>> {
         self.inner.allocation(offset, len)
     }
