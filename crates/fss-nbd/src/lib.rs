@@ -37,6 +37,7 @@ mod error;
 pub mod fuzzing;
 mod handshake;
 mod meta_context;
+mod payloads;
 mod pool;
 pub mod protocol;
 mod reply;

@@ -175,6 +175,11 @@ impl Budget {
         }
     }
 
+    /// Requests in flight now (the reader's own included once it holds a permit).
+    pub fn requests_in_flight(&self) -> usize {
+        lock(&self.used).requests
+    }
+
     /// Requests and bytes in flight now.
     #[cfg(test)]
     pub fn in_use(&self) -> (usize, usize) {

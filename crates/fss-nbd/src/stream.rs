@@ -36,6 +36,18 @@ impl Stream {
         }
     }
 
+    /// Whether bytes the client sent wait unread in the socket (for TLS: encrypted bytes;
+    /// plaintext rustls already holds is not seen). An error counts as "yes", the cautious
+    /// answer for the caller, which only skips an optimisation then.
+    pub fn has_pending(&self) -> bool {
+        let n = match self {
+            Stream::Unix(s) => rustix::io::ioctl_fionread(s),
+            Stream::Tcp(s) => rustix::io::ioctl_fionread(s),
+            Stream::Tls(s) => rustix::io::ioctl_fionread(s.tcp()),
+        };
+        n.map_or(true, |n| n > 0)
+    }
+
     /// Tell a TLS client the stream ends here (best effort; nothing to do in plaintext).
     pub fn close_notify(&self) {
         if let Stream::Tls(s) = self {
