@@ -234,5 +234,76 @@ pub fn is_on_export(paths: &Paths, mount_point: &Path) -> bool {
         return false;
     };
     let fuse_dev = fuse_device(&paths.fuse_dir);
-    fuse_dev.is_some() && on_export(&meta, fuse_dev, &paths.fuse_dir, 0).is_some()
+    if fuse_dev.is_none() {
+        return false;
+    }
+    if on_export(&meta, fuse_dev, &paths.fuse_dir, 0).is_some() {
+        return true;
+    }
+    // A btrfs mount reports an anonymous st_dev of its own, not its device's: judge it by the
+    // device mountinfo names for that mount point.
+    mount_source(mount_point)
+        .and_then(|src| std::fs::metadata(src).ok())
+        .filter(|m| m.file_type().is_block_device())
+        .is_some_and(|m| on_export(&m, fuse_dev, &paths.fuse_dir, 0).is_some())
+}
+
+/// The source (device) of the mount at exactly `mount_point`, the last one if stacked.
+fn mount_source(mount_point: &Path) -> Option<PathBuf> {
+    let want = mount_point.canonicalize().ok()?;
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    text.lines().rev().find_map(|l| {
+        // "ID PARENT MAJ:MIN ROOT MOUNT_POINT OPTIONS [TAGS...] - FSTYPE SOURCE SUPER_OPTIONS"
+        let f: Vec<&str> = l.split(' ').collect();
+        if Path::new(&unescape_mountinfo(f.get(4)?)) != want {
+            return None;
+        }
+        let dash = f.iter().position(|x| *x == "-")?;
+        Some(PathBuf::from(unescape_mountinfo(f.get(dash + 2)?)))
+    })
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space, and tab, newline, backslash).
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push(
+                    d.iter()
+                        .fold(0u8, |acc, c| acc.wrapping_mul(8).wrapping_add(c - b'0')),
+                );
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_escapes_are_undone() {
+        assert_eq!(unescape_mountinfo(r"/mnt/my\040disk"), "/mnt/my disk");
+        assert_eq!(unescape_mountinfo(r"/a\134b\011c"), "/a\\b\tc");
+        // Not an escape: kept as it is.
+        assert_eq!(unescape_mountinfo(r"/x\9y\04"), r"/x\9y\04");
+    }
+
+    #[test]
+    fn the_root_mount_has_a_source() {
+        assert!(mount_source(Path::new("/")).is_some());
+        assert!(mount_source(Path::new("/definitely/not/here")).is_none());
+    }
 }
