@@ -326,6 +326,10 @@ pub mod frontends {
             fuse: fuse.is_some().then(|| opts.paths.fuse_dir.clone()),
             nbd_unix: Some(opts.paths.nbd_socket.clone()),
             nbd_tcp: opts.nbd_listen.clone(),
+            nbd_tls: match opts.nbd_tls.check(opts.nbd_listen.as_deref()) {
+                Ok(Some(m)) if m != fssd::config::TlsChoice::Off => Some(m.name().to_string()),
+                _ => None,
+            },
             metrics: metrics.as_ref().and_then(|(_, addr)| addr.clone()),
         });
         let mut started: Vec<Box<dyn FrontEnd>> = vec![Box::new(nbd)];

@@ -187,6 +187,8 @@ fn a_snapshot_is_served_over_tls_to_a_backup_host() {
     // SIGHUP reloads the certificates, sent to the supervisor (which passes it on) or to the
     // serving process; neither dies of it.
     let status = d.json(&["status"]);
+    assert_eq!(status["frontends"]["nbd_tls"].as_str(), Some("require"));
+    assert!(d.ok(&["status"]).contains("(TLS require)"));
     let pid = u32::try_from(status["pid"].as_u64().unwrap()).unwrap();
     let supervisor = u32::try_from(status["supervisor_pid"].as_u64().unwrap()).unwrap();
     for (n, target) in [(1, supervisor), (2, pid)] {

@@ -55,6 +55,16 @@ impl TlsChoice {
             )),
         }
     }
+
+    /// Its name, as `--tls` takes it.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            TlsChoice::Off => "off",
+            TlsChoice::On => "on",
+            TlsChoice::Require => "require",
+        }
+    }
 }
 
 /// TLS for NBD over TCP, as `fss serve --tls-certificates DIR --tls MODE --tls-verify-peer

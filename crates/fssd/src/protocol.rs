@@ -529,6 +529,9 @@ pub struct Frontends {
     pub nbd_unix: Option<PathBuf>,
     /// The NBD TCP address (`--nbd-listen`).
     pub nbd_tcp: Option<String>,
+    /// TLS on that address: `on` (offered) or `require` (`None`: plaintext only).
+    #[serde(default)]
+    pub nbd_tls: Option<String>,
     /// The metrics HTTP address (`--metrics-listen`).
     pub metrics: Option<String>,
 }

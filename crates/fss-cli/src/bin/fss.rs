@@ -367,7 +367,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("NBD socket: {}", d.display());
             }
             if let Some(d) = s.nbd_listen {
-                println!("NBD TCP: {d}");
+                match &s.frontends.nbd_tls {
+                    Some(t) => println!("NBD TCP: {d} (TLS {t})"),
+                    None => println!("NBD TCP: {d} (plaintext)"),
+                }
             }
             if let Some(d) = s.frontends.metrics {
                 println!("metrics: http://{d}/metrics");
