@@ -37,6 +37,7 @@ mod error;
 pub mod fuzzing;
 mod handshake;
 mod meta_context;
+mod options;
 mod payloads;
 mod pool;
 pub mod protocol;
@@ -49,7 +50,8 @@ mod transmission;
 pub use catalog::StaticCatalog;
 pub use error::ServeError;
 pub use handshake::DEFAULT_EXPORT;
-pub use server::{ConnectionInfo, Server, ServerOptions, ShutdownHandle};
+pub use options::ServerOptions;
+pub use server::{ConnectionInfo, Server, ShutdownHandle};
 pub use tls::{Tls, TlsError, TlsMode, TlsSettings};
 
 /// Minimum block size advertised: any byte offset and length is accepted.

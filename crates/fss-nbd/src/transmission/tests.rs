@@ -1,3 +1,4 @@
+use super::check::allowed_flags;
 use super::*;
 
 fn ext(offset: u64, len: u64, data: bool) -> Extent {
