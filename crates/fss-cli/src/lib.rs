@@ -28,6 +28,7 @@ pub mod progress;
 pub mod repo;
 pub mod repo_args;
 pub mod repo_stream;
+pub mod repo_volume;
 pub mod restart;
 pub mod schedule;
 pub mod serve;

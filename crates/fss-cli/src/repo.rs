@@ -233,6 +233,22 @@ pub fn restore(url: &str, id: &str, target: &str, opts: &RepoOpts) -> anyhow::Re
     }
 }
 
+/// `fss restore URL --backup ID VOLUME` onto a volume the daemon at `state` serves.
+///
+/// # Errors
+/// As [`crate::repo_volume::restore`].
+pub fn restore_onto_volume(
+    state: &Path,
+    url: &str,
+    id: &str,
+    volume: &str,
+    opts: &RepoOpts,
+) -> anyhow::Result<()> {
+    let repo = open(url, opts)?;
+    let m = repo.backup(id)?;
+    crate::repo_volume::restore(state, &repo, &m, volume, opts.connections)
+}
+
 type Progress<'a> = dyn Fn(u64, u64) + Sync + 'a;
 
 fn restore_existing(

@@ -186,7 +186,10 @@ pub fn restore(
     match (sources, id) {
         ([url], Some(id)) if fss_repo::is_repo_url(url) => {
             if is_volume(state, target) {
-                anyhow::bail!("'{target}' is an fss volume: a repository backup is restored into an image file or a block device (write ./{target} for a file of that name), and the image then added with `fss volume add`");
+                if std::path::Path::new(target).exists() {
+                    anyhow::bail!("'{target}' is both an fss volume and a file here; write ./{target} for the file");
+                }
+                return crate::repo::restore_onto_volume(state, url, id, target, &repo.opts());
             }
             crate::repo::restore(url, id, target, &repo.opts())
         }

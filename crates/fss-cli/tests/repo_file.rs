@@ -58,6 +58,32 @@ fn repository_backups_restore_to_their_snapshots() {
             std::fs::write(&img, vec![0xee; 64 << 20]).unwrap();
         }
     }
+    // Onto an fss volume by name, through the daemon's restore (and its scratch files gone
+    // after); refused while the volume has a snapshot, with nothing left behind.
+    d.ok(&["volume", "create", "w", "--size", "64M"]);
+    d.write_volume("w", 0, 64 << 20, 0xee);
+    let restores = tmp.path().join("state").join("restores");
+    for (i, snap) in ["s2", "s1"].iter().enumerate() {
+        let id = list[1 - i]["id"].as_str().unwrap();
+        let out = d.ok(&["restore", &url, "--backup", id, "w", k[0], k[1]]);
+        assert!(out.contains("onto volume 'w'"), "{out}");
+        assert_eq!(
+            checksum(&d, "w"),
+            checksum(&d, snap),
+            "{snap} onto volume w"
+        );
+        assert_eq!(std::fs::read_dir(&restores).unwrap().count(), 0);
+    }
+    d.ok(&["snapshot", "create", "w", "keep"]);
+    let id = list[1]["id"].as_str().unwrap();
+    let err = fails(&d, &["restore", &url, "--backup", id, "w", k[0], k[1]]);
+    assert!(err.contains("has snapshots (keep)"), "{err}");
+    assert_eq!(std::fs::read_dir(&restores).unwrap().count(), 0);
+    assert_eq!(
+        checksum(&d, "w"),
+        checksum(&d, "s1"),
+        "a refused restore wrote nothing"
+    );
     d.ok(&["repo", "verify", &url, "--read-data", k[0], k[1]]);
 
     let other = tmp.path().join("other");

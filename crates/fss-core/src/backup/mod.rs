@@ -40,7 +40,9 @@ pub use format::{BackupHeader, BackupKind, SnapshotRef};
 pub use reader::{
     check_restore, restore, restore_readers, BackupExtent, BackupReader, RestoreSummary,
 };
-pub use writer::{write_full, write_incremental, write_incremental_aligned};
+pub use writer::{
+    new_backup_id, write_full, write_incremental, write_incremental_aligned, StreamWriter,
+};
 
 /// What a backup holds: its header and the counts of its records. Returned by the writers and
 /// by [`BackupReader::verify`].

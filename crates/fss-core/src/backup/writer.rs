@@ -138,21 +138,30 @@ fn readable(snapshot: &Snapshot) -> Result<SnapshotInfo> {
     Ok(snapshot.info())
 }
 
+/// A new random backup id.
+///
+/// # Errors
+/// No randomness is available; `what` names the object for the message.
+pub fn new_backup_id(what: &str) -> Result<[u8; 16]> {
+    let mut backup_id = [0u8; 16];
+    getrandom::fill(&mut backup_id).map_err(|e| {
+        Error::new(
+            ErrorKind::Io,
+            "back up",
+            what,
+            format!("no randomness for the backup id: {e}"),
+        )
+    })?;
+    Ok(backup_id)
+}
+
 fn new_header(
     snapshot: &Snapshot,
     info: &SnapshotInfo,
     base: Option<SnapshotRef>,
     covered: u64,
 ) -> Result<BackupHeader> {
-    let mut backup_id = [0u8; 16];
-    getrandom::fill(&mut backup_id).map_err(|e| {
-        Error::new(
-            ErrorKind::Io,
-            "back up",
-            format!("snapshot '{}'", info.name),
-            format!("no randomness for the backup id: {e}"),
-        )
-    })?;
+    let backup_id = new_backup_id(&format!("snapshot '{}'", info.name))?;
     Ok(BackupHeader {
         backup_id,
         volume_id: snapshot.volume_identity(),
@@ -216,8 +225,9 @@ fn copy_range(
 }
 
 /// The record stream: counts, the running checksum, and a pending run of zero blocks that may
-/// still grow.
-struct StreamWriter<'a> {
+/// still grow. Public for writers of backups whose bytes come from elsewhere than a snapshot
+/// (a repository backup turned back into a stream for the daemon's restore).
+pub struct StreamWriter<'a> {
     out: BufWriter<&'a mut dyn Write>,
     object: String,
     header: BackupHeader,
@@ -230,7 +240,12 @@ struct StreamWriter<'a> {
 }
 
 impl<'a> StreamWriter<'a> {
-    fn start(out: &'a mut dyn Write, header: BackupHeader, snapshot: &str) -> Result<Self> {
+    /// Begin a stream with `header` (its `covered` must be what the extents will add up to)
+    /// for the snapshot named `snapshot` (for messages).
+    ///
+    /// # Errors
+    /// A name in the header too long to record; writing to `out`.
+    pub fn start(out: &'a mut dyn Write, header: BackupHeader, snapshot: &str) -> Result<Self> {
         let object = format!("snapshot '{snapshot}'");
         let bytes = header
             .encode()
@@ -259,8 +274,12 @@ impl<'a> StreamWriter<'a> {
         })
     }
 
-    /// The bytes at `offset`: `data`, or as many zeroes when `zero`.
-    fn extent(&mut self, offset: u64, data: &[u8], zero: bool) -> Result<()> {
+    /// The bytes at `offset`: `data`, or as many zeroes when `zero`. Extents come in volume
+    /// order, each at most [`super::format::MAX_DATA`] bytes.
+    ///
+    /// # Errors
+    /// Writing to the output.
+    pub fn extent(&mut self, offset: u64, data: &[u8], zero: bool) -> Result<()> {
         let len = data.len() as u64;
         if zero {
             match &mut self.pending_zero {
@@ -300,7 +319,11 @@ impl<'a> StreamWriter<'a> {
         Ok(())
     }
 
-    fn finish(mut self) -> Result<BackupSummary> {
+    /// Write the trailer and flush.
+    ///
+    /// # Errors
+    /// Writing to the output.
+    pub fn finish(mut self) -> Result<BackupSummary> {
         self.flush_zero()?;
         let t = Record::End(Trailer {
             records: self.seq,
