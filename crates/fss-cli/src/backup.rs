@@ -434,7 +434,8 @@ fn open_chain(backups: &[PathBuf]) -> anyhow::Result<Vec<BackupReader>> {
     Ok(readers)
 }
 
-fn in_use(path: &Path, e: &std::io::Error) -> anyhow::Error {
+/// The error for a target that cannot be opened: in use by another process, or why not.
+pub(crate) fn in_use(path: &Path, e: &std::io::Error) -> anyhow::Error {
     if e.kind() == std::io::ErrorKind::WouldBlock || e.raw_os_error() == Some(16) {
         anyhow::anyhow!(
             "{} is in use by another process (an fss volume is held by the daemon: restore onto \

@@ -258,16 +258,26 @@ fn restore_existing(
     opts: &RepoOpts,
     progress: &Progress<'_>,
 ) -> anyhow::Result<fss_repo::RestoreStats> {
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    let len = std::fs::metadata(path).map(|md| md.len()).unwrap_or(0);
-    let len = if len == 0 { device_len(&f) } else { len };
+    use fss_core::device::{BlockDevice, FileDevice, OpenOptions};
+    // Held exclusively, as `fss restore FILE TARGET` does: a mounted block device (O_EXCL) or
+    // an image another process holds (flock, the daemon's volumes too) is refused.
+    let dev = FileDevice::open(
+        path,
+        &OpenOptions {
+            exclusive: true,
+            ..OpenOptions::default()
+        },
+    )
+    .map_err(|e| crate::backup::in_use(path, &e))?;
+    let len = dev.len();
     if len != m.size {
         bail!("{} has {len} bytes; backup {} is of a {}-byte volume: restore onto a target of that size or a new file", path.display(), m.id, m.size);
     }
-    write_into(repo, m, &f, path, true, opts, progress)
+    let write = |off: u64, data: &[u8]| dev.write_at(data, off);
+    let s = fss_repo::restore(repo, m, &write, true, opts.connections, progress)?;
+    dev.flush()
+        .with_context(|| format!("cannot flush {}", path.display()))?;
+    Ok(s)
 }
 
 /// Restore `m` into the open file `f` (named `path`) and flush it.
@@ -285,12 +295,6 @@ fn write_into(
     f.sync_all()
         .with_context(|| format!("cannot flush {}", path.display()))?;
     Ok(s)
-}
-
-fn device_len(f: &std::fs::File) -> u64 {
-    use std::io::{Seek, SeekFrom};
-    let mut f = f;
-    f.seek(SeekFrom::End(0)).unwrap_or(0)
 }
 
 fn restore_new(

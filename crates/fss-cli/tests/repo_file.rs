@@ -74,6 +74,23 @@ fn repository_backups_restore_to_their_snapshots() {
         );
         assert_eq!(std::fs::read_dir(&restores).unwrap().count(), 0);
     }
+    // The volume's image itself, held by the daemon, is refused as a target file.
+    let held = tmp.path().join("state").join("volumes").join("w.img");
+    assert!(held.exists(), "{}", held.display());
+    let id = list[0]["id"].as_str().unwrap();
+    let err = fails(
+        &d,
+        &[
+            "restore",
+            &url,
+            "--backup",
+            id,
+            held.to_str().unwrap(),
+            k[0],
+            k[1],
+        ],
+    );
+    assert!(err.contains("is in use by another process"), "{err}");
     d.ok(&["snapshot", "create", "w", "keep"]);
     let id = list[1]["id"].as_str().unwrap();
     let err = fails(&d, &["restore", &url, "--backup", id, "w", k[0], k[1]]);
