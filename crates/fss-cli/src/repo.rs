@@ -273,7 +273,14 @@ fn write_into(
     opts: &RepoOpts,
     progress: &Progress<'_>,
 ) -> anyhow::Result<fss_repo::RestoreStats> {
-    let write = |off: u64, data: &[u8]| f.write_all_at(data, off);
+    let write = |off: u64, data: &[u8]| {
+        f.write_all_at(data, off)?;
+        // Start writing these pages back now (and drop them once clean), so the final flush
+        // does not wait for the whole image and the restore does not fill the page cache.
+        let len = std::num::NonZeroU64::new(data.len() as u64);
+        let _ = rustix::fs::fadvise(f, off, len, rustix::fs::Advice::DontNeed);
+        Ok(())
+    };
     let s = fss_repo::restore(repo, m, &write, zeros, opts.connections, progress)?;
     tracing::debug!("chunks fetched and written");
     f.sync_all()

@@ -398,10 +398,26 @@ impl Repository {
     /// # Errors
     /// The store refused.
     pub fn write_doc<T: serde::Serialize>(&self, object: &str, doc: &T) -> Result<u64> {
+        self.store_doc(object, doc, false)
+    }
+
+    /// [`Repository::write_doc`] of an immutable document (an index, a manifest), kept in the
+    /// local cache too once stored, so the next backup need not fetch it.
+    ///
+    /// # Errors
+    /// The store refused.
+    pub fn write_immutable_doc<T: serde::Serialize>(&self, object: &str, doc: &T) -> Result<u64> {
+        self.store_doc(object, doc, true)
+    }
+
+    fn store_doc<T: serde::Serialize>(&self, object: &str, doc: &T, cache: bool) -> Result<u64> {
         let json = serde_json::to_vec(doc)
             .map_err(|e| RepoError::Invalid(format!("cannot encode {object}: {e}")))?;
         let sealed = seal_doc(&self.keys, &json);
         self.backend.put(object, &sealed)?;
+        if let Some(c) = self.cache.as_ref().filter(|_| cache) {
+            c.put(object, &sealed);
+        }
         Ok(sealed.len() as u64)
     }
 }

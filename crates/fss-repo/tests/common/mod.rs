@@ -85,6 +85,8 @@ pub fn file_repo(dir: &tempfile::TempDir, key: Option<&std::path::Path>) -> (Str
     // The cache in the test's directory, so every test exercises it.
     let repo = Repository::init(&url, key)
         .unwrap_or_else(|e| panic!("init {url}: {e}"))
-        .with_cache(Some(fss_repo::cache::DocCache::at(dir.path().join("cache"))));
+        .with_cache(Some(fss_repo::cache::DocCache::at(
+            dir.path().join("cache"),
+        )));
     (url, repo)
 }
