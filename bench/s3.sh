@@ -19,7 +19,7 @@ FSS=${FSS_BIN:-$ROOT/target/release/fss}
 [ -x "$FSS" ] || cargo build --release -p fss-cli >/dev/null
 CONN=${CONNECTIONS:-4}
 W=$(mktemp -d "${BASE:-/var/tmp}/fss-s3bench.XXXXXX")
-export D=$W/ceph FSS_STATE_DIR=$W/state
+export D=$W/ceph FSS_STATE_DIR=$W/state FSS_REPO_CACHE=$W/cache
 export AWS_ENDPOINT_URL=http://127.0.0.1:7480 AWS_ACCESS_KEY_ID=AKTEST AWS_SECRET_ACCESS_KEY=SKTEST \
   AWS_REGION=us-east-1 AWS_ALLOW_HTTP=true
 export RESTIC_PASSWORD=bench RESTIC_REPOSITORY=s3:http://127.0.0.1:7480/restic/r

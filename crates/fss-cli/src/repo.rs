@@ -27,6 +27,7 @@ pub struct RepoOpts {
 
 fn open(url: &str, opts: &RepoOpts) -> anyhow::Result<Repository> {
     Repository::open(url, opts.key.as_deref())
+        .map(|r| r.with_connections(opts.connections))
         .with_context(|| format!("cannot open repository {url}"))
 }
 
@@ -76,11 +77,14 @@ fn choose_base(
 /// The daemon or the repository refused or failed; nothing is half-written (no manifest).
 pub fn backup(state: &Path, snapshot: &str, url: &str, opts: &RepoOpts) -> anyhow::Result<()> {
     let repo = open(url, opts)?;
+    tracing::debug!("repository opened");
     let snaps: Vec<SnapshotInfo> = decode(call(&mut connect(state)?, Request::SnapshotList)?)?;
+    tracing::debug!("snapshot list read");
     let Some(snap) = snaps.iter().find(|s| s.name == snapshot) else {
         bail!("no snapshot '{snapshot}'; `fss snapshot list` shows them");
     };
     let base = choose_base(&repo.backups()?, &snaps, snap);
+    tracing::debug!("manifests read");
     let since = base.as_ref().map(|(_, name)| name.clone());
     let mut rep = Reporter::new(format!("backup {snapshot}"));
     let result = stream_into(
@@ -177,6 +181,7 @@ fn write_stream<'s, 'r>(
         size: h.volume_len,
     };
     let mut w = BackupWriter::new(s, repo, meta, base, opts.connections)?;
+    tracing::debug!("index loaded");
     let mut done = 0;
     while let Some(e) = reader.next_extent()? {
         // A zero extent needs no write without a base: a new chunk starts as zeroes.
@@ -186,7 +191,10 @@ fn write_stream<'s, 'r>(
         done += e.len;
         rep.update(done, h.covered);
     }
-    Ok(w.finish()?)
+    tracing::debug!("stream read and chunked");
+    let m = w.finish()?;
+    tracing::debug!("uploads and manifest written");
+    Ok(m)
 }
 
 /// `fss restore URL --backup ID TARGET` onto a new image file or an existing image or device.
@@ -196,6 +204,7 @@ fn write_stream<'s, 'r>(
 pub fn restore(url: &str, id: &str, target: &str, opts: &RepoOpts) -> anyhow::Result<()> {
     let repo = open(url, opts)?;
     let m = repo.backup(id)?;
+    tracing::debug!("repository opened, manifest read");
     let path = PathBuf::from(target);
     let mut rep = Reporter::new(format!("restore {id}"));
     let rep_lock = std::sync::Mutex::new(&mut rep);
@@ -290,10 +299,19 @@ fn write_into(
     opts: &RepoOpts,
     progress: &Progress<'_>,
 ) -> anyhow::Result<fss_repo::RestoreStats> {
-    let write = |off: u64, data: &[u8]| f.write_all_at(data, off);
+    let write = |off: u64, data: &[u8]| {
+        f.write_all_at(data, off)?;
+        // Start writing these pages back now (and drop them once clean), so the final flush
+        // does not wait for the whole image and the restore does not fill the page cache.
+        let len = std::num::NonZeroU64::new(data.len() as u64);
+        let _ = rustix::fs::fadvise(f, off, len, rustix::fs::Advice::DontNeed);
+        Ok(())
+    };
     let s = fss_repo::restore(repo, m, &write, zeros, opts.connections, progress)?;
+    tracing::debug!("chunks fetched and written");
     f.sync_all()
         .with_context(|| format!("cannot flush {}", path.display()))?;
+    tracing::debug!("target flushed");
     Ok(s)
 }
 

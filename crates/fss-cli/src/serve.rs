@@ -68,6 +68,17 @@ fn init_logging() {
         .init();
 }
 
+/// Log to stderr as `FSS_LOG` says, for a command other than `fss serve`, only when it is set
+/// (e.g. `FSS_LOG=debug fss backup ...` times the phases of a backup).
+pub fn debug_logging() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("FSS_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 /// Run `fss serve` until it stops; its exit status.
 ///
 /// # Errors

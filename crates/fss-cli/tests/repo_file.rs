@@ -55,6 +55,12 @@ fn repository_backups_restore_to_their_snapshots() {
                 k[1],
             ]);
             assert_eq!(sha256(&img), checksum(&d, snap), "{snap} into {what}");
+            if what == "a new file" {
+                // The new file stays sparse: only the 8 to 10 MiB of data are allocated.
+                use std::os::unix::fs::MetadataExt;
+                let allocated = std::fs::metadata(&img).unwrap().blocks() * 512;
+                assert!(allocated < 16 << 20, "{snap}: {allocated} bytes allocated");
+            }
             std::fs::write(&img, vec![0xee; 64 << 20]).unwrap();
         }
     }

@@ -11,6 +11,7 @@
 //! Everything is synchronous; the S3 client's tokio runtime stays inside [`s3`].
 
 pub mod backend;
+pub mod cache;
 pub mod calendar;
 pub mod crypto;
 pub mod error;

@@ -1,6 +1,7 @@
 //! An open repository: its backend, its keys, and the reading of its indexes and manifests.
 
 use crate::backend::{open_url, Backend};
+use crate::cache::DocCache;
 use crate::crypto::{
     hex, open_doc, read_key_file, read_or_create_key_file, seal_doc, unhex, ChunkId, Keys,
 };
@@ -11,6 +12,8 @@ use crate::format::{
 };
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
 /// Where a chunk is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,12 +36,17 @@ pub struct ChunkIndex {
     pub marked: HashSet<String>,
 }
 
+/// Parallel reads of small documents (indexes, manifests, marks) unless set otherwise.
+const DEFAULT_CONNECTIONS: usize = 4;
+
 /// An open repository.
 pub struct Repository {
     backend: Box<dyn Backend>,
     keys: Keys,
     config: Config,
     url: String,
+    connections: usize,
+    cache: Option<DocCache>,
 }
 
 impl std::fmt::Debug for Repository {
@@ -108,6 +116,8 @@ impl Repository {
             keys,
             config,
             url: url.to_string(),
+            connections: DEFAULT_CONNECTIONS,
+            cache: DocCache::for_repository(&json),
         })
     }
 
@@ -178,7 +188,24 @@ impl Repository {
             keys,
             config,
             url: url.to_string(),
+            connections: DEFAULT_CONNECTIONS,
+            cache: DocCache::for_repository(&raw),
         })
+    }
+
+    /// Read indexes, manifests and marks on `n` parallel connections (at least one).
+    #[must_use]
+    pub fn with_connections(mut self, n: usize) -> Self {
+        self.connections = n.max(1);
+        self
+    }
+
+    /// Keep pack indexes and manifests in `cache` (`None`: no cache), instead of the default
+    /// ([`DocCache::for_repository`]).
+    #[must_use]
+    pub fn with_cache(mut self, cache: Option<DocCache>) -> Self {
+        self.cache = cache;
+        self
     }
 
     /// The backend.
@@ -210,9 +237,13 @@ impl Repository {
     /// # Errors
     /// A manifest cannot be read or decoded.
     pub fn backups(&self) -> Result<Vec<Manifest>> {
-        let mut out = Vec::new();
-        for (name, _) in self.backend.list(BACKUPS)? {
-            out.push(self.read_doc::<Manifest>(&name)?);
+        let names = self.backend.list(BACKUPS)?;
+        if let Some(c) = &self.cache {
+            c.retain(BACKUPS, &names);
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for r in self.read_docs::<Manifest>(&names, true) {
+            out.push(r?);
         }
         out.sort_by(|a, b| order(a).cmp(&order(b)));
         Ok(out)
@@ -238,8 +269,12 @@ impl Repository {
         for (_, mark) in self.marks()? {
             idx.marked.extend(mark.packs);
         }
-        for (name, _) in self.backend.list(INDEX)? {
-            let pi: PackIndex = match self.read_doc(&name) {
+        let names = self.backend.list(INDEX)?;
+        if let Some(c) = &self.cache {
+            c.retain(INDEX, &names);
+        }
+        for r in self.read_docs::<PackIndex>(&names, true) {
+            let pi = match r {
                 // Deleted by a concurrent prune between the listing and the read.
                 Err(RepoError::Missing { .. }) => continue,
                 r => r?,
@@ -272,11 +307,12 @@ impl Repository {
     /// # Errors
     /// A mark cannot be read.
     pub fn marks(&self) -> Result<Vec<(String, Mark)>> {
+        let names = self.backend.list(MARKS)?;
         let mut out = Vec::new();
-        for (name, _) in self.backend.list(MARKS)? {
-            match self.read_doc::<Mark>(&name) {
+        for ((name, _), r) in names.iter().zip(self.read_docs::<Mark>(&names, false)) {
+            match r {
                 Err(RepoError::Missing { .. }) => {}
-                r => out.push((name, r?)),
+                r => out.push((name.clone(), r?)),
             }
         }
         Ok(out)
@@ -291,15 +327,97 @@ impl Repository {
         open_doc(&self.keys, object, &sealed)
     }
 
+    /// Read the documents `names` (a listing: name and size) on the repository's connections;
+    /// the results in the order of `names`. With `cached`, the documents are immutable ones
+    /// (indexes, manifests): they are taken from the local cache when it holds them with the
+    /// listed size and they open, and kept there when fetched.
+    pub fn read_docs<T: serde::de::DeserializeOwned + Send>(
+        &self,
+        names: &[(String, u64)],
+        cached: bool,
+    ) -> Vec<Result<T>> {
+        let next = AtomicUsize::new(0);
+        let slots: Vec<Mutex<Option<Result<T>>>> = names.iter().map(|_| Mutex::new(None)).collect();
+        let worker = || loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some((name, size)) = names.get(i) else {
+                break;
+            };
+            let cache = self.cache.as_ref().filter(|_| cached);
+            let r = match cache {
+                Some(c) => self.read_cached(c, name, *size),
+                None => self.read_doc::<T>(name),
+            };
+            if let Ok(mut slot) = slots[i].lock() {
+                *slot = Some(r);
+            }
+        };
+        let threads = self.connections.min(names.len());
+        if threads <= 1 {
+            worker();
+        } else {
+            std::thread::scope(|s| {
+                for _ in 0..threads {
+                    s.spawn(worker);
+                }
+            });
+        }
+        slots
+            .into_iter()
+            .zip(names)
+            .map(|(slot, (name, _))| {
+                slot.into_inner().ok().flatten().unwrap_or_else(|| {
+                    Err(RepoError::Invalid(format!(
+                        "a thread reading {name} failed"
+                    )))
+                })
+            })
+            .collect()
+    }
+
+    fn read_cached<T: serde::de::DeserializeOwned>(
+        &self,
+        cache: &DocCache,
+        name: &str,
+        size: u64,
+    ) -> Result<T> {
+        if let Some(doc) = cache
+            .get(name, size)
+            .and_then(|b| open_doc(&self.keys, name, &b).ok())
+        {
+            return Ok(doc);
+        }
+        let sealed = self.backend.get(name)?;
+        let doc = open_doc(&self.keys, name, &sealed)?;
+        cache.put(name, &sealed);
+        Ok(doc)
+    }
+
     /// Seal and store a document; returns the bytes stored.
     ///
     /// # Errors
     /// The store refused.
     pub fn write_doc<T: serde::Serialize>(&self, object: &str, doc: &T) -> Result<u64> {
+        self.store_doc(object, doc, false)
+    }
+
+    /// [`Repository::write_doc`] of an immutable document (an index, a manifest), kept in the
+    /// local cache too once stored, so the next backup need not fetch it.
+    ///
+    /// # Errors
+    /// The store refused.
+    pub fn write_immutable_doc<T: serde::Serialize>(&self, object: &str, doc: &T) -> Result<u64> {
+        self.store_doc(object, doc, true)
+    }
+
+    fn store_doc<T: serde::Serialize>(&self, object: &str, doc: &T, cache: bool) -> Result<u64> {
         let json = serde_json::to_vec(doc)
             .map_err(|e| RepoError::Invalid(format!("cannot encode {object}: {e}")))?;
         let sealed = seal_doc(&self.keys, &json);
         self.backend.put(object, &sealed)?;
+        if let Some(c) = self.cache.as_ref().filter(|_| cache) {
+            c.put(object, &sealed);
+        }
         Ok(sealed.len() as u64)
     }
 }

@@ -82,6 +82,6 @@ fn upload_loop(repo: &Repository, rx: &Mutex<Receiver<Pack>>) -> Result<u64> {
         let Ok(pack) = next else { return Ok(total) };
         repo.backend().put(&pack_object(&pack.name), &pack.data)?;
         total += pack.data.len() as u64;
-        total += repo.write_doc(&index_object(&pack.name), &pack.index)?;
+        total += repo.write_immutable_doc(&index_object(&pack.name), &pack.index)?;
     }
 }

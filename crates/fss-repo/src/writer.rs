@@ -257,7 +257,7 @@ impl<'r, 's> BackupWriter<'r, 's> {
             new_bytes: self.new_bytes,
             stored_bytes,
         };
-        self.repo.write_doc(&backup_object(&m.id), &m)?;
+        self.repo.write_immutable_doc(&backup_object(&m.id), &m)?;
         Ok(m)
     }
 }

@@ -326,6 +326,9 @@ fn spec(volume: String, name: String, o: &SnapOpts) -> SnapshotSpec {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let state = state_dir(cli.state_dir.clone());
+    if !matches!(cli.command, Command::Serve(_)) {
+        fss_cli::serve::debug_logging();
+    }
     match cli.command {
         Command::Serve(a) => {
             let code = fss_cli::serve::serve(&state, a)?;

@@ -82,6 +82,11 @@ pub fn restore(repo: &Repository, id: &str) -> fss_repo::Result<Vec<u8>> {
 /// A temporary `file://` repository.
 pub fn file_repo(dir: &tempfile::TempDir, key: Option<&std::path::Path>) -> (String, Repository) {
     let url = format!("file://{}/repo", dir.path().display());
-    let repo = Repository::init(&url, key).unwrap_or_else(|e| panic!("init {url}: {e}"));
+    // The cache in the test's directory, so every test exercises it.
+    let repo = Repository::init(&url, key)
+        .unwrap_or_else(|e| panic!("init {url}: {e}"))
+        .with_cache(Some(fss_repo::cache::DocCache::at(
+            dir.path().join("cache"),
+        )));
     (url, repo)
 }
