@@ -33,7 +33,8 @@ const FREE_PAST: u64 = 8 << 20;
 const MAGIC: &[u8; 8] = b"FSSHELD1";
 const RECORD_MAGIC: u32 = 0x4845_4C44;
 const HEADER_LEN: usize = 56;
-const RECORD_LEN: usize = 48;
+/// Bytes of a record's header, before its data.
+pub(crate) const RECORD_LEN: usize = 48;
 
 /// What a journaled change does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +82,7 @@ impl HeldJournal {
     }
 
     /// Append change `seq` at `at`; returns where the next record goes.
+    #[cfg(test)]
     pub(crate) fn append(
         &self,
         at: u64,
@@ -90,20 +92,18 @@ impl HeldJournal {
         len: u64,
         data: &[u8],
     ) -> io::Result<u64> {
-        let mut b = Vec::with_capacity(RECORD_LEN + data.len());
-        b.resize(RECORD_LEN, 0);
-        put_u32(&mut b, 0, RECORD_MAGIC);
-        b[4] = kind as u8;
-        put_u64(&mut b, 8, seq);
-        put_u64(&mut b, 16, offset);
-        put_u64(&mut b, 24, len);
-        put_u64(&mut b, 32, data.len() as u64);
-        put_u32(&mut b, 40, crc32c::crc32c(data));
-        let crc = crc32c::crc32c(&b[..44]);
-        put_u32(&mut b, 44, crc);
-        b.extend_from_slice(data);
-        self.dev.write_at_cached(&b, at)?;
-        Ok(at + b.len() as u64)
+        self.append_record(at, seq, &mut record(kind, offset, len, data))
+    }
+
+    /// Append `rec` (made by [`record`]) as change `seq` at `at`; returns where the next
+    /// record goes. Only the number and the header's checksum are filled in here: this runs
+    /// under the held writes' lock, the rest of the record was made before it.
+    pub(crate) fn append_record(&self, at: u64, seq: u64, rec: &mut [u8]) -> io::Result<u64> {
+        put_u64(rec, 8, seq);
+        let crc = crc32c::crc32c(&rec[..44]);
+        put_u32(rec, 44, crc);
+        self.dev.write_at_cached(rec, at)?;
+        Ok(at + rec.len() as u64)
     }
 
     /// Give back the memory of the record area up to `end` once it is reused from the start.
@@ -181,6 +181,22 @@ impl HeldJournal {
         };
         Ok(Some((get_u64(&r, 8), p, data_at + data_len)))
     }
+}
+
+/// A record of a change, ready but for its number (set by `append_record`): the header, then
+/// `data`. Made before the held writes' lock is taken, so the copy and the data's checksum
+/// do not hold up other writers; the held write keeps it and applies the data from it.
+pub(crate) fn record(kind: Kind, offset: u64, len: u64, data: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(RECORD_LEN + data.len());
+    b.resize(RECORD_LEN, 0);
+    put_u32(&mut b, 0, RECORD_MAGIC);
+    b[4] = kind as u8;
+    put_u64(&mut b, 16, offset);
+    put_u64(&mut b, 24, len);
+    put_u64(&mut b, 32, data.len() as u64);
+    put_u32(&mut b, 40, crc32c::crc32c(data));
+    b.extend_from_slice(data);
+    b
 }
 
 fn put_u32(b: &mut [u8], at: usize, v: u32) {

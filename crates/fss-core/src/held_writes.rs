@@ -18,7 +18,7 @@ use crate::device::BlockDevice;
 use crate::error::{Error, Result};
 use crate::held_journal::{self, HeldJournal, Kind};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -38,9 +38,32 @@ pub(crate) const MAX_HELD_LEN: u64 = 32 << 20;
 
 /// What a held write does to the volume when it is applied.
 pub(crate) enum HeldChange {
-    Write(Vec<u8>),
+    /// The bytes of `buf` from `data_at` on. When the volume has a journal, `buf` is the
+    /// write's journal record (header, then the bytes): one copy of the data serves both.
+    Write {
+        buf: Vec<u8>,
+        data_at: usize,
+    },
     Discard,
     Zeroes,
+}
+
+impl HeldChange {
+    /// A held write of `data` to `offset`, with its journal record made already when
+    /// `journaled` (outside the held writes' lock).
+    pub fn write(data: &[u8], offset: u64, journaled: bool) -> Self {
+        if journaled {
+            let buf = held_journal::record(Kind::Write, offset, data.len() as u64, data);
+            return HeldChange::Write {
+                buf,
+                data_at: held_journal::RECORD_LEN,
+            };
+        }
+        HeldChange::Write {
+            buf: data.to_vec(),
+            data_at: 0,
+        }
+    }
 }
 
 /// A persistent snapshot whose store must be durable before a held write is applied, and the
@@ -87,6 +110,9 @@ struct Inner {
     applied: Condvar,
     /// Held changes not yet applied: lets I/O skip the lock when nothing is held.
     count: AtomicUsize,
+    /// A journal is in use (set once, before the first write): writers make their records
+    /// before taking the lock.
+    journaled: AtomicBool,
 }
 
 impl Inner {
@@ -131,6 +157,7 @@ impl HeldWrites {
                 work: Condvar::new(),
                 applied: Condvar::new(),
                 count: AtomicUsize::new(0),
+                journaled: AtomicBool::new(false),
             }),
             committer: Mutex::new(None),
         }
@@ -141,8 +168,16 @@ impl HeldWrites {
     /// # Errors
     /// The journal could not take it: the write is not acknowledged (nothing of it reached
     /// the volume; its pre-images are made durable, as they are mapped already).
-    pub fn hold(&self, h: Held) -> Result<()> {
+    pub fn hold(&self, mut h: Held) -> Result<()> {
         let inner = &self.inner;
+        if inner.journaled.load(Ordering::Acquire) {
+            // A write made before the journal was in use: make its record now, unlocked.
+            if let HeldChange::Write { buf, data_at } = &mut h.change {
+                if *data_at != held_journal::RECORD_LEN {
+                    h.change = HeldChange::write(&buf[*data_at..], h.offset, true);
+                }
+            }
+        }
         let mut s = inner.lock();
         while s.bytes > 0 && s.bytes + h.len > MAX_HELD_BYTES {
             s = hurry(inner, s);
@@ -152,7 +187,7 @@ impl HeldWrites {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         if s.journal.is_some() {
-            s = match journal_append(inner, s, &h) {
+            s = match journal_append(inner, s, &mut h) {
                 Ok(s) => s,
                 Err(e) => {
                     make_durable(&h.syncs.iter().collect::<Vec<_>>());
@@ -190,12 +225,13 @@ impl HeldWrites {
             .retire(s.next)
             .map_err(|e| Error::io("start the journal of", self.inner.object.clone(), e))?;
         s.journal = Some((journal, held_journal::START));
+        self.inner.journaled.store(true, Ordering::Release);
         Ok(())
     }
 
     /// Whether held changes are kept in a journal.
     pub fn journaled(&self) -> bool {
-        self.inner.lock().journal.is_some()
+        self.inner.journaled.load(Ordering::Acquire)
     }
 
     /// Test hook: the committer waits `pause` before each commit, so held writes stay held.
@@ -272,24 +308,35 @@ impl Drop for HeldWrites {
 }
 
 /// Append `h` to the journal as the next arrival; when the record area is full, first wait
-/// until everything held is applied and reuse it from the start.
+/// until everything held is applied and reuse it from the start. A write's record is made
+/// already (`HeldChange::write`); only its number is filled in here, under the lock.
 fn journal_append<'a>(
     inner: &'a Inner,
     mut s: MutexGuard<'a, State>,
-    h: &Held,
+    h: &mut Held,
 ) -> Result<MutexGuard<'a, State>> {
-    let data: &[u8] = match &h.change {
-        HeldChange::Write(d) => d,
-        HeldChange::Discard | HeldChange::Zeroes => &[],
+    let mut small;
+    let rec: &mut [u8] = match &mut h.change {
+        HeldChange::Write { buf, data_at } if *data_at == held_journal::RECORD_LEN => buf,
+        HeldChange::Write { buf, data_at } => {
+            small = held_journal::record(Kind::Write, h.offset, h.len, &buf[*data_at..]);
+            &mut small
+        }
+        HeldChange::Discard => {
+            small = held_journal::record(Kind::Discard, h.offset, h.len, &[]);
+            &mut small
+        }
+        HeldChange::Zeroes => {
+            small = held_journal::record(Kind::Zeroes, h.offset, h.len, &[]);
+            &mut small
+        }
     };
-    let kind = match h.change {
-        HeldChange::Write(_) => Kind::Write,
-        HeldChange::Discard => Kind::Discard,
-        HeldChange::Zeroes => Kind::Zeroes,
-    };
-    while s.journal.as_ref().is_some_and(|(_, at)| {
-        *at > held_journal::START && *at + data.len() as u64 > held_journal::LIMIT
-    }) {
+    let rec_len = rec.len() as u64;
+    while s
+        .journal
+        .as_ref()
+        .is_some_and(|(_, at)| *at > held_journal::START && *at + rec_len > held_journal::LIMIT)
+    {
         s = hurry(inner, s);
         s = inner
             .applied
@@ -299,7 +346,7 @@ fn journal_append<'a>(
     let seq = s.next + 1;
     if let Some((j, at)) = s.journal.as_mut() {
         *at = j
-            .append(*at, seq, kind, h.offset, h.len, data)
+            .append_record(*at, seq, rec)
             .map_err(|e| Error::io("journal a write to", inner.object.clone(), e).at(h.offset))?;
     }
     Ok(s)
@@ -353,7 +400,9 @@ fn commit_loop(inner: &Inner) {
         for (_, h) in &batch {
             let r = match &h.change {
                 // Its pre-images were just read through the page cache.
-                HeldChange::Write(data) => inner.dev.write_at_cached(data, h.offset),
+                HeldChange::Write { buf, data_at } => {
+                    inner.dev.write_at_cached(&buf[*data_at..], h.offset)
+                }
                 HeldChange::Discard => inner.dev.discard(h.offset, h.len),
                 HeldChange::Zeroes => inner.dev.write_zeroes(h.offset, h.len),
             };

@@ -115,7 +115,9 @@ impl VolumeCore {
                     offset: pos,
                     len: n,
                     change: match change {
-                        Change::Write(buf) => HeldChange::Write(buf[piece].to_vec()),
+                        Change::Write(buf) => {
+                            HeldChange::write(&buf[piece], pos, self.held.journaled())
+                        }
                         Change::Discard => HeldChange::Discard,
                         Change::Zeroes => HeldChange::Zeroes,
                     },
