@@ -246,7 +246,17 @@ impl HeldWrites {
             .unwrap_or_else(PoisonError::into_inner);
         if c.is_none() {
             let inner = Arc::clone(&self.inner);
-            *c = Some(std::thread::spawn(move || commit_loop(&inner)));
+            // Named, or it inherits the name of the front-end thread that made the first held
+            // write and cannot be told apart from it in a profile.
+            let t = std::thread::Builder::new()
+                .name("fss-committer".into())
+                .spawn(move || commit_loop(&inner));
+            // As `std::thread::spawn` would: without the thread, held writes could never
+            // apply, and the request that held this one fails instead (EIO at the front-end).
+            match t {
+                Ok(h) => *c = Some(h),
+                Err(e) => panic!("cannot start the held-writes committer thread: {e}"),
+            }
         }
     }
 
