@@ -289,13 +289,13 @@ fn restore_existing(
     Ok(s)
 }
 
-/// Restore `m` into the open file `f` (named `path`) and flush it.
+/// Restore `m` into the new sparse file `f` (named `path`; zero chunks stay holes) and flush
+/// it.
 fn write_into(
     repo: &Repository,
     m: &Manifest,
     f: &std::fs::File,
     path: &Path,
-    zeros: bool,
     opts: &RepoOpts,
     progress: &Progress<'_>,
 ) -> anyhow::Result<fss_repo::RestoreStats> {
@@ -307,7 +307,7 @@ fn write_into(
         let _ = rustix::fs::fadvise(f, off, len, rustix::fs::Advice::DontNeed);
         Ok(())
     };
-    let s = fss_repo::restore(repo, m, &write, zeros, opts.connections, progress)?;
+    let s = fss_repo::restore(repo, m, &write, false, opts.connections, progress)?;
     tracing::debug!("chunks fetched and written");
     f.sync_all()
         .with_context(|| format!("cannot flush {}", path.display()))?;
@@ -334,7 +334,7 @@ fn restore_new(
             .with_context(|| format!("cannot create {}", partial.display()))?;
         f.set_len(m.size)
             .with_context(|| format!("cannot size {}", partial.display()))?;
-        let s = write_into(repo, m, &f, &partial, false, opts, progress)?;
+        let s = write_into(repo, m, &f, &partial, opts, progress)?;
         std::fs::rename(&partial, path).with_context(|| {
             format!("cannot rename {} to {}", partial.display(), path.display())
         })?;

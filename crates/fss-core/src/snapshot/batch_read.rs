@@ -1,4 +1,4 @@
-//! Snapshot reads that need more than one piece: every piece (the volume's runs of blocks no
+//! Snapshot reads of more than one block: every piece (the volume's runs of blocks no
 //! map holds, each store's runs of the blocks it holds) in flight at once, each read straight
 //! into its place in the caller's buffer.
 //!
@@ -62,9 +62,20 @@ pub(super) fn read(
         })
         .collect();
     let mut pieces = volume_pieces(g, &clusters, &open, offset, len);
-    let unbatched = store_pieces(g.cluster_size(), later, segments, &mut pieces, buf);
-    read_pieces(core, g.cluster_size(), later, pieces, buf, object)?;
-    read_segments(g.cluster_size(), later, unbatched, buf)?;
+    if segments.is_empty() {
+        // Nothing preserved in range: a volume read, and read as one (large ones direct).
+        for p in &pieces {
+            if let Origin::Volume(at) = p.from {
+                core.dev
+                    .read_at(&mut buf[p.to.clone()], at)
+                    .map_err(|e| Error::io("read", object.to_string(), e).at(at))?;
+            }
+        }
+    } else {
+        let unbatched = store_pieces(g.cluster_size(), later, segments, &mut pieces, buf);
+        read_pieces(core, g.cluster_size(), later, pieces, buf, object)?;
+        read_segments(g.cluster_size(), later, unbatched, buf)?;
+    }
     // Blocks no map held when the volume's pieces were read: held now, they were preserved
     // meanwhile and the volume may already hold new bytes; still not, the volume's are right.
     let again = clusters

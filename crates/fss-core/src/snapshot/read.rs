@@ -11,8 +11,8 @@ use crate::geometry::{block_span, clip, Geometry};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-/// Snapshot reads longer than this that need a store put all their pieces in flight at once
-/// (`batch_read`); a one-block read is one piece anyway.
+/// Snapshot reads longer than this go through `batch_read` (all pieces in flight at once);
+/// a one-block read is one piece anyway.
 const BATCHED_SNAPSHOT_READ: u64 = crate::geometry::BLOCK_SIZE;
 
 /// Read `buf` at `offset` from snapshot `snap` of the volume `core`.
@@ -43,15 +43,15 @@ pub(super) fn read(
     let later = &chains.chain[snap.chain][idx..];
     let len = buf.len() as u64;
     let (b0, b1) = block_span(offset, len);
-    let clusters = g.clusters_of(b0, b1);
-    let (unmapped, any_mapped) = unmapped_span(&g, later, b0, b1);
-    if any_mapped && len > BATCHED_SNAPSHOT_READ {
+    if len > BATCHED_SNAPSHOT_READ {
         batch_read::read(core, &g, later, buf, offset, &object)?;
         if !snap.is_valid() {
             return Err(snap.invalid_error());
         }
         return Ok(());
     }
+    let clusters = g.clusters_of(b0, b1);
+    let (unmapped, any_mapped) = unmapped_span(&g, later, b0, b1);
     if let Some((lo, hi)) = unmapped {
         // Read that span from the volume first, in one I/O, and only then consult the
         // maps: a block not mapped at that later moment had not been preserved, so it had
@@ -59,8 +59,8 @@ pub(super) fn read(
         // volume read saw the snapshot's bytes. Mapped blocks are overlaid from stores.
         let span = clip(lo, hi - lo, offset, len);
         let piece = &mut buf[span.in_buf(offset)];
-        // Nothing preserved in range: this is a volume read, and reads as one (large ones
-        // direct). Otherwise the pre-image reads of writes beside it profit from the cache.
+        // Nothing preserved in range: a volume read. Otherwise the pre-image reads of
+        // writes beside it profit from the cache.
         let done = if any_mapped {
             core.dev.read_at_cached(piece, span.start)
         } else {
