@@ -15,7 +15,7 @@
 //! and its data. Records carry consecutive numbers; a scan stops at the first record that is
 //! torn (checksum), foreign, or out of sequence (a leftover from before the area was reused).
 
-use crate::device::BlockDevice;
+use crate::device::{BlockDevice, DIRECT_ALIGN};
 use crate::format::le::{u32_at as get_u32, u64_at as get_u64};
 use std::io;
 use std::sync::Arc;
@@ -187,16 +187,45 @@ impl HeldJournal {
 /// `data`. Made before the held writes' lock is taken, so the copy and the data's checksum
 /// do not hold up other writers; the held write keeps it and applies the data from it.
 pub(crate) fn record(kind: Kind, offset: u64, len: u64, data: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(RECORD_LEN + data.len());
-    b.resize(RECORD_LEN, 0);
-    put_u32(&mut b, 0, RECORD_MAGIC);
-    b[4] = kind as u8;
-    put_u64(&mut b, 16, offset);
-    put_u64(&mut b, 24, len);
-    put_u64(&mut b, 32, data.len() as u64);
-    put_u32(&mut b, 40, crc32c::crc32c(data));
+    record_at(kind, offset, len, data, false).0
+}
+
+/// As [`record`], in a buffer where the record starts at the returned index, chosen when
+/// `align_data` so that the data lies on a [`DIRECT_ALIGN`] boundary: a large held write is
+/// then applied from it with O_DIRECT, without a bounce copy.
+pub(crate) fn record_at(
+    kind: Kind,
+    offset: u64,
+    len: u64,
+    data: &[u8],
+    align_data: bool,
+) -> (Vec<u8>, usize) {
+    let (mut b, at) = if align_data {
+        aligned_vec(RECORD_LEN, RECORD_LEN + data.len())
+    } else {
+        (Vec::with_capacity(RECORD_LEN + data.len()), 0)
+    };
+    b.resize(at + RECORD_LEN, 0);
+    let h = &mut b[at..];
+    put_u32(h, 0, RECORD_MAGIC);
+    h[4] = kind as u8;
+    put_u64(h, 16, offset);
+    put_u64(h, 24, len);
+    put_u64(h, 32, data.len() as u64);
+    put_u32(h, 40, crc32c::crc32c(data));
     b.extend_from_slice(data);
-    b
+    (b, at)
+}
+
+/// An empty `Vec` with room for `at + len` bytes, and the index `at` (its length, filled with
+/// zeroes) from which writing `len` bytes puts byte `prefix` of them on a [`DIRECT_ALIGN`]
+/// boundary.
+pub(crate) fn aligned_vec(prefix: usize, len: usize) -> (Vec<u8>, usize) {
+    let mut b = Vec::with_capacity(DIRECT_ALIGN + len);
+    let addr = b.as_ptr() as usize + prefix;
+    let at = (DIRECT_ALIGN - addr % DIRECT_ALIGN) % DIRECT_ALIGN;
+    b.resize(at, 0);
+    (b, at)
 }
 
 fn put_u32(b: &mut [u8], at: usize, v: u32) {
@@ -216,6 +245,21 @@ mod tests {
     fn journal(dev: &Arc<MemDevice>, boot: u8) -> HeldJournal {
         let d: Arc<dyn BlockDevice> = dev.clone();
         HeldJournal::new(d, [7; 16], [boot; 16])
+    }
+
+    #[test]
+    fn an_aligned_record_is_the_same_record_with_its_data_on_a_boundary() {
+        for n in [0usize, 1, 4096, 300_000, 1 << 20] {
+            let data: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            let plain = record(Kind::Write, 8192, n as u64, &data);
+            let (b, at) = record_at(Kind::Write, 8192, n as u64, &data, true);
+            assert_eq!(&b[at..], &plain[..], "{n} bytes");
+            assert_eq!((b.as_ptr() as usize + at + RECORD_LEN) % DIRECT_ALIGN, 0);
+            let (mut v, at) = aligned_vec(0, n);
+            v.extend_from_slice(&data);
+            assert_eq!(&v[at..], &data[..]);
+            assert_eq!((v.as_ptr() as usize + at) % DIRECT_ALIGN, 0);
+        }
     }
 
     #[test]

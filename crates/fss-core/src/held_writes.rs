@@ -38,10 +38,12 @@ pub(crate) const MAX_HELD_LEN: u64 = 32 << 20;
 
 /// What a held write does to the volume when it is applied.
 pub(crate) enum HeldChange {
-    /// The bytes of `buf` from `data_at` on. When the volume has a journal, `buf` is the
-    /// write's journal record (header, then the bytes): one copy of the data serves both.
+    /// The bytes of `buf` from `data_at` on. When the volume has a journal, `buf` holds the
+    /// write's journal record from `rec_at` on (header, then the bytes): one copy of the data
+    /// serves both.
     Write {
         buf: Vec<u8>,
+        rec_at: usize,
         data_at: usize,
     },
     Discard,
@@ -53,16 +55,33 @@ impl HeldChange {
     /// `journaled` (outside the held writes' lock).
     pub fn write(data: &[u8], offset: u64, journaled: bool) -> Self {
         if journaled {
-            let buf = held_journal::record(Kind::Write, offset, data.len() as u64, data);
+            // A large write is applied with O_DIRECT: its data then starts on a boundary.
+            let direct = !crate::volume::cached_transfer(data.len() as u64);
+            let (buf, rec_at) =
+                held_journal::record_at(Kind::Write, offset, data.len() as u64, data, direct);
             return HeldChange::Write {
                 buf,
-                data_at: held_journal::RECORD_LEN,
+                rec_at,
+                data_at: rec_at + held_journal::RECORD_LEN,
             };
         }
+        let (mut buf, at) = if crate::volume::cached_transfer(data.len() as u64) {
+            (Vec::with_capacity(data.len()), 0)
+        } else {
+            held_journal::aligned_vec(0, data.len())
+        };
+        buf.extend_from_slice(data);
         HeldChange::Write {
-            buf: data.to_vec(),
-            data_at: 0,
+            buf,
+            rec_at: at,
+            data_at: at,
         }
+    }
+
+    /// Whether this is a write whose journal record is made already.
+    fn has_record(&self) -> bool {
+        matches!(self, HeldChange::Write { rec_at, data_at, .. }
+            if *data_at == *rec_at + held_journal::RECORD_LEN)
     }
 }
 
@@ -172,9 +191,10 @@ impl HeldWrites {
         let inner = &self.inner;
         if inner.journaled.load(Ordering::Acquire) {
             // A write made before the journal was in use: make its record now, unlocked.
-            if let HeldChange::Write { buf, data_at } = &mut h.change {
-                if *data_at != held_journal::RECORD_LEN {
-                    h.change = HeldChange::write(&buf[*data_at..], h.offset, true);
+            if let HeldChange::Write { buf, data_at, .. } = &h.change {
+                if !h.change.has_record() {
+                    let made = HeldChange::write(&buf[*data_at..], h.offset, true);
+                    h.change = made;
                 }
             }
         }
@@ -327,8 +347,12 @@ fn journal_append<'a>(
 ) -> Result<MutexGuard<'a, State>> {
     let mut small;
     let rec: &mut [u8] = match &mut h.change {
-        HeldChange::Write { buf, data_at } if *data_at == held_journal::RECORD_LEN => buf,
-        HeldChange::Write { buf, data_at } => {
+        HeldChange::Write {
+            buf,
+            rec_at,
+            data_at,
+        } if *data_at == *rec_at + held_journal::RECORD_LEN => &mut buf[*rec_at..],
+        HeldChange::Write { buf, data_at, .. } => {
             small = held_journal::record(Kind::Write, h.offset, h.len, &buf[*data_at..]);
             &mut small
         }
@@ -409,9 +433,13 @@ fn commit_loop(inner: &Inner) {
         let mut failed = None;
         for (_, h) in &batch {
             let r = match &h.change {
-                // Its pre-images were just read through the page cache.
-                HeldChange::Write { buf, data_at } => {
+                // A small one's pre-images were just read through the page cache; a large
+                // one goes as the volume's large writes do (`volume::cached_transfer`).
+                HeldChange::Write { buf, data_at, .. } if crate::volume::cached_transfer(h.len) => {
                     inner.dev.write_at_cached(&buf[*data_at..], h.offset)
+                }
+                HeldChange::Write { buf, data_at, .. } => {
+                    inner.dev.write_at(&buf[*data_at..], h.offset)
                 }
                 HeldChange::Discard => inner.dev.discard(h.offset, h.len),
                 HeldChange::Zeroes => inner.dev.write_zeroes(h.offset, h.len),

@@ -46,6 +46,8 @@ const HOT: usize = 128;
 /// 16 KiB clusters: four blocks, owned by different writers in the lower half.
 const CLUSTER: u64 = 16 << 10;
 const WRITERS: usize = 4;
+/// The most blocks of one large request (from 64 on: 256 KiB, where `direct_large` starts).
+const LARGE: usize = 96;
 const READERS: usize = 3;
 /// The most snapshots alive at once.
 const MAX_LIVE: usize = 6;
@@ -245,8 +247,9 @@ fn file_device(path: &std::path::Path, len: u64) -> Arc<dyn BlockDevice> {
     let f = std::fs::File::create(path).unwrap_or_else(|e| panic!("create {path:?}: {e}"));
     f.set_len(len)
         .unwrap_or_else(|e| panic!("size {path:?}: {e}"));
+    // The daemon's default volume I/O mode (`--volume-io direct-large`).
     let opts = OpenOptions {
-        direct_reads: true,
+        direct_large: true,
         ..OpenOptions::default()
     };
     Arc::new(FileDevice::open(path, &opts).unwrap_or_else(|e| panic!("open {path:?}: {e}")))
@@ -526,11 +529,14 @@ fn writer(sh: &Shared, w: usize, seed: u64) -> Counts {
 /// A random range of the volume: single blocks and unaligned multi-block ranges, mostly in
 /// the hot region.
 fn random_range(rng: &mut Rng) -> (usize, usize) {
-    let (off, len) = match rng.below(5) {
+    let (off, len) = match rng.below(6) {
         0 => (BS * rng.below(HOT), BS),
         1 => (BS * rng.below(BLOCKS), BS),
         2 => (rng.below(HOT * BS), 1 + rng.below(5 * BS)),
         3 => (rng.below(BLOCKS * BS), 1 + rng.below(9 * BS)),
+        // Large and aligned: on files, first overwrites of these go O_DIRECT end to end
+        // (pre-image reads, volume writes, held writes applied).
+        4 => (BS * rng.below(BLOCKS), BS * (64 + rng.below(LARGE - 63))),
         // Aligned, several blocks: the pieces of a batched read can go O_DIRECT.
         _ => (BS * rng.below(BLOCKS), BS * (1 + rng.below(9))),
     };
@@ -542,7 +548,7 @@ fn reader(sh: &Shared, r: usize, seed: u64) -> Counts {
     let mut rng = Rng::new(seed);
     let mut c = Counts::default();
     // Aligned, so that batched reads of aligned ranges may go O_DIRECT into it.
-    let mut buf = AlignedBuf::new(10 * BS);
+    let mut buf = AlignedBuf::new(LARGE * BS);
     while !sh.stop.load(SeqCst) {
         let pick = rng.below(100);
         if pick < 5 {

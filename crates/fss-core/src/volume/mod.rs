@@ -9,6 +9,7 @@
 
 mod lifecycle;
 mod write;
+pub(crate) use write::cached_transfer;
 
 use crate::core::VolumeCore;
 use crate::device::{BlockDevice, Extent};

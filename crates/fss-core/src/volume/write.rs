@@ -7,6 +7,7 @@ use crate::busy::Claims;
 use crate::chain::{losing_blocks, uncovered, ChainKind, Chains, PerChain, SnapState};
 use crate::cluster_map::{mask_add, mask_is_empty, mask_keep, mask_runs};
 use crate::core::VolumeCore;
+use crate::device::{AlignedBuf, DIRECT_WRITE_MIN};
 use crate::error::{Error, Result};
 use crate::geometry::{block_span, Cluster, Geometry, Span, BLOCK_SIZE};
 use crate::held_writes::{Held, HeldChange, StoreSync, MAX_HELD_LEN};
@@ -16,6 +17,17 @@ use std::sync::Arc;
 
 /// The most bytes one step of a write, discard or zeroing preserves and applies at once.
 const MAX_PIECE: u64 = MAX_HELD_LEN;
+
+/// Whether a first overwrite of `len` bytes reads its pre-images and writes the new data
+/// through the page cache. Small ones do: a page-cache write over pages just read costs a copy,
+/// and on ext4 a direct read holds the inode lock shared while a page-cache write takes it
+/// exclusively, so small direct reads and cached writes queue behind each other. Large ones
+/// go as plain reads and writes (O_DIRECT under `--volume-io direct-large`): through the page
+/// cache they pile up dirty pages, and once writeback starts a sustained first overwrite runs
+/// at the page cache's writeback rate instead of the disk's.
+pub(crate) fn cached_transfer(len: u64) -> bool {
+    len < DIRECT_WRITE_MIN as u64
+}
 
 /// A change to the origin that needs pre-images first.
 #[derive(Clone, Copy)]
@@ -32,7 +44,7 @@ struct ClusterPlan {
 }
 
 /// Pre-images read from the volume: runs of whole blocks, zero-padded past its end.
-struct PreImages(Vec<(u64, Vec<u8>)>);
+struct PreImages(Vec<(u64, AlignedBuf)>);
 
 impl PreImages {
     /// The bytes of blocks `[first, first + count)`, which lie inside one run.
@@ -101,7 +113,7 @@ impl VolumeCore {
                     .wait_clear(b0 * BLOCK_SIZE, (b1 - b0) * BLOCK_SIZE);
                 let r = match change {
                     // Over pre-images just read through the page cache: overwrite them there.
-                    Change::Write(buf) if claims.is_some() => {
+                    Change::Write(buf) if claims.is_some() && cached_transfer(n) => {
                         self.dev.write_at_cached(&buf[piece], pos)
                     }
                     Change::Write(buf) => self.dev.write_at(&buf[piece], pos),
@@ -311,14 +323,18 @@ impl VolumeCore {
         }
         let mut out = Vec::with_capacity(runs.len());
         for (f, n) in runs {
-            let mut data = vec![0u8; (n * BLOCK_SIZE) as usize];
+            let mut data = AlignedBuf::new((n * BLOCK_SIZE) as usize);
             let run = Span {
                 start: f * BLOCK_SIZE,
                 end: ((f + n) * BLOCK_SIZE).min(self.len),
             };
-            self.dev
-                .read_at_cached(&mut data[run.in_buf(run.start)], run.start)
-                .map_err(|e| Error::io("read pre-image from", self.object(), e).at(run.start))?;
+            let piece = &mut data[run.in_buf(run.start)];
+            let r = if cached_transfer(n * BLOCK_SIZE) {
+                self.dev.read_at_cached(piece, run.start)
+            } else {
+                self.dev.read_at(piece, run.start)
+            };
+            r.map_err(|e| Error::io("read pre-image from", self.object(), e).at(run.start))?;
             out.push((f, data));
         }
         Ok(PreImages(out))
