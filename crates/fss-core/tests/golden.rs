@@ -364,7 +364,9 @@ fn golden_v1_store_opens_and_reads_the_snapshot() {
     assert_eq!(rec.cluster_size, CLUSTER);
     assert_eq!(rec.created, UNIX_EPOCH + Duration::from_secs(CREATED_SECS));
     assert_eq!(rec.invalid, None);
-    let map: Vec<MapEntry> = MAP
+    let mut sorted = MAP;
+    sorted.sort_by_key(|e| e.0);
+    let map: Vec<MapEntry> = sorted
         .iter()
         .map(|&(cluster, slot, mask)| MapEntry {
             cluster,
@@ -372,7 +374,7 @@ fn golden_v1_store_opens_and_reads_the_snapshot() {
             mask: vec![mask],
         })
         .collect();
-    assert_eq!(rec.entries, map);
+    assert_eq!(rec.entries(), map);
     let report = fs.verify().unwrap();
     assert!(report.checksummed);
     assert_eq!(report.blocks_checked, 20);
@@ -393,7 +395,7 @@ fn golden_v1_store_opens_and_reads_the_snapshot() {
     drop(snap);
     drop(vol);
     let (fs, rec) = open();
-    assert_eq!(rec.entries.len(), MAP.len() + 1);
+    assert_eq!(rec.entries().len(), MAP.len() + 1);
     let dv: Arc<dyn BlockDevice> = vol_dev.clone();
     let vol = Volume::with_identity("golden-volume", dv, VOLUME_ID);
     let snap = vol

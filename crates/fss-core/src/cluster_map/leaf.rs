@@ -70,7 +70,6 @@ impl Leaf {
     }
 
     /// Mapped clusters.
-    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.slots.len()
     }

@@ -37,6 +37,7 @@ pub struct ClusterMap {
     masks: SlotMasks,
     clusters: u64,
     blocks: u64,
+    bpc: u32,
 }
 
 impl ClusterMap {
@@ -48,6 +49,7 @@ impl ClusterMap {
             masks: SlotMasks::new(mask_words(blocks_per_cluster)),
             clusters: 0,
             blocks: 0,
+            bpc: blocks_per_cluster,
         }
     }
 
@@ -121,6 +123,25 @@ impl ClusterMap {
             leaf.iter()
                 .map(move |(i, s)| (base | i, s, self.masks.get(s)))
         })
+    }
+
+    /// Blocks per cluster, as the map was made for.
+    #[must_use]
+    pub fn blocks_per_cluster(&self) -> u32 {
+        self.bpc
+    }
+
+    /// The highest cluster with a slot.
+    #[must_use]
+    pub fn last_cluster(&self) -> Option<u32> {
+        let (k, leaf) = self
+            .leaves
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(k, l)| Some((k, l.as_deref().filter(|l| l.len() > 0)?)))?;
+        let last = leaf.iter().last()?.0;
+        Some(((k as u32) << LEAF_BITS) | last)
     }
 
     /// Clusters with a slot.

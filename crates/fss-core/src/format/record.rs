@@ -259,8 +259,12 @@ pub struct Bounds {
 pub struct Replay {
     nonce: [u8; 16],
     bounds: Bounds,
-    /// The valid records, in order.
+    /// The valid records not taken yet (see [`Replay::take_settled`]), in order.
     pub records: Vec<Record>,
+    /// Where each of `records` starts: (log block, byte).
+    positions: Vec<(u64, usize)>,
+    /// The sequence number of the last valid record (taken or not).
+    last_seq: u64,
     /// The highest durable horizon seen.
     pub horizon: u64,
     /// Where the log ends: block index and byte position of the first byte after the last
@@ -278,6 +282,8 @@ impl Replay {
             nonce,
             bounds,
             records: Vec::new(),
+            positions: Vec::new(),
+            last_seq: 0,
             horizon: 0,
             end: (0, 0),
             ended: false,
@@ -291,8 +297,19 @@ impl Replay {
         self.ended
     }
 
-    fn last_seq(&self) -> u64 {
-        self.records.last().map_or(0, |r| r.seq)
+    /// The sequence number of the last valid record so far (0 for none).
+    #[must_use]
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Take the records known durable so far: those at or below the highest durable horizon
+    /// seen. The horizon only grows, so they stay trusted whatever follows; a replay that
+    /// takes them as it goes keeps only the last batch's records in memory.
+    pub fn take_settled(&mut self) -> Vec<Record> {
+        let n = self.records.partition_point(|r| r.seq <= self.horizon);
+        self.positions.drain(..n);
+        self.records.drain(..n).collect()
     }
 
     fn check(&self, r: &Record) -> Result<(), FormatError> {
@@ -333,9 +350,11 @@ impl Replay {
         let mut pos = 0;
         loop {
             match decode(&self.nonce, &block[pos..]) {
-                Decoded::Record(r, len) if r.seq == self.last_seq() + 1 => {
+                Decoded::Record(r, len) if r.seq == self.last_seq + 1 => {
                     self.check(&r)?;
                     self.horizon = self.horizon.max(r.horizon);
+                    self.last_seq = r.seq;
+                    self.positions.push((index, pos));
                     self.records.push(r);
                     pos += len;
                     self.end = (index, pos);
@@ -374,12 +393,14 @@ impl Replay {
             .any(|pos| matches!(decode(&self.nonce, &block[pos..]), Decoded::Record(..)))
     }
 
-    /// Drop the records from index `i` on (their data did not survive a crash), moving the end
-    /// to just before record `i`; `positions` gives each record's (block, byte) position.
-    pub fn truncate(&mut self, i: usize, positions: &[(u64, usize)]) {
+    /// Drop the records from index `i` of those not taken on (their data did not survive a
+    /// crash), moving the end to just before record `i`.
+    pub fn truncate(&mut self, i: usize) {
         if i < self.records.len() {
+            self.end = self.positions[i];
+            self.last_seq = self.records[i].seq - 1;
             self.records.truncate(i);
-            self.end = positions[i];
+            self.positions.truncate(i);
         }
     }
 }
@@ -485,8 +506,31 @@ mod tests {
         assert!(r.records.iter().zip(&bodies).all(|(a, b)| &a.body == b));
         assert_eq!(r.horizon, 297);
         let pos = record_positions(&r.records);
+        assert_eq!(r.positions, pos, "positions noted as fed");
         let last = r.records.last().unwrap();
         assert_eq!(r.end, (pos[299].0, pos[299].1 + last.encoded_len()));
+    }
+
+    #[test]
+    fn settled_records_are_taken_and_a_truncate_counts_from_the_rest() {
+        let blocks = write_log((0..300).map(|i| pres(i, i, 0, 1)).collect());
+        let mut all = replay(&blocks).unwrap();
+        let pos = record_positions(&all.records);
+        let mut r = replay(&blocks).unwrap();
+        let settled = r.take_settled();
+        assert_eq!(settled.len(), 297, "every record up to the horizon");
+        assert!(settled
+            .iter()
+            .zip(&all.records)
+            .all(|(a, b)| a.seq == b.seq));
+        assert_eq!(r.records.len(), 3);
+        assert_eq!(r.last_seq(), 300);
+        assert!(r.take_settled().is_empty());
+        r.truncate(1);
+        all.truncate(298);
+        assert_eq!(r.end, pos[298]);
+        assert_eq!((r.end, r.last_seq()), (all.end, all.last_seq()));
+        assert_eq!(r.last_seq(), 298);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use super::{Recovered, Store, StoreParams, VerifyReport};
 use crate::device::BlockDevice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::layout::{Layout, MIN_RECORDS_PER_BLOCK};
-use crate::format::record::{Body, Bounds, LogWriter, Replay, MAX_RUN};
+use crate::format::record::{Body, Bounds, LogWriter, Record, Replay, MAX_RUN};
 use crate::format::superblock::Superblock;
 use crate::format::BLOCK;
 use std::path::PathBuf;
@@ -407,6 +407,11 @@ impl Store for FileStore {
         let max_blocks = self
             .layout
             .log_blocks_for_slots(u64::from(self.slots.count()));
+        let mut report = VerifyReport {
+            checksummed: true,
+            ..VerifyReport::default()
+        };
+        let mut data = Vec::new();
         let mut j = 0;
         while !replay.ended() && j < max_blocks {
             read_log_block(&*self.dev, &self.layout, j, &mut block)
@@ -414,33 +419,14 @@ impl Store for FileStore {
             replay
                 .feed(&block)
                 .map_err(|e| format_error(e, self.describe()))?;
+            // Checked as they come, so that only the last batch's records are kept.
+            for r in replay.take_settled() {
+                self.verify_record(&r, bpc, &mut data, &mut report);
+            }
             j += 1;
         }
-        let mut report = VerifyReport {
-            checksummed: true,
-            ..VerifyReport::default()
-        };
-        let mut data = Vec::new();
-        for r in &replay.records {
-            if let Body::Preserve {
-                cluster,
-                slot,
-                first_block,
-                crcs,
-            } = &r.body
-            {
-                data.resize(crcs.len() * BLOCK, 0);
-                let off = self.layout.slot_offset(*slot) + u64::from(*first_block) * BLOCK as u64;
-                let read_ok = self.dev.read_at(&mut data, off).is_ok();
-                for (i, c) in crcs.iter().enumerate() {
-                    report.blocks_checked += 1;
-                    let good = read_ok && crc32c::crc32c(&data[i * BLOCK..(i + 1) * BLOCK]) == *c;
-                    if !good {
-                        let block = u64::from(*cluster) * bpc + u64::from(*first_block) + i as u64;
-                        report.damaged.push(block * BLOCK as u64);
-                    }
-                }
-            }
+        for r in std::mem::take(&mut replay.records) {
+            self.verify_record(&r, bpc, &mut data, &mut report);
         }
         Ok(report)
     }
@@ -458,5 +444,31 @@ impl Store for FileStore {
             let _ = self.dev.discard(BLOCK as u64, len - BLOCK as u64);
         }
         self.dev.flush().map_err(io)
+    }
+}
+
+impl FileStore {
+    /// Reread the blocks record `r` describes and add what it finds to `report`.
+    fn verify_record(&self, r: &Record, bpc: u64, data: &mut Vec<u8>, report: &mut VerifyReport) {
+        let Body::Preserve {
+            cluster,
+            slot,
+            first_block,
+            crcs,
+        } = &r.body
+        else {
+            return;
+        };
+        data.resize(crcs.len() * BLOCK, 0);
+        let off = self.layout.slot_offset(*slot) + u64::from(*first_block) * BLOCK as u64;
+        let read_ok = self.dev.read_at(data, off).is_ok();
+        for (i, c) in crcs.iter().enumerate() {
+            report.blocks_checked += 1;
+            let good = read_ok && crc32c::crc32c(&data[i * BLOCK..(i + 1) * BLOCK]) == *c;
+            if !good {
+                let block = u64::from(*cluster) * bpc + u64::from(*first_block) + i as u64;
+                report.damaged.push(block * BLOCK as u64);
+            }
+        }
     }
 }

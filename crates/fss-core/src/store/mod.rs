@@ -13,6 +13,7 @@ mod slots;
 pub use device_store::DeviceStore;
 pub use file_store::{FileStore, StoreIdentity};
 
+use crate::cluster_map::ClusterMap;
 use crate::error::Result;
 use std::time::SystemTime;
 
@@ -51,7 +52,7 @@ pub struct MapEntry {
 }
 
 /// What reopening a durable store recovered.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Recovered {
     /// The snapshot's name.
     pub name: String,
@@ -61,10 +62,25 @@ pub struct Recovered {
     pub created: SystemTime,
     /// The cluster size.
     pub cluster_size: u64,
-    /// The map.
-    pub entries: Vec<MapEntry>,
+    /// The map: each preserved cluster's slot and blocks.
+    pub map: ClusterMap,
     /// Set if the snapshot was invalidated before the restart, with the reason.
     pub invalid: Option<String>,
+}
+
+impl Recovered {
+    /// The map as a list, ascending by cluster.
+    #[must_use]
+    pub fn entries(&self) -> Vec<MapEntry> {
+        self.map
+            .iter()
+            .map(|(cluster, slot, mask)| MapEntry {
+                cluster,
+                slot,
+                mask: mask.to_vec(),
+            })
+            .collect()
+    }
 }
 
 /// The outcome of rereading a store and checking every preserved block's checksum.

@@ -2,15 +2,14 @@
 //! (opening a store)", one function per phase, in the order [`open`] runs them.
 
 use super::file_store::StoreIdentity;
-use super::{MapEntry, Recovered};
-use crate::cluster_map::{mask_set, mask_words};
+use super::Recovered;
+use crate::cluster_map::{mask_set, mask_words, ClusterMap};
 use crate::device::BlockDevice;
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::layout::Layout;
-use crate::format::record::{self, Body, Bounds, LogWriter, Replay};
+use crate::format::record::{Body, Bounds, LogWriter, Record, Replay};
 use crate::format::superblock::Superblock;
 use crate::format::{FormatError, BLOCK};
-use rustc_hash::FxHashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
 /// What replay leaves: the superblock, the recovered map, the slot count, and the log writer
@@ -57,12 +56,15 @@ pub(super) fn open(dev: &dyn BlockDevice, expect: &StoreIdentity, object: &str) 
     let clusters = sb.volume_len.div_ceil(u64::from(sb.cluster_size));
     let bpc = (u64::from(sb.cluster_size) / BLOCK as u64) as u32;
     let max_blocks = o.layout.log_blocks_for_slots(clusters);
-    let mut replay = read_log(&o, &sb, clusters, bpc, max_blocks)?;
+    let mut map = MapBuilder::new(bpc);
+    let mut replay = read_log(&o, &sb, clusters, bpc, max_blocks, &mut map)?;
     check_last_batch(&o, &mut replay);
     let stale = scan_past_end(&o, &replay, max_blocks)?;
-    check_durable_data_fits(&o, &replay)?;
-    let (entries, invalid, slots) = build_map(&o, &replay, bpc)?;
-    let last_seq = replay.records.last().map_or(0, |r| r.seq);
+    // The last batch's records that kept their data.
+    for r in std::mem::take(&mut replay.records) {
+        map.add(&o, &r, false)?;
+    }
+    let last_seq = replay.last_seq();
     let (end_block, end_pos) = replay.end;
     let end = clear_torn_tail(&o, &stale, replay.end)?;
     let writer = LogWriter::new(sb.nonce, end_block, end, end_pos, last_seq);
@@ -71,13 +73,13 @@ pub(super) fn open(dev: &dyn BlockDevice, expect: &StoreIdentity, object: &str) 
         snapshot_id: sb.snapshot_id,
         created: UNIX_EPOCH + Duration::from_nanos(sb.created_ns),
         cluster_size: u64::from(sb.cluster_size),
-        entries,
-        invalid,
+        map: map.map,
+        invalid: map.invalid,
     };
     Ok(Opened {
         sb,
         recovered,
-        slots,
+        slots: map.slots,
         writer,
         last_seq,
     })
@@ -121,13 +123,15 @@ fn read_superblock(
     Ok(sb)
 }
 
-/// Read the log from block 0, record after record, up to its end.
+/// Read the log from block 0, record after record, up to its end. Records known durable are
+/// put into `map` as they come: only the last batch's stay in the returned replay.
 fn read_log(
     o: &Opening<'_>,
     sb: &Superblock,
     clusters: u64,
     bpc: u32,
     max_blocks: u64,
+    map: &mut MapBuilder,
 ) -> Result<Replay> {
     let mut replay = Replay::new(
         sb.nonce,
@@ -141,6 +145,9 @@ fn read_log(
     while !replay.ended() && j < max_blocks {
         o.read_log_block(j, &mut block)?;
         replay.feed(&block).map_err(|e| o.corrupt(e))?;
+        for r in replay.take_settled() {
+            map.add(o, &r, true)?;
+        }
         j += 1;
     }
     Ok(replay)
@@ -150,7 +157,6 @@ fn read_log(
 /// completed): keep them only if their blocks match their checksums; the log ends before the
 /// first that does not.
 fn check_last_batch(o: &Opening<'_>, replay: &mut Replay) {
-    let positions = record::record_positions(&replay.records);
     let mut data = Vec::new();
     let Some(from) = replay.records.iter().position(|r| r.seq > replay.horizon) else {
         return;
@@ -172,7 +178,7 @@ fn check_last_batch(o: &Opening<'_>, replay: &mut Replay) {
                     .zip(crcs)
                     .all(|(b, c)| crc32c::crc32c(b) == *c);
             if !ok {
-                replay.truncate(i, &positions);
+                replay.truncate(i);
                 break;
             }
         }
@@ -212,81 +218,81 @@ fn scan_past_end(o: &Opening<'_>, replay: &Replay, max_blocks: u64) -> Result<Ve
     Ok(stale)
 }
 
-/// Durable records whose data lies past the end of the medium: the store was truncated.
-fn check_durable_data_fits(o: &Opening<'_>, replay: &Replay) -> Result<()> {
-    for r in replay.records.iter().filter(|r| r.seq <= replay.horizon) {
-        if let Body::Preserve {
-            slot,
-            first_block,
-            crcs,
-            ..
-        } = &r.body
-        {
-            let end = o.layout.slot_offset(*slot)
-                + (u64::from(*first_block) + crcs.len() as u64) * BLOCK as u64;
-            if end > o.dev.len() {
-                return Err(o.corrupt(FormatError::Corrupt(format!(
-                    "the store is truncated: log record {} describes data up to byte {end}, but the \
-                     store has only {} bytes",
-                    r.seq,
-                    o.dev.len()
-                ))));
-            }
-        }
-    }
-    Ok(())
+/// The map the valid records describe, built as they are read: the slot of each cluster and
+/// its preserved blocks, the invalidation reason if one was recorded, and the slot count (one
+/// more than the highest slot a record names). No record is kept once it is in the map.
+struct MapBuilder {
+    map: ClusterMap,
+    /// The slots some cluster holds, one bit each.
+    used: Vec<u64>,
+    slots: u32,
+    invalid: Option<String>,
+    /// A scratch mask.
+    mask: Vec<u16>,
 }
 
-/// The map the valid records describe, the invalidation reason if one was recorded, and the
-/// slot count (one more than the highest slot a record names).
-fn build_map(
-    o: &Opening<'_>,
-    replay: &Replay,
-    bpc: u32,
-) -> Result<(Vec<MapEntry>, Option<String>, u32)> {
-    let words = mask_words(bpc);
-    let mut by_cluster: FxHashMap<u32, usize> = FxHashMap::default();
-    let mut slot_owner: FxHashMap<u32, u32> = FxHashMap::default();
-    let mut entries: Vec<MapEntry> = Vec::new();
-    let mut invalid = None;
-    let mut slots = 0u32;
-    for r in &replay.records {
+impl MapBuilder {
+    fn new(bpc: u32) -> Self {
+        MapBuilder {
+            map: ClusterMap::new(bpc),
+            used: Vec::new(),
+            slots: 0,
+            invalid: None,
+            mask: vec![0; mask_words(bpc)],
+        }
+    }
+
+    /// Put record `r` into the map. `durable`: it was made durable before a later batch was
+    /// written, so its data must lie within the medium (otherwise the store was truncated).
+    fn add(&mut self, o: &Opening<'_>, r: &Record, durable: bool) -> Result<()> {
         let (cluster, slot, first_block, crcs) = match &r.body {
             Body::Preserve {
                 cluster,
                 slot,
                 first_block,
                 crcs,
-            } => (cluster, slot, first_block, crcs),
+            } => (*cluster, *slot, *first_block, crcs),
             Body::Invalidate { reason } => {
-                invalid = Some(reason.clone());
-                continue;
+                self.invalid = Some(reason.clone());
+                return Ok(());
             }
         };
-        if *slot_owner.entry(*slot).or_insert(*cluster) != *cluster {
-            return Err(o.corrupt(FormatError::Corrupt(format!(
-                "slot {slot} is claimed by two clusters"
-            ))));
+        let corrupt = |m: String| Err(o.corrupt(FormatError::Corrupt(m)));
+        let end = o.layout.slot_offset(slot)
+            + (u64::from(first_block) + crcs.len() as u64) * BLOCK as u64;
+        if durable && end > o.dev.len() {
+            return corrupt(format!(
+                "the store is truncated: log record {} describes data up to byte {end}, but the \
+                 store has only {} bytes",
+                r.seq,
+                o.dev.len()
+            ));
         }
-        let i = *by_cluster.entry(*cluster).or_insert_with(|| {
-            entries.push(MapEntry {
-                cluster: *cluster,
-                slot: *slot,
-                mask: vec![0; words],
-            });
-            entries.len() - 1
-        });
-        if entries[i].slot != *slot {
-            return Err(o.corrupt(FormatError::Corrupt(format!(
-                "cluster {cluster} is mapped to two slots"
-            ))));
+        let (word, bit) = ((slot / 64) as usize, 1u64 << (slot % 64));
+        match self.map.slot(cluster) {
+            Some(s) if s != slot => {
+                return corrupt(format!("cluster {cluster} is mapped to two slots"));
+            }
+            Some(_) => {}
+            None => {
+                if self.used.get(word).is_some_and(|w| w & bit != 0) {
+                    return corrupt(format!("slot {slot} is claimed by two clusters"));
+                }
+                if self.used.len() <= word {
+                    self.used.resize(word + 1, 0);
+                }
+                self.used[word] |= bit;
+                self.map.insert_slot(cluster, slot);
+            }
         }
+        self.mask.fill(0);
         for b in 0..crcs.len() as u32 {
-            mask_set(&mut entries[i].mask, u32::from(*first_block) + b);
+            mask_set(&mut self.mask, u32::from(first_block) + b);
         }
-        slots = slots.max(slot + 1);
+        self.map.add_blocks(cluster, &self.mask);
+        self.slots = self.slots.max(slot + 1);
+        Ok(())
     }
-    Ok((entries, invalid, slots))
 }
 
 /// Clear the `stale` log blocks (keeping the valid records before `end` in the end block),

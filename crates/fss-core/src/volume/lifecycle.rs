@@ -3,7 +3,7 @@
 
 use super::Volume;
 use crate::chain::{losing_blocks, ChainKind, Chains, FastBits, SnapState};
-use crate::cluster_map::{mask_is_empty, mask_remove, mask_runs, mask_words, ClusterMap};
+use crate::cluster_map::{mask_is_empty, mask_remove, mask_runs, ClusterMap};
 use crate::core::VolumeCore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::{Cluster, Geometry, BLOCK_SIZE};
@@ -162,7 +162,12 @@ impl Volume {
                 "the store's cluster size is too small for this volume",
             ));
         }
-        let map = recovered_map(&geometry, &recovered, &object)?;
+        let (id, created, invalid) = (
+            recovered.snapshot_id,
+            recovered.created,
+            recovered.invalid.clone(),
+        );
+        let map = recovered_map(&geometry, recovered, &object)?;
         let mut chains = s.chains_mut();
         if chains.all().any(|x| x.name == name) {
             return Err(exists(&name));
@@ -182,10 +187,7 @@ impl Volume {
             }
         }
         let c = ChainKind::of(opts.persistent);
-        if chains.chain[c]
-            .last()
-            .is_some_and(|x| x.id >= recovered.snapshot_id)
-        {
+        if chains.chain[c].last().is_some_and(|x| x.id >= id) {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "attach",
@@ -194,19 +196,11 @@ impl Volume {
             ));
         }
         chains.geometry = Some(geometry);
-        let snap = Arc::new(SnapState::with_map(
-            recovered.snapshot_id,
-            name,
-            recovered.created,
-            opts,
-            store,
-            map,
-        ));
-        if let Some(reason) = &recovered.invalid {
+        let snap = Arc::new(SnapState::with_map(id, name, created, opts, store, map));
+        if let Some(reason) = &invalid {
             snap.mark_invalid(reason);
         }
-        s.next_id
-            .fetch_max(recovered.snapshot_id + 1, Ordering::Relaxed);
+        s.next_id.fetch_max(id + 1, Ordering::Relaxed);
         chains.chain[c].push(Arc::clone(&snap));
         chains.fast[c] = FastBits::new(geometry.cluster_count());
         Ok(Snapshot::new(Arc::clone(s), snap))
@@ -321,21 +315,21 @@ fn check_distinct(members: &[(&Volume, &str, &SnapshotOptions)]) -> Result<()> {
 }
 
 /// The store map of a recovered snapshot, checked against the volume's geometry.
-fn recovered_map(geometry: &Geometry, recovered: &Recovered, object: &str) -> Result<ClusterMap> {
-    let bpc = geometry.blocks_per_cluster();
-    let words = mask_words(bpc);
-    let mut map = ClusterMap::new(bpc);
-    for e in &recovered.entries {
-        if u64::from(e.cluster) >= geometry.cluster_count() || e.mask.len() != words {
-            return Err(Error::new(
-                ErrorKind::CorruptStore,
-                "attach",
-                object,
-                format!("the store maps cluster {} outside the volume", e.cluster),
-            ));
-        }
-        map.insert_slot(e.cluster, e.slot);
-        map.add_blocks(e.cluster, &e.mask);
+fn recovered_map(geometry: &Geometry, recovered: Recovered, object: &str) -> Result<ClusterMap> {
+    let map = recovered.map;
+    let outside = map
+        .last_cluster()
+        .filter(|c| u64::from(*c) >= geometry.cluster_count());
+    if map.blocks_per_cluster() != geometry.blocks_per_cluster() || outside.is_some() {
+        return Err(Error::new(
+            ErrorKind::CorruptStore,
+            "attach",
+            object,
+            match outside {
+                Some(c) => format!("the store maps cluster {c} outside the volume"),
+                None => "the store's map has another cluster size than the volume".to_string(),
+            },
+        ));
     }
     Ok(map)
 }

@@ -60,7 +60,9 @@ impl Registry {
             snapshot_id: s.id,
             created: UNIX_EPOCH + Duration::from_secs(s.created),
             cluster_size: s.cluster_size,
-            entries: Vec::new(),
+            map: fss_core::cluster_map::ClusterMap::new(
+                u32::try_from(s.cluster_size / fss_core::BLOCK_SIZE).unwrap_or(u32::MAX),
+            ),
             invalid: s.invalid.clone(),
         };
         let opts = SnapshotOptions {
