@@ -16,7 +16,7 @@ pub mod nbd;
 
 use fss_core::device::{BlockDevice, MemDevice};
 use fss_core::format::layout::Layout;
-use fss_core::format::record::{record_positions, Body, Bounds, LogWriter, Replay, HEADER};
+use fss_core::format::record::{decode, Body, Bounds, Decoded, LogWriter, Replay, HEADER};
 use fss_core::format::superblock::{MAGIC, VERSION};
 use fss_core::format::BLOCK;
 use fss_core::store::{FileStore, Store, StoreIdentity, StoreParams};
@@ -324,7 +324,18 @@ pub fn log_replay(data: &[u8]) {
                 break;
             }
         }
-        let positions = record_positions(&t.records);
+        // The positions found while fed, not recomputed from the records: an invalidation
+        // reason that is not UTF-8 decodes lossily, to another length, and a record may follow
+        // padding although it would have fit before it.
+        let positions = t.positions().to_vec();
+        for (rec, &(b, p)) in t.records.iter().zip(&positions) {
+            let at = b as usize * BLOCK;
+            let found = decode(&nonce, &log[at + p..at + BLOCK]);
+            assert!(
+                matches!(found, Decoded::Record(ref x, _) if x == rec),
+                "a record is where noted"
+            );
+        }
         let i = usize::from(flags >> 1) % t.records.len();
         let seq = t.records[i].seq;
         // Taking the settled records first does not change where a truncate of the rest ends.

@@ -303,6 +303,14 @@ impl Replay {
         self.last_seq
     }
 
+    /// Where each of [`Replay::records`] starts in the log: (log block, byte), as found while
+    /// fed. Only these are exact: a record's decoded form may encode to another length (an
+    /// invalidation reason that is not UTF-8 decodes lossily).
+    #[must_use]
+    pub fn positions(&self) -> &[(u64, usize)] {
+        &self.positions
+    }
+
     /// Take the records known durable so far: those at or below the highest durable horizon
     /// seen. The horizon only grows, so they stay trusted whatever follows; a replay that
     /// takes them as it goes keeps only the last batch's records in memory.
@@ -405,7 +413,9 @@ impl Replay {
     }
 }
 
-/// Every record's starting (block, byte) position, recomputed from lengths in order.
+/// Every record's starting (block, byte) position, recomputed from lengths in order, as a
+/// writer of format v1 lays them out (for records decoded from a log, see
+/// [`Replay::positions`]).
 #[must_use]
 pub fn record_positions(records: &[Record]) -> Vec<(u64, usize)> {
     let mut out = Vec::with_capacity(records.len());
