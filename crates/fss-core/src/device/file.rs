@@ -2,6 +2,7 @@
 
 use super::aligned::{is_aligned, AlignedBuf, DIRECT_ALIGN};
 use super::create::{create_fresh, same_file, CreatedFile};
+use super::holes::Holes;
 use super::BlockDevice;
 use rustix::fs::{FallocateFlags, FlockOperation, OFlags};
 use std::fs::File;
@@ -67,6 +68,8 @@ pub struct FileDevice {
     direct_large_writes: bool,
     is_block: bool,
     len: AtomicU64,
+    /// Allocation lookups, with the last run of data found.
+    holes: Holes,
 }
 
 impl FileDevice {
@@ -150,6 +153,7 @@ impl FileDevice {
             direct_large_writes: opts.direct_large,
             is_block,
             len: AtomicU64::new(len),
+            holes: Holes::default(),
         })
     }
 
@@ -177,6 +181,7 @@ impl FileDevice {
             ));
         }
         self.file.set_len(len)?;
+        self.holes.forget();
         self.len.store(len, Ordering::Release);
         Ok(())
     }
@@ -298,7 +303,9 @@ impl BlockDevice for FileDevice {
             offset,
             len,
         )
-        .map_err(io::Error::from)
+        .map_err(io::Error::from)?;
+        self.holes.forget();
+        Ok(())
     }
 
     fn write_zeroes(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -311,7 +318,11 @@ impl BlockDevice for FileDevice {
             offset,
             len,
         ) {
-            Ok(()) => Ok(()),
+            // Zeroed ranges may read back as holes (unwritten extents).
+            Ok(()) => {
+                self.holes.forget();
+                Ok(())
+            }
             Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
                 super::write_zero_buffers(self, offset, len)
             }
@@ -332,61 +343,14 @@ impl BlockDevice for FileDevice {
     }
 
     fn allocation(&self, offset: u64, len: u64) -> io::Result<Vec<super::Extent>> {
-        use super::{push_extent, Extent};
-        let end = offset + len;
         if self.is_block {
-            return Ok(vec![Extent {
+            return Ok(vec![super::Extent {
                 offset,
                 len,
                 data: true,
             }]);
         }
-        let mut out = Vec::new();
-        let mut pos = offset;
-        while pos < end {
-            // SEEK_DATA from a hole gives the next data; from data it gives pos itself.
-            let data = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Data(pos)) {
-                Ok(d) => d.min(end),
-                Err(e) if e == rustix::io::Errno::NXIO => end,
-                Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::OPNOTSUPP => {
-                    push_extent(
-                        &mut out,
-                        Extent {
-                            offset: pos,
-                            len: end - pos,
-                            data: true,
-                        },
-                    );
-                    return Ok(out);
-                }
-                Err(e) => return Err(e.into()),
-            };
-            push_extent(
-                &mut out,
-                Extent {
-                    offset: pos,
-                    len: data - pos,
-                    data: false,
-                },
-            );
-            if data >= end {
-                break;
-            }
-            let hole = match rustix::fs::seek(&self.file, rustix::fs::SeekFrom::Hole(data)) {
-                Ok(h) => h.min(end),
-                Err(_) => end,
-            };
-            push_extent(
-                &mut out,
-                Extent {
-                    offset: data,
-                    len: hole - data,
-                    data: true,
-                },
-            );
-            pos = hole;
-        }
-        Ok(out)
+        self.holes.extents(&self.file, offset, len)
     }
 }
 

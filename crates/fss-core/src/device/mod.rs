@@ -19,6 +19,7 @@ mod crash;
 mod create;
 mod fault;
 mod file;
+mod holes;
 mod memory;
 mod uring;
 
