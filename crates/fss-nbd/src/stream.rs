@@ -3,6 +3,7 @@
 use crate::tls::stream::TlsStream;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
@@ -34,6 +35,24 @@ impl Stream {
             Stream::Tcp(s) => s.shutdown(how),
             Stream::Tls(s) => s.shutdown(how),
         }
+    }
+
+    /// The socket (under TLS, the TCP socket).
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Unix(s) => s.as_fd(),
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Tls(s) => s.tcp().as_fd(),
+        }
+    }
+
+    /// Whether a reply of `len` bytes can be written now without blocking: the client has
+    /// consumed (unix) or acknowledged (TCP) every byte sent to it so far, and `len` is at most
+    /// half the socket's send buffer. An error counts as "no", the cautious answer.
+    pub fn reply_fits(&self, len: usize) -> bool {
+        let fd = self.fd();
+        let room = rustix::net::sockopt::socket_send_buffer_size(fd).unwrap_or(0) / 2;
+        len <= room && unsent_bytes(fd).is_ok_and(|n| n == 0)
     }
 
     /// Whether bytes the client sent wait unread in the socket (for TLS: encrypted bytes;
@@ -163,6 +182,24 @@ impl Write for Stream {
     }
 }
 
+/// `SIOCOUTQ` (the same number as `TIOCOUTQ`).
+const SIOCOUTQ: rustix::ioctl::Opcode = 0x5411;
+
+/// Bytes written to a socket that its peer has not consumed yet (unix: still queued for it;
+/// TCP: not acknowledged). rustix has no safe call for `SIOCOUTQ`.
+#[allow(unsafe_code)]
+fn unsent_bytes(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    // SAFETY: SIOCOUTQ writes one int through its argument, which `Getter<_, c_int>` allocates
+    // and passes; `fd` is a valid open socket for the whole call.
+    let n = unsafe {
+        rustix::ioctl::ioctl(
+            fd,
+            rustix::ioctl::Getter::<SIOCOUTQ, std::ffi::c_int>::new(),
+        )
+    }?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
 /// Read exactly `buf.len()` bytes. `Ok(false)` if the stream ended before the first byte (a
 /// clean end between messages); an end after some bytes is `UnexpectedEof`.
 pub(crate) fn read_message<R: Read>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
@@ -211,6 +248,26 @@ mod tests {
         let mut full: &[u8] = &[1, 2, 3, 4, 5];
         assert!(read_message(&mut full, &mut buf).unwrap());
         assert_eq!(buf, [1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn unsent_bytes_count_what_the_peer_has_not_read() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let a = Stream::Unix(a);
+        assert_eq!(unsent_bytes(a.fd()).unwrap(), 0);
+        assert!(a.reply_fits(4096));
+        let mut w = a.try_clone().unwrap();
+        w.write_all(&[1; 1000]).unwrap();
+        assert!(unsent_bytes(a.fd()).unwrap() >= 1000);
+        assert!(
+            !a.reply_fits(16),
+            "unread bytes are queued: a reply could block"
+        );
+        let mut got = [0u8; 1000];
+        b.read_exact(&mut got).unwrap();
+        assert_eq!(unsent_bytes(a.fd()).unwrap(), 0);
+        assert!(a.reply_fits(16));
+        assert!(!a.reply_fits(64 << 20), "larger than the send buffer");
     }
 
     #[test]

@@ -163,8 +163,15 @@ pub(crate) fn serve(
                 } else {
                     0
                 };
-                let inline =
-                    matches!(op, Op::Read { .. } | Op::Write { .. }) && alone_streak > INLINE_AFTER;
+                // The reader must never block on a reply, or a client that sends a batch
+                // before it reads the replies (allowed, and with blocking sockets the natural
+                // way) deadlocks with it: so only a reply the socket takes at once runs here.
+                let inline = alone_streak > INLINE_AFTER
+                    && match &op {
+                        Op::Read { .. } => rd.get_ref().reply_fits(req.length as usize + 4096),
+                        Op::Write { .. } => rd.get_ref().reply_fits(4096),
+                        _ => false,
+                    };
                 if inline {
                     run(&conn, &req, op);
                     drop(permit);

@@ -154,3 +154,47 @@ fn fio_jobs_write_and_verify_over_nbd() {
     assert!(out.contains("fss-nbd"), "{out}");
     assert!(!out.contains("verify: bad"), "{out}");
 }
+
+/// A client with a blocking socket that sends a batch and only then reads the replies: read
+/// requests spaced out (so that each finds the server idle, which then runs them on its reader
+/// thread), whose replies it leaves unread until they fill the socket, then writes whose
+/// payloads fill the server's side. The server must go on reading requests; before the reader
+/// checked that a reply fits, it blocked on one and both sides waited for ever.
+#[test]
+fn a_client_that_sends_a_batch_before_reading_replies_is_served() {
+    const READS: u64 = 12;
+    const READ_LEN: u32 = 64 << 10;
+    const WRITES: u64 = 8;
+    const WRITE_LEN: usize = 256 << 10;
+    let h = Harness::new(4 * MIB);
+    let mut c = Client::open(&h.socket, "default", true, &[]);
+    c.s.set_write_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    // Data to read (a hole would be answered with a few bytes).
+    let mut rng = Rng::new(7);
+    let mut model = vec![0u8; 4 * MIB as usize];
+    rng.fill(&mut model[..2 * MIB as usize]);
+    assert_eq!(c.write(0, &model[..2 * MIB as usize]).error, 0);
+    let mut cookies = Vec::new();
+    for i in 0..READS {
+        cookies.push(c.send(0, CMD_READ, i * u64::from(READ_LEN), READ_LEN, &[]));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for i in 0..WRITES {
+        let mut d = vec![0u8; WRITE_LEN];
+        rng.fill(&mut d);
+        let at = 2 * MIB as usize + i as usize * WRITE_LEN;
+        model[at..at + WRITE_LEN].copy_from_slice(&d);
+        cookies.push(c.send(0, CMD_WRITE, at as u64, WRITE_LEN as u32, &d));
+    }
+    for (i, cookie) in cookies.into_iter().enumerate() {
+        let r = c.reply(cookie);
+        assert_eq!(r.error, 0);
+        if (i as u64) < READS {
+            let at = i * READ_LEN as usize;
+            assert!(r.data == model[at..at + READ_LEN as usize]);
+        }
+    }
+    assert!(c.read(0, 4 * MIB as u32).data == model);
+    c.disconnect();
+}
