@@ -10,14 +10,14 @@ use common::{
     disk_tempdir, file_volume, is_mount_point, mountinfo_line, recording_hooks, require_commands,
     run, serial, wait_until, HookedDevice, Pattern, TestCatalog,
 };
-use fss_core::device::MemDevice;
+use fss_core::device::{AlignedBuf, MemDevice};
 use fss_core::export::Export;
 use fss_core::store::DeviceStore;
 use fss_core::{SnapshotOptions, Volume};
 use fss_fuse::{FuseError, FuseFrontEnd, FuseOptions, Hooks};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -162,6 +162,42 @@ fn reads_and_writes_at_any_offset_and_size() {
     let mut b = [0u8; 4096];
     f.read_exact_at(&mut b, 40 * MIB).unwrap();
     assert_eq!(b, [0x5A; 4096]);
+    direct_writes_of_a_mebibyte_and_more(&s);
+}
+
+/// O_DIRECT writes as a loop device sends them: 1 MiB requests, which the volume writes with
+/// O_DIRECT, one of them over the blocks the snapshot preserves.
+fn direct_writes_of_a_mebibyte_and_more(s: &Setup) {
+    let d = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+        .open(s.dir.join("vol"))
+        .unwrap();
+    let mut p = Pattern::new(2);
+    for (off, len) in [
+        (0u64, MIB as usize),
+        (8 * MIB, 3 * MIB as usize),
+        (20 * MIB + 4096, 2 * MIB as usize),
+    ] {
+        let mut buf = AlignedBuf::new(len);
+        buf.copy_from_slice(&p.bytes(len));
+        d.write_all_at(&buf, off).unwrap();
+        let mut eng = vec![0u8; len];
+        s.vol.read(&mut eng, off).unwrap();
+        assert!(eng == buf[..], "engine read after a direct write at {off}");
+        let mut back = AlignedBuf::new(len);
+        d.read_exact_at(&mut back, off).unwrap();
+        assert!(back[..] == buf[..], "direct read at {off}");
+    }
+    let snap = File::open(s.dir.join("snap")).unwrap();
+    let mut head = vec![0u8; 8192 + 10];
+    snap.read_exact_at(&mut head, 0).unwrap();
+    assert!(
+        head[..8192].iter().all(|&b| b == 0xAA),
+        "the snapshot kept its blocks"
+    );
+    assert!(head[8192..].iter().all(|&b| b == 0));
 }
 
 #[test]

@@ -127,7 +127,10 @@ mod tests {
         f.set_len(8 * MIB).unwrap();
         f.write_all_at(&vec![1u8; 2 * MIB as usize], 2 * MIB)
             .unwrap();
-        assert!(has_holes(&f), "the temporary directory's file system reports no holes");
+        assert!(
+            has_holes(&f),
+            "the temporary directory's file system reports no holes"
+        );
         let h = Holes::default();
         let fresh = || Holes::default().extents(&f, 0, 8 * MIB).unwrap();
         let first = h.extents(&f, 0, 8 * MIB).unwrap();
