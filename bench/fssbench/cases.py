@@ -51,11 +51,16 @@ def c1_round(b, servers, rep):
                     b.s.fio(f"c1/R/{wl}{qd}", None, ["--ioengine=libaio", "--direct=1",
                                                     f"--filename={b.img}"] + args)
                 else:
-                    p, u = servers[s]
-                    b.s.fio(f"c1/{s}/{wl}{qd}", p.pid, ["--ioengine=nbd", f"--uri={u}"] + args)
+                    b.s.fio(f"c1/{s}/{wl}{qd}", c1_pid(b, servers, s),
+                            ["--ioengine=nbd", f"--uri={servers[s][1]}"] + args)
     for s in order(["A", "F"], rep) if rep < cfg.info_reps else ():
-        p, u = servers[s]
-        b.s.nbdcopy(f"c1/{s}/copy", u, p.pid)
+        b.s.nbdcopy(f"c1/{s}/copy", servers[s][1], c1_pid(b, servers, s))
+
+
+def c1_pid(b, servers, s):
+    """The process whose CPU time a sample of server `s` reports: for fss the serving
+    process, not the supervisor started as `b.pf` (whose figure was 0%)."""
+    return b.serving_pid() if s == "F" else servers[s][0].pid
 
 
 def case1(b):
