@@ -277,6 +277,30 @@ impl SnapState {
         self.map.write().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The slots of `clusters`, in order, allocating those not mapped yet under one hold of
+    /// the map: a request's new clusters get consecutive slots, which the store can write
+    /// with one I/O, where clusters allocated one at a time interleave with other writers'.
+    /// When an allocation fails, the slots of the clusters before it and the error.
+    pub fn slots_for(&self, clusters: &[Cluster]) -> (Vec<u32>, Result<()>) {
+        let mut map = self.map_mut();
+        let mut out = Vec::with_capacity(clusters.len());
+        for cluster in clusters {
+            let key = cluster.key();
+            let slot = match map.slot(key) {
+                Some(s) => s,
+                None => match self.store.allocate_slot(key) {
+                    Ok(s) => {
+                        map.insert_slot(key, s);
+                        s
+                    }
+                    Err(e) => return (out, Err(e)),
+                },
+            };
+            out.push(slot);
+        }
+        (out, Ok(()))
+    }
+
     /// The store slot of `cluster`, allocated (and mapped) if the cluster has none yet.
     pub fn slot_for(&self, cluster: Cluster) -> Result<u32> {
         let cluster = cluster.key();

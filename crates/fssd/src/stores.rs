@@ -116,7 +116,8 @@ fn open_device(place: &StorePlace, create: bool) -> Result<Arc<FileDevice>> {
         exclusive: true,
         create_len: (create && !place.is_device).then_some(0),
         create_new: create && place.fresh,
-        direct_reads: true,
+        // Large pre-image runs (a 1 MiB first overwrite) go direct: no copy, no dirty pages.
+        direct_large: true,
         ..OpenOptions::default()
     };
     FileDevice::open(&place.path, &opts)

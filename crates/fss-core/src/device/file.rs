@@ -3,6 +3,7 @@
 use super::aligned::{is_aligned, AlignedBuf, DIRECT_ALIGN};
 use super::create::{create_fresh, same_file, CreatedFile};
 use super::holes::Holes;
+use super::reserve::Reserved;
 use super::BlockDevice;
 use rustix::fs::{FallocateFlags, FlockOperation, OFlags};
 use std::fs::File;
@@ -70,6 +71,8 @@ pub struct FileDevice {
     len: AtomicU64,
     /// Allocation lookups, with the last run of data found.
     holes: Holes,
+    /// Room allocated ahead of writers ([`BlockDevice::reserve`]).
+    reserved: Reserved,
 }
 
 impl FileDevice {
@@ -154,6 +157,7 @@ impl FileDevice {
             is_block,
             len: AtomicU64::new(len),
             holes: Holes::default(),
+            reserved: Reserved::default(),
         })
     }
 
@@ -332,6 +336,16 @@ impl BlockDevice for FileDevice {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn reserve(&self, end: u64, cap: u64) {
+        if self.is_block {
+            return;
+        }
+        if let Some(len) = self.reserved.grow(&self.file, self.len(), end, cap) {
+            self.holes.forget();
+            self.len.fetch_max(len, Ordering::AcqRel);
+        }
     }
 
     fn space_available(&self) -> io::Result<Option<u64>> {

@@ -21,6 +21,7 @@ mod fault;
 mod file;
 mod holes;
 mod memory;
+mod reserve;
 mod uring;
 
 pub use aligned::{is_aligned, AlignedBuf, DIRECT_ALIGN};
@@ -108,6 +109,13 @@ pub trait BlockDevice: Send + Sync {
     fn space_available(&self) -> io::Result<Option<u64>> {
         Ok(None)
     }
+
+    /// Writes up to byte `end` are coming: a growable device that can allocates room now, up
+    /// to `end` and ahead of it but never past `cap`, so that those writes land on allocated
+    /// space instead of filling holes (on ext4 a direct write into a hole holds the file's
+    /// inode lock exclusively until the disk is done, so writers queue; into allocated space
+    /// they go in parallel). Advisory: the default, and any failure, changes nothing.
+    fn reserve(&self, _end: u64, _cap: u64) {}
 }
 
 /// A run of bytes with one allocation state.
@@ -194,6 +202,9 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
     }
     fn space_available(&self) -> io::Result<Option<u64>> {
         (**self).space_available()
+    }
+    fn reserve(&self, end: u64, cap: u64) {
+        (**self).reserve(end, cap);
     }
 }
 

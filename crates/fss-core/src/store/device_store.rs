@@ -74,6 +74,33 @@ impl Store for DeviceStore {
             .map_err(|e| Error::io("write pre-image to", self.describe(), e).at(off))
     }
 
+    fn write_slot_run(
+        &self,
+        _clusters: &[u32],
+        first_slot: u32,
+        first_block: u32,
+        data: &[u8],
+        _cluster_size: u64,
+    ) -> Result<()> {
+        // Slots lie end to end here: one write (a 1 MiB first overwrite was 16 writes of
+        // 64 KiB through the page cache: a copy each, and dirty pages that writeback and the
+        // snapshot's deletion pay for later). A large one goes direct, into room allocated
+        // ahead, so that direct writers do not queue on the inode lock. Small ones (a 4 KiB
+        // pre-image in each of many clusters) leave the file sparse: unwritten extents split
+        // around each of them would make the file slower to free.
+        let off = self.slot_offset(
+            first_slot,
+            u64::from(first_block) * crate::geometry::BLOCK_SIZE,
+        );
+        if data.len() >= crate::device::DIRECT_WRITE_MIN {
+            let cap = self.slots.limit().unwrap_or(u64::MAX);
+            self.dev.reserve(off + data.len() as u64, cap);
+        }
+        self.dev
+            .write_at(data, off)
+            .map_err(|e| Error::io("write pre-image to", self.describe(), e).at(off))
+    }
+
     fn read(&self, slot: u32, offset: u64, buf: &mut [u8]) -> Result<()> {
         let off = self.slot_offset(slot, offset);
         self.dev

@@ -187,6 +187,20 @@ impl FileStore {
         self.commit.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Stage the records that find `data`, just written at block `first_block` of `slot`.
+    fn stage_blocks(&self, cluster: u32, slot: u32, first_block: u32, data: &[u8]) {
+        let crcs: Vec<u32> = data.chunks(BLOCK).map(crc32c::crc32c).collect();
+        for (i, run) in crcs.chunks(MAX_RUN).enumerate() {
+            let first = first_block as usize + i * MAX_RUN;
+            self.stage(Body::Preserve {
+                cluster,
+                slot,
+                first_block: u16::try_from(first).unwrap_or(u16::MAX),
+                crcs: run.to_vec(),
+            });
+        }
+    }
+
     fn stage(&self, body: Body) {
         let mut c = self.lock();
         c.staged.push(body);
@@ -251,17 +265,54 @@ impl Store for FileStore {
         self.dev
             .write_at(data, off)
             .map_err(|e| Error::io("write pre-image to", self.describe(), e).at(off))?;
-        let crcs: Vec<u32> = data.chunks(BLOCK).map(crc32c::crc32c).collect();
-        for (i, run) in crcs.chunks(MAX_RUN).enumerate() {
-            let first = first_block as usize + i * MAX_RUN;
-            self.stage(Body::Preserve {
-                cluster,
-                slot,
-                first_block: u16::try_from(first).unwrap_or(u16::MAX),
-                crcs: run.to_vec(),
-            });
-        }
+        self.stage_blocks(cluster, slot, first_block, data);
         Ok(())
+    }
+
+    fn write_slot_run(
+        &self,
+        clusters: &[u32],
+        first_slot: u32,
+        first_block: u32,
+        data: &[u8],
+        _cluster_size: u64,
+    ) -> Result<()> {
+        // The slots of one group lie end to end: one write per group touched, then the
+        // records, as slot by slot (data before the records that find it).
+        let cluster = u64::from(self.sb.cluster_size);
+        let per_group = self.layout.slots_per_group();
+        let cap = self.slots.limit().unwrap_or(u64::MAX);
+        let (mut slot, mut block) = (u64::from(first_slot), u64::from(first_block));
+        let mut rest = data;
+        while !rest.is_empty() {
+            let in_group = per_group - slot % per_group;
+            let room = in_group * cluster - block * BLOCK as u64;
+            let n = usize::try_from(room).map_or(rest.len(), |n| n.min(rest.len()));
+            let (now, later) = rest.split_at(n);
+            let off = self
+                .layout
+                .slot_offset(u32::try_from(slot).unwrap_or(u32::MAX))
+                + block * BLOCK as u64;
+            // Direct if large, into room allocated ahead (see DeviceStore).
+            if now.len() >= crate::device::DIRECT_WRITE_MIN {
+                self.dev.reserve(off + now.len() as u64, cap);
+            }
+            self.dev
+                .write_at(now, off)
+                .map_err(|e| Error::io("write pre-image to", self.describe(), e).at(off))?;
+            (slot, block, rest) = (slot + in_group, 0, later);
+        }
+        super::for_each_slot(
+            clusters,
+            first_slot,
+            first_block,
+            data,
+            cluster,
+            |c, s, b, d| {
+                self.stage_blocks(c, s, b, d);
+                Ok(())
+            },
+        )
     }
 
     fn read(&self, slot: u32, offset: u64, buf: &mut [u8]) -> Result<()> {

@@ -115,6 +115,32 @@ pub trait Store: Send + Sync {
     /// The write failed; the blocks are then not preserved.
     fn write_blocks(&self, cluster: u32, slot: u32, first_block: u32, data: &[u8]) -> Result<()>;
 
+    /// Write `data` into consecutive slots from `first_slot` on, starting at block
+    /// `first_block` of the first and going on through the next ones from their first block,
+    /// as if slots of `cluster_size` bytes lay end to end; `clusters[i]` is the cluster of
+    /// slot `first_slot + i`. As [`Store::write_blocks`] slot by slot (the default); stores
+    /// whose slots lie end to end override it with fewer, larger writes.
+    ///
+    /// # Errors
+    /// A write failed; none of these blocks count as preserved then.
+    fn write_slot_run(
+        &self,
+        clusters: &[u32],
+        first_slot: u32,
+        first_block: u32,
+        data: &[u8],
+        cluster_size: u64,
+    ) -> Result<()> {
+        for_each_slot(
+            clusters,
+            first_slot,
+            first_block,
+            data,
+            cluster_size,
+            |c, s, b, d| self.write_blocks(c, s, b, d),
+        )
+    }
+
     /// Read `buf` from `slot` at byte `offset` inside it.
     ///
     /// # Errors
@@ -208,4 +234,31 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// The space could not be released (the snapshot is gone regardless).
     fn destroy(&self) -> Result<()>;
+}
+
+/// Split a run of slots (see [`Store::write_slot_run`]) into its per-slot pieces:
+/// `f(cluster, slot, first_block, data)` for each, in order.
+///
+/// # Errors
+/// The first error of `f`.
+pub(crate) fn for_each_slot(
+    clusters: &[u32],
+    first_slot: u32,
+    first_block: u32,
+    data: &[u8],
+    cluster_size: u64,
+    mut f: impl FnMut(u32, u32, u32, &[u8]) -> Result<()>,
+) -> Result<()> {
+    let block = crate::geometry::BLOCK_SIZE;
+    let mut rest = data;
+    let mut start = first_block;
+    for (i, &cluster) in clusters.iter().enumerate() {
+        let room = cluster_size.saturating_sub(u64::from(start) * block);
+        let n = usize::try_from(room).map_or(rest.len(), |r| r.min(rest.len()));
+        let (now, later) = rest.split_at(n);
+        let slot = first_slot.saturating_add(u32::try_from(i).unwrap_or(u32::MAX));
+        f(cluster, slot, start, now)?;
+        (rest, start) = (later, 0);
+    }
+    Ok(())
 }

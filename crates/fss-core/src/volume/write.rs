@@ -369,14 +369,31 @@ impl VolumeCore {
             }
         }
         let result = (|| {
-            for p in plan.iter().filter(|p| !mask_is_empty(&p.need[c])) {
-                let slot = snap.slot_for(p.cluster)?;
-                for (s, n) in mask_runs(&p.need[c]) {
-                    let data = pre.blocks(g.first_block_of(p.cluster) + u64::from(s), u64::from(n));
-                    snap.store.write_blocks(p.cluster.key(), slot, s, data)?;
-                }
-                written.push(p);
-            }
+            let todo: Vec<&ClusterPlan> =
+                plan.iter().filter(|p| !mask_is_empty(&p.need[c])).collect();
+            let clusters: Vec<Cluster> = todo.iter().map(|p| p.cluster).collect();
+            // Pre-images go to the clusters that got a slot, as one by one they would.
+            let (slots, allocated) = snap.slots_for(&clusters);
+            let todo = &todo[..slots.len()];
+            let pieces = pieces(g, c, todo, &slots);
+            let mut done = 0;
+            let outcome = slot_runs(&pieces, g).try_for_each(|run| {
+                let (first, last) = (&pieces[run.start], &pieces[run.end - 1]);
+                let keys: Vec<u32> = pieces[run.clone()].iter().map(|x| x.cluster).collect();
+                let blocks = last.vol_block + u64::from(last.blocks) - first.vol_block;
+                let data = pre.blocks(first.vol_block, blocks);
+                let cluster_size = u64::from(g.blocks_per_cluster()) * BLOCK_SIZE;
+                snap.store
+                    .write_slot_run(&keys, first.slot, first.first, data, cluster_size)?;
+                done = run.end;
+                Ok(())
+            });
+            // A cluster counts as written once every one of its pieces is (pieces are in plan
+            // order, so those before the first unwritten piece's cluster).
+            let whole = pieces.get(done).map_or(todo.len(), |x| x.todo);
+            written.extend(&todo[..whole]);
+            outcome?;
+            allocated?;
             if later.is_some() {
                 return Ok(());
             }
@@ -464,4 +481,61 @@ fn union_runs(need: &PerChain<Vec<u16>>) -> Vec<(u32, u32)> {
         mask_add(&mut u, m);
     }
     mask_runs(&u)
+}
+
+/// One run of blocks a chain preserves in one slot: from block `first` of `slot`, `blocks`
+/// long, volume block `vol_block` on; `todo` is its cluster's index in the plan.
+struct Piece {
+    todo: usize,
+    cluster: u32,
+    slot: u32,
+    first: u32,
+    blocks: u32,
+    vol_block: u64,
+}
+
+/// The pieces chain `c` preserves for `todo` (whose slots are `slots`), in order.
+fn pieces(g: &Geometry, c: ChainKind, todo: &[&ClusterPlan], slots: &[u32]) -> Vec<Piece> {
+    let mut out = Vec::new();
+    for (i, (p, &slot)) in todo.iter().zip(slots).enumerate() {
+        for (s, n) in mask_runs(&p.need[c]) {
+            out.push(Piece {
+                todo: i,
+                cluster: p.cluster.key(),
+                slot,
+                first: s,
+                blocks: n,
+                vol_block: g.first_block_of(p.cluster) + u64::from(s),
+            });
+        }
+    }
+    out
+}
+
+/// Group `pieces` into runs that one [`Store::write_slot_run`] writes: each piece after the
+/// first starts its slot, follows the last one's slot and volume blocks, and the one before
+/// it ends its slot.
+///
+/// [`Store::write_slot_run`]: crate::store::Store::write_slot_run
+fn slot_runs<'a>(
+    pieces: &'a [Piece],
+    g: &'a Geometry,
+) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+    let bpc = g.blocks_per_cluster();
+    let mut start = 0;
+    (1..=pieces.len()).filter_map(move |i| {
+        let joins = i < pieces.len() && {
+            let (a, b) = (&pieces[i - 1], &pieces[i]);
+            a.first + a.blocks == bpc
+                && b.first == 0
+                && b.slot == a.slot.wrapping_add(1)
+                && b.vol_block == a.vol_block + u64::from(a.blocks)
+        };
+        if joins {
+            return None;
+        }
+        let r = start..i;
+        start = i;
+        Some(r)
+    })
 }

@@ -175,6 +175,9 @@ impl BlockDevice for Watched {
     fn space_available(&self) -> io::Result<Option<u64>> {
         self.inner.space_available()
     }
+    fn reserve(&self, end: u64, cap: u64) {
+        self.inner.reserve(end, cap);
+    }
 }
 
 #[cfg(test)]
