@@ -221,3 +221,65 @@ fn large_first_overwrites_across_store_groups_read_the_same_after_reopen() {
     let report = vol.snapshot("a").unwrap().verify().unwrap();
     assert!(report.damaged.is_empty(), "{report:?}");
 }
+
+/// The same on a real store file opened as the daemon opens it (large writes direct): the file
+/// grows ahead of its slots (allocated room reads as zeroes, past the log's end), and the store
+/// reopens to the same snapshot.
+#[test]
+fn a_store_file_allocated_ahead_reopens_to_the_same_snapshot() {
+    use fss_core::device::{FileDevice, OpenOptions};
+    let dir = tempfile::Builder::new()
+        .prefix("durable-ahead")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    let path = dir.path().join("store");
+    let open = |create: bool| {
+        let opts = OpenOptions {
+            create_len: create.then_some(0),
+            direct_large: true,
+            ..OpenOptions::default()
+        };
+        Arc::new(FileDevice::open(&path, &opts).unwrap())
+    };
+    let len = 24 * MIB;
+    let vol_dev = Arc::new(MemDevice::new(len));
+    let d: Arc<dyn BlockDevice> = vol_dev.clone();
+    let vol = Volume::with_identity("vol", d, VOL_ID);
+    let v0 = pattern(11, 0, len as usize);
+    vol.write(&v0, 0).unwrap();
+    let store_dev = open(true);
+    let dev = Arc::clone(&store_dev);
+    let id = Arc::new(Mutex::new(0));
+    let id2 = Arc::clone(&id);
+    vol.create_snapshot("a", &persistent(), move |p| {
+        *id2.lock().unwrap() = p.snapshot_id;
+        Ok(Box::new(FileStore::create(dev.clone(), p, false, None)?) as Box<dyn Store>)
+    })
+    .unwrap();
+    for i in 0..18 {
+        vol.write(&pattern(200 + i, i * MIB, MIB as usize), i * MIB)
+            .unwrap();
+    }
+    vol.flush().unwrap();
+    let used = vol.snapshot("a").unwrap().info().stats.store_bytes_used;
+    assert!(
+        store_dev.len() > used + 32 * MIB,
+        "{} <= {used}",
+        store_dev.len()
+    );
+    drop((vol, store_dev));
+
+    let d: Arc<dyn BlockDevice> = vol_dev.clone();
+    let vol = Volume::with_identity("vol", d, VOL_ID);
+    let expect = StoreIdentity {
+        volume_id: VOL_ID,
+        volume_len: len,
+        snapshot_id: *id.lock().unwrap(),
+    };
+    let (store, rec) = FileStore::open(open(false), &expect, false, None, None).unwrap();
+    vol.attach_snapshot(&persistent(), Box::new(store), rec)
+        .unwrap();
+    let mut buf = vec![0u8; len as usize];
+    vol.snapshot("a").unwrap().read(&mut buf, 0).unwrap();
+    assert!(buf == v0, "after reopen");
+}
