@@ -8,6 +8,7 @@
 //! locking is described in [`crate::core`].
 
 mod lifecycle;
+mod pre_images;
 mod write;
 pub(crate) use write::cached_transfer;
 

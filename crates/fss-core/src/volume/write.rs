@@ -3,11 +3,12 @@
 //! failure policy, and only then changes the origin (directly, or held until the persistent
 //! stores are durable).
 
+use super::pre_images::{take_buffer, PreImages};
 use crate::busy::Claims;
 use crate::chain::{losing_blocks, uncovered, ChainKind, Chains, PerChain, SnapState};
 use crate::cluster_map::{mask_add, mask_is_empty, mask_keep, mask_runs};
 use crate::core::VolumeCore;
-use crate::device::{AlignedBuf, DIRECT_WRITE_MIN};
+use crate::device::DIRECT_WRITE_MIN;
 use crate::error::{Error, Result};
 use crate::geometry::{block_span, Cluster, Geometry, Span, BLOCK_SIZE};
 use crate::held_writes::{Held, HeldChange, StoreSync, MAX_HELD_LEN};
@@ -41,22 +42,6 @@ pub(super) enum Change<'a> {
 struct ClusterPlan {
     cluster: Cluster,
     need: PerChain<Vec<u16>>,
-}
-
-/// Pre-images read from the volume: runs of whole blocks, zero-padded past its end.
-struct PreImages(Vec<(u64, AlignedBuf)>);
-
-impl PreImages {
-    /// The bytes of blocks `[first, first + count)`, which lie inside one run.
-    fn blocks(&self, first: u64, count: u64) -> &[u8] {
-        let i = self
-            .0
-            .partition_point(|(f, _)| *f <= first)
-            .saturating_sub(1);
-        let (f, data) = &self.0[i];
-        let start = ((first - f) * BLOCK_SIZE) as usize;
-        &data[start..start + (count * BLOCK_SIZE) as usize]
-    }
 }
 
 /// What [`VolumeCore::preserve`] leaves the origin write: the claims on the blocks it
@@ -323,11 +308,15 @@ impl VolumeCore {
         }
         let mut out = Vec::with_capacity(runs.len());
         for (f, n) in runs {
-            let mut data = AlignedBuf::new((n * BLOCK_SIZE) as usize);
+            let mut data = take_buffer((n * BLOCK_SIZE) as usize);
             let run = Span {
                 start: f * BLOCK_SIZE,
                 end: ((f + n) * BLOCK_SIZE).min(self.len),
             };
+            // Past the volume's end a pre-image reads as zeroes; a kept buffer holds old bytes.
+            let past =
+                usize::try_from(run.end - run.start).map_or(data.len(), |p| p.min(data.len()));
+            data[past..].fill(0);
             let piece = &mut data[run.in_buf(run.start)];
             let r = if cached_transfer(n * BLOCK_SIZE) {
                 self.dev.read_at_cached(piece, run.start)
@@ -407,8 +396,11 @@ impl VolumeCore {
             Err(error) => {
                 // What did reach the store is mapped (a restart's replay maps it too), so its
                 // counts are right at once and older snapshots resolve the same before and
-                // after a restart.
-                if !written.is_empty() {
+                // after a restart. Made durable first: when the write is refused, nobody is
+                // invalidated, and a later write of these blocks finds them mapped and goes
+                // to the volume without preserving again (found by the model test: after a
+                // restart the snapshot had lost a block its map had shown).
+                if !written.is_empty() && snap.store.sync().is_ok() {
                     self.map_preserved(chains, c, snap, g, &written);
                 }
                 let mut affected: Vec<Arc<SnapState>> = vec![Arc::clone(snap)];
