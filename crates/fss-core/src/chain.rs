@@ -284,35 +284,30 @@ impl SnapState {
     pub fn slots_for(&self, clusters: &[Cluster]) -> (Vec<u32>, Result<()>) {
         let mut map = self.map_mut();
         let mut out = Vec::with_capacity(clusters.len());
-        for cluster in clusters {
-            let key = cluster.key();
-            let slot = match map.slot(key) {
-                Some(s) => s,
-                None => match self.store.allocate_slot(key) {
-                    Ok(s) => {
-                        map.insert_slot(key, s);
-                        s
-                    }
-                    Err(e) => return (out, Err(e)),
-                },
-            };
-            out.push(slot);
+        for &cluster in clusters {
+            match self.slot_in(&mut map, cluster) {
+                Ok(s) => out.push(s),
+                Err(e) => return (out, Err(e)),
+            }
         }
         (out, Ok(()))
     }
 
     /// The store slot of `cluster`, allocated (and mapped) if the cluster has none yet.
     pub fn slot_for(&self, cluster: Cluster) -> Result<u32> {
-        let cluster = cluster.key();
-        let mut map = self.map_mut();
-        match map.slot(cluster) {
-            Some(s) => Ok(s),
-            None => {
-                let s = self.store.allocate_slot(cluster)?;
-                map.insert_slot(cluster, s);
-                Ok(s)
-            }
+        self.slot_in(&mut self.map_mut(), cluster)
+    }
+
+    /// The slot of `cluster` in `map` (this snapshot's, held by the caller), allocated and
+    /// mapped if it has none yet.
+    fn slot_in(&self, map: &mut ClusterMap, cluster: Cluster) -> Result<u32> {
+        let key = cluster.key();
+        if let Some(s) = map.slot(key) {
+            return Ok(s);
         }
+        let s = self.store.allocate_slot(key)?;
+        map.insert_slot(key, s);
+        Ok(s)
     }
 
     pub fn is_valid(&self) -> bool {

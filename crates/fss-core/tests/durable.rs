@@ -47,6 +47,17 @@ fn reopen(vol_dev: &Arc<MemDevice>, devs: &Devices) -> Volume {
     vol
 }
 
+/// A volume of `len` bytes on memory, filled with pattern `seed`: its device, the volume, and
+/// the bytes.
+fn filled(len: u64, seed: u64) -> (Arc<MemDevice>, Volume, Vec<u8>) {
+    let vol_dev = Arc::new(MemDevice::new(len));
+    let d: Arc<dyn BlockDevice> = vol_dev.clone();
+    let vol = Volume::with_identity("vol", d, VOL_ID);
+    let v0 = pattern(seed, 0, len as usize);
+    vol.write(&v0, 0).unwrap();
+    (vol_dev, vol, v0)
+}
+
 #[test]
 fn persistent_snapshots_read_the_same_after_reopen() {
     let vol_dev = Arc::new(MemDevice::new(8 * MIB));
@@ -193,12 +204,8 @@ fn an_invalidated_persistent_snapshot_stays_invalid_after_reopen() {
 #[test]
 fn large_first_overwrites_across_store_groups_read_the_same_after_reopen() {
     let len = 48 * MIB;
-    let vol_dev = Arc::new(MemDevice::new(len));
-    let d: Arc<dyn BlockDevice> = vol_dev.clone();
-    let vol = Volume::with_identity("vol", d, VOL_ID);
+    let (vol_dev, vol, v0) = filled(len, 7);
     let devs: Devices = Arc::default();
-    let v0 = pattern(7, 0, len as usize);
-    vol.write(&v0, 0).unwrap();
     vol.create_snapshot("a", &persistent(), make(&devs))
         .unwrap();
     // A 4 KiB write first, so the large runs start at slot 1 and cross each 256-slot group
@@ -242,11 +249,7 @@ fn a_store_file_allocated_ahead_reopens_to_the_same_snapshot() {
         Arc::new(FileDevice::open(&path, &opts).unwrap())
     };
     let len = 24 * MIB;
-    let vol_dev = Arc::new(MemDevice::new(len));
-    let d: Arc<dyn BlockDevice> = vol_dev.clone();
-    let vol = Volume::with_identity("vol", d, VOL_ID);
-    let v0 = pattern(11, 0, len as usize);
-    vol.write(&v0, 0).unwrap();
+    let (vol_dev, vol, v0) = filled(len, 11);
     let store_dev = open(true);
     let dev = Arc::clone(&store_dev);
     let id = Arc::new(Mutex::new(0));
@@ -291,12 +294,8 @@ fn a_store_file_allocated_ahead_reopens_to_the_same_snapshot() {
 #[test]
 fn pre_images_a_refused_write_stored_survive_a_reopen() {
     let len = 4 * MIB;
-    let vol_dev = Arc::new(MemDevice::new(len));
-    let d: Arc<dyn BlockDevice> = vol_dev.clone();
-    let vol = Volume::with_identity("vol", d, VOL_ID);
+    let (vol_dev, vol, v0) = filled(len, 21);
     let devs: Devices = Arc::default();
-    let v0 = pattern(21, 0, len as usize);
-    vol.write(&v0, 0).unwrap();
     let strict = SnapshotOptions {
         persistent: true,
         on_store_error: fss_core::OnStoreError::FailWrite,

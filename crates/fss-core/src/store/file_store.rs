@@ -201,6 +201,33 @@ impl FileStore {
         }
     }
 
+    /// Cut `len` bytes from byte `offset` of `slot` on, through the slots after it, at the
+    /// ends of groups (a group's slots lie end to end; the next group starts with its log):
+    /// `f(store offset, range of the len bytes)` for each piece, in order.
+    fn per_group(
+        &self,
+        slot: u32,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(u64, std::ops::Range<usize>) -> Result<()>,
+    ) -> Result<()> {
+        let cluster = u64::from(self.sb.cluster_size);
+        let per_group = self.layout.slots_per_group();
+        let (mut slot, mut offset, mut done) = (u64::from(slot), offset, 0);
+        while done < len {
+            let in_group = per_group - slot % per_group;
+            let n = usize::try_from(in_group * cluster - offset)
+                .map_or(len - done, |n| n.min(len - done));
+            let at = self
+                .layout
+                .slot_offset(u32::try_from(slot).unwrap_or(u32::MAX))
+                + offset;
+            f(at, done..done + n)?;
+            (slot, offset, done) = (slot + in_group, 0, done + n);
+        }
+        Ok(())
+    }
+
     fn stage(&self, body: Body) {
         let mut c = self.lock();
         c.staged.push(body);
@@ -279,29 +306,19 @@ impl Store for FileStore {
     ) -> Result<()> {
         // The slots of one group lie end to end: one write per group touched, then the
         // records, as slot by slot (data before the records that find it).
-        let cluster = u64::from(self.sb.cluster_size);
-        let per_group = self.layout.slots_per_group();
         let cap = self.slots.limit().unwrap_or(u64::MAX);
-        let (mut slot, mut block) = (u64::from(first_slot), u64::from(first_block));
-        let mut rest = data;
-        while !rest.is_empty() {
-            let in_group = per_group - slot % per_group;
-            let room = in_group * cluster - block * BLOCK as u64;
-            let n = usize::try_from(room).map_or(rest.len(), |n| n.min(rest.len()));
-            let (now, later) = rest.split_at(n);
-            let off = self
-                .layout
-                .slot_offset(u32::try_from(slot).unwrap_or(u32::MAX))
-                + block * BLOCK as u64;
+        let at = u64::from(first_block) * BLOCK as u64;
+        self.per_group(first_slot, at, data.len(), |off, piece| {
+            let now = &data[piece];
             // Direct if large, into room allocated ahead (see DeviceStore).
             if now.len() >= crate::device::DIRECT_WRITE_MIN {
                 self.dev.reserve(off + now.len() as u64, cap);
             }
             self.dev
                 .write_at(now, off)
-                .map_err(|e| Error::io("write pre-image to", self.describe(), e).at(off))?;
-            (slot, block, rest) = (slot + in_group, 0, later);
-        }
+                .map_err(|e| Error::io("write pre-image to", self.describe(), e).at(off))
+        })?;
+        let cluster = u64::from(self.sb.cluster_size);
         super::for_each_slot(
             clusters,
             first_slot,
@@ -324,19 +341,11 @@ impl Store for FileStore {
 
     fn read_slots(&self, slot: u32, offset: u64, buf: &mut [u8], _cluster_size: u64) -> Result<()> {
         // The slots of one group lie end to end: one read per group touched.
-        let cluster = u64::from(self.sb.cluster_size);
-        let per_group = self.layout.slots_per_group();
-        let (mut slot, mut offset) = (u64::from(slot), offset);
-        let mut rest = buf;
-        while !rest.is_empty() {
-            let in_group = per_group - slot % per_group;
-            let n = usize::try_from(in_group * cluster - offset)
-                .map_or(rest.len(), |n| n.min(rest.len()));
-            let (now, later) = rest.split_at_mut(n);
-            self.read(u32::try_from(slot).unwrap_or(u32::MAX), offset, now)?;
-            (slot, offset, rest) = (slot + in_group, 0, later);
-        }
-        Ok(())
+        self.per_group(slot, offset, buf.len(), |off, piece| {
+            self.dev
+                .read_at(&mut buf[piece], off)
+                .map_err(|e| Error::io("read pre-image from", self.describe(), e).at(off))
+        })
     }
 
     fn read_source(
