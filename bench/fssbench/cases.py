@@ -113,19 +113,35 @@ def c2_qemu_sample(b, v, key, args, qsd, cbw):
         fl.unlink()
 
 
+def c2_disk_sample(b, key, qd):
+    """The disk's own limit for a sequential 1 MiB first overwrite (R): every MiB of new data
+    moves three, its pre-image read, the pre-image written elsewhere and the new data written,
+    so fio runs that mix (1 read : 2 writes of 1 MiB, libaio O_DIRECT, on the image) and a
+    third of what it moves is the first overwrite rate no server can pass on this disk."""
+    s = b.s.fio(key, None, ["--ioengine=libaio", "--direct=1", f"--filename={b.img}",
+                            "--rw=rw", "--rwmixread=33", "--bs=1M", f"--iodepth={qd}",
+                            f"--size={b.cfg.size_mib}M"])
+    s["MB/s"] /= 3
+    s["IOPS"] /= 3
+    log(f"{key:<28} {s['MB/s']:8.1f} MB/s of new data (a third of the mix)")
+
+
 def c2_rounds(b, qsd, cbw, fss_info):
-    """Every round of case 2; QEMU's C and D only in the first `info_reps` rounds."""
+    """Every round of case 2; QEMU's C and D and the disk's R only in the first `info_reps`
+    rounds."""
     for rep in range(b.cfg.reps):
         for wl in ("fs", "ff"):
             for qd in QDS:
                 args = b.s.first_args(wl, qd)
                 variants = ["none", "transient", "persistent"]
                 if rep < b.cfg.info_reps:
-                    variants += ["C", "D"]
+                    variants += ["C", "D"] + (["R"] if wl == "fs" else [])
                 for v in order(variants, rep):
                     key = f"c2/{v}/{wl}{qd}"
                     if v in ("none", "transient", "persistent"):
                         c2_fss_sample(b, v, key, args, fss_info)
+                    elif v == "R":
+                        c2_disk_sample(b, key, qd)
                     else:
                         c2_qemu_sample(b, v, key, args, qsd, cbw)
 
@@ -143,6 +159,9 @@ def c2_rows(b):
                        f"c2/transient/{wl}{qd}", u, sm, (">=", 0.9))
             b.rows.add(2, "QEMU copy-before-write ÷ none (qsd)", w, f"c2/D/{wl}{qd}",
                        f"c2/C/{wl}{qd}", u, sm)
+            if wl == "fs":
+                b.rows.add(2, "disk limit (fio: 1 read + 2 writes of 1 MiB, ÷ 3) ÷ none", w,
+                           f"c2/R/{wl}{qd}", f"c2/none/{wl}{qd}", u, sm)
 
 
 def case2(b):
