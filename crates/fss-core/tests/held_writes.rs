@@ -169,6 +169,33 @@ fn many_held_writes_share_one_store_flush() {
 }
 
 #[test]
+fn a_batch_of_large_held_writes_lands_whole() {
+    let gate = Arc::new(GatedDevice::new());
+    let (vol, vol_dev) = setup(gate.clone(), OnStoreError::Invalidate);
+    gate.close();
+    // The first is stuck in its store flush; the next six gather into one batch of large
+    // writes that share no byte, which the committer applies from several threads.
+    let big = 512 << 10;
+    for i in 0..7u8 {
+        vol.write(&vec![10 + i; big], u64::from(i) * big as u64)
+            .unwrap();
+    }
+    gate.open();
+    vol.flush().unwrap();
+    let mut buf = vec![0u8; LEN as usize];
+    vol_dev.read_at(&mut buf, 0).unwrap();
+    for (i, chunk) in buf.chunks(big).enumerate() {
+        let want = if i < 7 { 10 + i as u8 } else { 1 };
+        assert!(chunk.iter().all(|&b| b == want), "piece {i} of the volume");
+    }
+    vol.snapshot("s").unwrap().read(&mut buf, 0).unwrap();
+    assert!(
+        buf.iter().all(|&b| b == 1),
+        "the snapshot kept the old bytes"
+    );
+}
+
+#[test]
 fn a_later_write_of_a_held_range_lands_after_it() {
     let gate = Arc::new(GatedDevice::new());
     let (vol, vol_dev) = setup(gate.clone(), OnStoreError::Invalidate);

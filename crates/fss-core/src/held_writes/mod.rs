@@ -13,6 +13,8 @@
 //! With a journal (`held_journal`), a held write is also written there before it is
 //! acknowledged, so that a death of the process does not lose it.
 
+mod apply;
+
 use crate::chain::SnapState;
 use crate::device::BlockDevice;
 use crate::error::{Error, Result};
@@ -23,8 +25,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// The most bytes held per volume; a writer past it waits for the committer.
-const MAX_HELD_BYTES: u64 = 16 << 20;
+/// The most bytes held per volume; a writer past it waits for the committer. Room for about
+/// two batches: while the committer flushes one (at queue depth 16 a store flush waits behind
+/// the disk's queue, 15 to 20 ms for 15 MiB), writers fill the next instead of waiting. With
+/// 16 MiB, 1 MiB writers at depth 16 spent half their time here (docs/PERFORMANCE.md).
+const MAX_HELD_BYTES: u64 = 32 << 20;
 
 /// How long the committer lets held writes gather before one store flush covers them all,
 /// unless someone waits for them (a flush, a read or write of a held range, a barrier). At
@@ -433,29 +438,7 @@ fn commit_loop(inner: &Inner) {
         };
         let syncs: Vec<&StoreSync> = batch.iter().flat_map(|(_, h)| &h.syncs).collect();
         make_durable(&syncs);
-        let mut failed = None;
-        for (_, h) in &batch {
-            let r = match &h.change {
-                // A small one's pre-images were just read through the page cache; a large
-                // one goes as the volume's large writes do (`volume::cached_transfer`).
-                HeldChange::Write { buf, data_at, .. } if crate::volume::cached_transfer(h.len) => {
-                    inner.dev.write_at_cached(&buf[*data_at..], h.offset)
-                }
-                HeldChange::Write { buf, data_at, .. } => {
-                    inner.dev.write_at(&buf[*data_at..], h.offset)
-                }
-                HeldChange::Discard => inner.dev.discard(h.offset, h.len),
-                HeldChange::Zeroes => inner.dev.write_zeroes(h.offset, h.len),
-            };
-            if let Err(e) = r {
-                tracing::error!(volume = %inner.object, offset = h.offset, error = %e,
-                    "a write acknowledged earlier could not be applied to the volume");
-                failed.get_or_insert_with(|| {
-                    Error::io("apply an acknowledged write to", inner.object.clone(), e)
-                        .at(h.offset)
-                });
-            }
-        }
+        let mut failed = apply::apply_batch(inner.dev.as_ref(), &inner.object, &batch);
         // Retired before a later write of these blocks may be applied, so that a replay
         // never puts older bytes over newer ones.
         let journal = inner.lock().journal.as_ref().map(|(j, _)| Arc::clone(j));
