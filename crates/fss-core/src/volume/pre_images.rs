@@ -7,13 +7,15 @@ use crate::geometry::BLOCK_SIZE;
 /// Pre-images read from the volume: runs of whole blocks, zero-padded past its end.
 pub(super) struct PreImages(pub(super) Vec<(u64, AlignedBuf)>);
 
-/// The largest pre-image buffer a thread keeps for its next first overwrite.
-const SPARE_MAX: usize = 1 << 20;
+/// The largest pre-image buffer a thread keeps for its next first overwrite: one huge page,
+/// which a 1 MiB buffer occupies (`AlignedBuf::in_huge_pages`).
+const SPARE_MAX: usize = 2 << 20;
 
 thread_local! {
     /// A buffer kept from this thread's last first overwrite. A fresh 1 MiB buffer per request
     /// cost 7% of a persistent 1 MiB first overwrite's CPU in zero-filling and page faults
-    /// (perf, PERFORMANCE.md); kept, it costs at most 1 MiB per serving thread.
+    /// (perf, PERFORMANCE.md); kept, it costs at most 2 MiB per serving thread. In huge pages,
+    /// so that a 1 MiB pre-image is read in one disk request, not two (`AlignedBuf`).
     static SPARE: std::cell::RefCell<Option<AlignedBuf>> = const { std::cell::RefCell::new(None) };
 }
 
@@ -27,7 +29,9 @@ pub(super) fn take_buffer(len: usize) -> AlignedBuf {
         }
         other => {
             SPARE.with(|s| *s.borrow_mut() = other);
-            AlignedBuf::new(len)
+            let mut b = AlignedBuf::in_huge_pages();
+            b.resize(len);
+            b
         }
     }
 }
@@ -39,7 +43,7 @@ impl Drop for PreImages {
             .0
             .drain(..)
             .map(|(_, b)| b)
-            .filter(|b| b.capacity() <= SPARE_MAX + crate::device::DIRECT_ALIGN)
+            .filter(|b| b.capacity() <= SPARE_MAX)
             .max_by_key(AlignedBuf::capacity);
         if let Some(b) = best {
             SPARE.with(|s| {
@@ -78,7 +82,10 @@ mod tests {
         assert_eq!(again.as_ptr(), addr, "the 1 MiB buffer is kept and reused");
         assert_eq!(again.len(), 512 << 10);
         // Too large to keep: the kept one stays.
-        drop(PreImages(vec![(0, again), (512, take_buffer(2 << 20))]));
+        drop(PreImages(vec![
+            (0, again),
+            (512, take_buffer((2 << 20) + 4096)),
+        ]));
         let kept = take_buffer(4096);
         assert_eq!(kept.as_ptr(), addr);
         // Another thread has its own (ours is still held here, so no address can repeat).
