@@ -163,15 +163,13 @@ fn ext4_snapshot_through_fuse_and_loop_is_consistent() {
     let before = checksums(&live_dir);
     assert!(before.len() > 20, "{} files", before.len());
 
-    // The snapshot: nothing writes meanwhile (synced, no freeze needed here).
-    // Frozen while the snapshot is taken, as `fss snapshot create` freezes a mounted file
-    // system: `sync` commits ext4's journal but does not write every committed metadata block
-    // home (a block that a later transaction, e.g. the lazy inode-table init, touched again
-    // stays in the journal), so an image taken after `sync` alone is crash-consistent, not
-    // clean: `e2fsck -n` cannot replay the journal and reported, once in ~350 runs, a group
-    // descriptor older than the directory block beside it. Freezing checkpoints the journal.
-    // Taken after `sync` alone: what a crash at this instant would leave (checked below,
-    // after a journal replay).
+    // Two snapshots of the same instant. `raw`, taken after `sync` alone, is what a crash
+    // here would leave: `sync` commits ext4's journal but does not write home every committed
+    // metadata block (one that a later transaction, e.g. the lazy inode-table init, touched
+    // again stays in the journal), so it is crash-consistent, checked below after a journal
+    // replay; `e2fsck -n` cannot replay, and once in ~350 runs saw a group descriptor older
+    // than the directory block beside it. `snap` is taken frozen, as `fss snapshot create`
+    // freezes a mounted file system: freezing writes the journal home, so it must be clean.
     let raw = vol
         .create_snapshot("raw", &SnapshotOptions::default(), DeviceStore::in_memory)
         .unwrap();

@@ -2,9 +2,10 @@
 //! aligned window inside it.
 //!
 //! A buffer made with [`AlignedBuf::in_huge_pages`] places sizes of 1 MiB and up on a 2 MiB
-//! boundary and asks for transparent huge pages. Why: a direct transfer's buffer is cut into one segment per physically contiguous run of
-//! pages, and a virtio disk takes at most 254 segments per request, so a 1 MiB read into 256
-//! scattered 4 KiB pages became two disk requests (measured: 666 KiB per disk read for fss's
+//! boundary and asks for transparent huge pages. Why: a direct transfer's buffer is cut into
+//! one segment per physically contiguous run of pages, and a virtio disk takes at most 254
+//! segments per request, so a 1 MiB read into 256 scattered 4 KiB pages became two disk
+//! requests (measured: 666 KiB per disk read for fss's
 //! 1 MiB reads against 1000 KiB for qemu-nbd's, whose reused heap buffers are contiguous). In
 //! one huge page a 1 MiB transfer is one segment and one request. The cost is resident memory
 //! (such a buffer occupies a whole 2 MiB page once touched) and a 2 MiB zero-fill when it is
@@ -68,7 +69,8 @@ impl AlignedBuf {
         if len > self.capacity() {
             // A fresh zeroed Vec comes from calloc/mmap, so it costs no zero-fill pass; the
             // extra `align` bytes leave room to slide the window onto a boundary.
-            let (align, span) = if self.huge && len >= HUGE_MIN {
+            let huge = self.huge && len >= HUGE_MIN;
+            let (align, span) = if huge {
                 (HUGE_PAGE, len.div_ceil(HUGE_PAGE) * HUGE_PAGE)
             } else {
                 (DIRECT_ALIGN, len)
@@ -76,13 +78,11 @@ impl AlignedBuf {
             self.raw = vec![0u8; span + align];
             let addr = self.raw.as_ptr() as usize;
             self.start = (align - addr % align) % align;
-            self.cap = if align == HUGE_PAGE {
-                span
-            } else {
-                self.raw.len() - self.start
-            };
-            if align == HUGE_PAGE {
-                // Before the first touch, so that the first fault can take a huge page.
+            self.cap = self.raw.len() - self.start;
+            if huge {
+                // Only the advised span counts, and it is advised before the first touch, so
+                // that the first fault can take a huge page.
+                self.cap = span;
                 advise_huge_pages(&mut self.raw[self.start..self.start + span]);
             }
         }
