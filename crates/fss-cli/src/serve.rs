@@ -85,6 +85,8 @@ pub fn debug_logging() {
 /// The daemon could not start (another one serves the state directory, a socket cannot be
 /// made, the state is damaged).
 pub fn serve(state: &Path, a: ServeArgs) -> anyhow::Result<i32> {
+    // Before any thread exists: the serving threads share a few allocator arenas.
+    fssd::heap::limit_arenas();
     init_logging();
     let volume_io = match a.volume_io {
         Some(m) => m,
