@@ -71,19 +71,36 @@ mod tests {
         drop(last);
     }
 
-    /// glibc's arenas other than the main one: anonymous mappings starting on a 64 MiB
-    /// boundary (glibc reserves each arena's heap as a 64 MiB aligned region).
+    /// glibc's arenas other than the main one. glibc reserves each arena's heap as a 64 MiB
+    /// region on a 64 MiB boundary and makes only its used part writable: an anonymous `rw-p`
+    /// mapping starting on the boundary, that either spans 64 MiB or is followed by the
+    /// region's `---p` rest (a thread stack's guard page lies below its stack, not above).
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     fn thread_arenas() -> usize {
+        const REGION: u64 = 64 << 20;
         let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        let starts = maps.lines().filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let range = f.next()?;
-            let path = f.nth(4);
-            let start = u64::from_str_radix(range.split('-').next()?, 16).ok()?;
-            (path.is_none() && start % (64 << 20) == 0).then_some(start)
-        });
-        starts.collect::<std::collections::BTreeSet<_>>().len()
+        let anon: Vec<(u64, u64, String)> = maps
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let (range, perms) = (f.first()?, f.get(1)?);
+                if f.len() > 5 {
+                    return None; // a file or a named region
+                }
+                let (a, b) = range.split_once('-')?;
+                let a = u64::from_str_radix(a, 16).ok()?;
+                let b = u64::from_str_radix(b, 16).ok()?;
+                Some((a, b, (*perms).to_string()))
+            })
+            .collect();
+        let is_heap = |i: usize| {
+            let (start, end, perms) = &anon[i];
+            let rest = anon.get(i + 1).filter(|n| n.0 == *end && n.2 == "---p");
+            perms == "rw-p"
+                && start % REGION == 0
+                && (end - start == REGION || rest.is_some_and(|n| n.1 == start + REGION))
+        };
+        (0..anon.len()).filter(|&i| is_heap(i)).count()
     }
 
     /// In a child process (fresh allocator): maybe limit the arenas, then let 12 threads
