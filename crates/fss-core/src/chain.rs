@@ -207,6 +207,9 @@ pub(crate) fn losing_blocks<'a>(
 pub(crate) struct SnapState {
     pub id: u64,
     pub name: String,
+    /// `snapshot 'NAME'`: the object of this snapshot's errors, made once rather than on
+    /// every read.
+    pub label: String,
     pub created: SystemTime,
     pub chain: ChainKind,
     pub on_store_error: OnStoreError,
@@ -252,6 +255,7 @@ impl SnapState {
     ) -> Self {
         SnapState {
             id,
+            label: format!("snapshot '{name}'"),
             name,
             created,
             chain: ChainKind::of(opts.persistent),
@@ -361,7 +365,7 @@ impl SnapState {
         Error::new(
             ErrorKind::InvalidSnapshot,
             "read",
-            format!("snapshot '{}'", self.name),
+            self.label.clone(),
             format!(
                 "the snapshot is invalid because a pre-image could not be preserved ({reason}); \
                  delete it and take a new one with a larger store"

@@ -153,9 +153,18 @@ impl Geometry {
         let first = self.first_block_of(cluster);
         let end = (first + u64::from(self.blocks_per_cluster())).min(self.block_count());
         let full = mask_range(words, 0, (end - first) as u32);
+        (full, self.blocks_in_range(cluster, b0, b1))
+    }
+
+    /// The blocks of `cluster` inside the volume and inside blocks `[b0, b1)`: the second
+    /// mask of [`cluster_masks`](Self::cluster_masks), for readers, which need only that.
+    pub(crate) fn blocks_in_range(&self, cluster: Cluster, b0: u64, b1: u64) -> Vec<u16> {
+        let words = mask_words(self.blocks_per_cluster());
+        let first = self.first_block_of(cluster);
+        let end = (first + u64::from(self.blocks_per_cluster())).min(self.block_count());
         let from = b0.max(first) - first;
         let to = b1.min(end) - first;
-        (full, mask_range(words, from as u32, to as u32))
+        mask_range(words, from as u32, to as u32)
     }
 }
 

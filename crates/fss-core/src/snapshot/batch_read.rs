@@ -57,7 +57,7 @@ pub(super) fn read(
     let open: Vec<Vec<u16>> = clusters
         .iter()
         .map(|&c| {
-            let wanted = g.cluster_masks(c, b0, b1).1;
+            let wanted = g.blocks_in_range(c, b0, b1);
             plan_cluster(g, later, c, wanted, buf.len(), offset, &mut segments)
         })
         .collect();

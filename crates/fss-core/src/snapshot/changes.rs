@@ -154,7 +154,7 @@ fn cluster_changes(
     (offset, len): (u64, u64),
     out: &mut Vec<Extent>,
 ) {
-    let (_, in_range) = g.cluster_masks(cluster, b0, b1);
+    let in_range = g.blocks_in_range(cluster, b0, b1);
     let mut changed = vec![0u16; in_range.len()];
     for s in later {
         s.map().or_mask_into(cluster.key(), &mut changed);

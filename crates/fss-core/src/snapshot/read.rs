@@ -22,8 +22,8 @@ pub(super) fn read(
     buf: &mut [u8],
     offset: u64,
 ) -> Result<()> {
-    let object = format!("snapshot '{}'", snap.name);
-    core.check_range("read", &object, offset, buf.len() as u64)?;
+    let object = snap.label.as_str();
+    core.check_range("read", object, offset, buf.len() as u64)?;
     if buf.is_empty() {
         return Ok(());
     }
@@ -39,12 +39,12 @@ pub(super) fn read(
     if !snap.is_valid() {
         return Err(snap.invalid_error());
     }
-    let (g, idx) = chains.live(snap, "read", &object)?;
+    let (g, idx) = chains.live(snap, "read", object)?;
     let later = &chains.chain[snap.chain][idx..];
     let len = buf.len() as u64;
     let (b0, b1) = block_span(offset, len);
     if len > BATCHED_SNAPSHOT_READ {
-        batch_read::read(core, &g, later, buf, offset, &object)?;
+        batch_read::read(core, &g, later, buf, offset, object)?;
         if !snap.is_valid() {
             return Err(snap.invalid_error());
         }
@@ -66,9 +66,9 @@ pub(super) fn read(
         } else {
             core.dev.read_at(piece, span.start)
         };
-        done.map_err(|e| Error::io("read", object.clone(), e).at(span.start))?;
+        done.map_err(|e| Error::io("read", object, e).at(span.start))?;
     }
-    let wanted = clusters.map(|c| (c, g.cluster_masks(c, b0, b1).1));
+    let wanted = clusters.map(|c| (c, g.blocks_in_range(c, b0, b1)));
     read_from_stores(&g, later, wanted, buf, offset)?;
     if !snap.is_valid() {
         return Err(snap.invalid_error());
@@ -87,7 +87,7 @@ fn unmapped_span(
     let mut unmapped: Option<(u64, u64)> = None;
     let mut any_mapped = false;
     for cluster in g.clusters_of(b0, b1) {
-        let (_, mut open) = g.cluster_masks(cluster, b0, b1);
+        let mut open = g.blocks_in_range(cluster, b0, b1);
         for s in later {
             if let Some((_, have)) = s.map().get(cluster.key()) {
                 mask_remove(&mut open, have);
