@@ -149,10 +149,7 @@ impl Geometry {
     /// The blocks of `cluster` inside the volume and inside blocks `[b0, b1)`, as masks:
     /// (whole cluster, the part in range).
     pub(crate) fn cluster_masks(&self, cluster: Cluster, b0: u64, b1: u64) -> (Vec<u16>, Vec<u16>) {
-        let words = mask_words(self.blocks_per_cluster());
-        let first = self.first_block_of(cluster);
-        let end = (first + u64::from(self.blocks_per_cluster())).min(self.block_count());
-        let full = mask_range(words, 0, (end - first) as u32);
+        let full = self.blocks_in_range(cluster, 0, u64::MAX);
         (full, self.blocks_in_range(cluster, b0, b1))
     }
 
