@@ -209,4 +209,6 @@ impl<T: BlockDevice + ?Sized> BlockDevice for std::sync::Arc<T> {
 }
 
 #[cfg(test)]
+mod page_cache_tests;
+#[cfg(test)]
 mod tests;
