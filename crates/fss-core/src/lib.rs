@@ -27,6 +27,7 @@ mod chain;
 pub mod cluster_map;
 mod core;
 pub mod device;
+pub mod direct_read;
 pub mod error;
 pub mod export;
 pub mod format;

@@ -242,3 +242,35 @@ fn fail_write_snapshots_are_flushed_inside_the_write() {
     assert_eq!(byte_at(&*vol_dev, 0), 1);
     assert!(vol.snapshot("s").unwrap().is_valid());
 }
+
+#[test]
+fn direct_reads_are_refused_over_held_writes() {
+    use fss_core::device::{FileDevice, OpenOptions};
+    use fss_core::export::Export;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = OpenOptions {
+        create_len: Some(LEN),
+        direct_large: true,
+        ..OpenOptions::default()
+    };
+    let vol_dev = FileDevice::open(&dir.path().join("v.img"), &opts).unwrap();
+    let vol = Volume::new("vol", Arc::new(vol_dev));
+    vol.write(&vec![1u8; LEN as usize], 0).unwrap();
+    let gate = Arc::new(GatedDevice::new());
+    let store_dev: Arc<dyn BlockDevice> = gate.clone();
+    vol.create_snapshot("s", &persistent(OnStoreError::Invalidate), move |p| {
+        Ok(Box::new(FileStore::create(store_dev, p, false, None)?) as Box<dyn Store>)
+    })
+    .unwrap();
+    gate.close();
+    vol.write(&[2u8; BS], 8 * BS as u64).unwrap();
+    let export = Export::Volume(vol.clone());
+    let buf = [0u8; BS];
+    // Its bytes are not on the volume's file yet: only the engine's read may serve it.
+    assert!(export.direct_read(8 * BS as u64, &buf).is_none());
+    assert!(export.direct_read(7 * BS as u64 + 1, &buf).is_none());
+    assert!(export.direct_read(0, &buf).is_some());
+    gate.open();
+    vol.flush().unwrap();
+    assert!(export.direct_read(8 * BS as u64, &buf).is_some());
+}

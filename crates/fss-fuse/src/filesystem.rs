@@ -15,7 +15,8 @@ use crate::persist::{PersistError, TableFile, Tables};
 use crate::wire::abi::{self, DT_DIR, DT_REG};
 use crate::wire::reply::{self, DirBuf};
 use crate::wire::{Attr, InHeader, SetAttrIn, StatFs};
-use fss_core::device::AlignedBuf;
+use fss_core::device::{AlignedBuf, DIRECT_READ_MIN};
+use fss_core::direct_read::DirectRead;
 use fss_core::export::{Catalog, Export};
 use rustix::io::Errno;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -249,6 +250,25 @@ impl FssFs {
         file_io::read(file.export()?, offset, &mut buf[..size]).inspect_err(|e| {
             tracing::debug!(name = %file.name, offset, size, errno = e.raw_os_error(), "read failed");
         })
+    }
+
+    /// A READ of `size` bytes at `offset` of `fh` that a read ring may run instead of
+    /// [`FssFs::read`] (`fss_core::direct_read`): its direct read and the buffer it fills.
+    /// `None` (a bad handle, the end of the file, a large read, or one the engine must do
+    /// itself): serve it with [`FssFs::read`].
+    pub fn direct_read(&self, fh: u64, offset: u64, size: u32) -> Option<(DirectRead, AlignedBuf)> {
+        let file = self.open_file(fh).ok()?;
+        let export = file.export().ok()?;
+        let size = usize::try_from(size).ok()?;
+        // Clipped at the end of the file, as `FssFs::read` does.
+        let rest = export.len().checked_sub(offset)?;
+        let n = usize::try_from(rest).map_or(size, |rest| rest.min(size));
+        if n == 0 || n >= DIRECT_READ_MIN {
+            return None;
+        }
+        let buf = AlignedBuf::new(n);
+        let read = export.direct_read(offset, &buf)?;
+        Some((read, buf))
     }
 
     /// WRITE `data` at `offset`.

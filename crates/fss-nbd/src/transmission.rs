@@ -16,12 +16,13 @@ use crate::error::ConnError;
 use crate::handshake::Negotiated;
 use crate::meta_context::{self, MetaContext, MAX_DESCRIPTORS, MAX_STATUS_LEN};
 use crate::payloads::Payloads;
-use crate::pool::{Budget, Pool, SharedBudget};
+use crate::pool::{Budget, Permit, Pool, SharedBudget};
 use crate::protocol::{self as p, Chunk, Command, NbdErrno, Request};
 use crate::reply::ReplyWriter;
 use crate::stream::{discard, read_message, Stream};
 use crate::{ServerOptions, MAX_PAYLOAD};
 use fss_core::device::{AlignedBuf, Extent};
+use fss_core::direct_read::ring::{ReadRing, RingRead};
 use fss_core::export::Export;
 use std::cell::RefCell;
 use std::io::{BufReader, Read};
@@ -107,6 +108,7 @@ pub(crate) fn serve(
     );
     let mut pool = Pool::new(opts.workers_per_connection, setup.thread_name.clone());
     let mut alone_streak = 0u32;
+    let mut ring = RingState::NotStarted;
     let result = loop {
         if conn.writer.is_broken() {
             break Ok(End::WriteFailed);
@@ -177,6 +179,15 @@ pub(crate) fn serve(
                     drop(permit);
                     continue;
                 }
+                let permit = match op {
+                    Op::Read { .. } if req.length < HOLE_READ_MIN => {
+                        match by_ring(&conn, &mut ring, &setup.thread_name, &req, permit) {
+                            Some(p) => p,
+                            None => continue,
+                        }
+                    }
+                    _ => permit,
+                };
                 let c = Arc::clone(&conn);
                 pool.submit(Box::new(move || {
                     run(&c, &req, op);
@@ -188,8 +199,67 @@ pub(crate) fn serve(
     // Every request read so far is answered (the protocol asks this of NBD_CMD_DISC; after a
     // broken stream the replies may have nowhere to go, but the writes still complete).
     pool.finish();
+    if let RingState::Running(r) = ring {
+        r.finish();
+    }
     conn.writer.close();
     result
+}
+
+/// The connection's [`ReadRing`], started on its first read that can use it.
+enum RingState {
+    NotStarted,
+    Running(ReadRing),
+    Unavailable,
+}
+
+/// Hand a small read to the connection's ring if the engine allows a direct read of it (see
+/// `fss_core::direct_read::ring` for why); otherwise give the permit back, for the pool.
+fn by_ring(
+    conn: &Arc<Conn>,
+    ring: &mut RingState,
+    thread_name: &str,
+    req: &Request,
+    permit: Permit,
+) -> Option<Permit> {
+    if let RingState::NotStarted = ring {
+        let name = thread_name.replacen("nbd-io", "nbd-ring", 1);
+        *ring = ReadRing::start(name).map_or(RingState::Unavailable, RingState::Running);
+    }
+    let RingState::Running(r) = ring else {
+        return Some(permit);
+    };
+    let buf = conn.payloads.take(req.length as usize);
+    let Some(read) = conn.export.direct_read(req.offset, &buf) else {
+        conn.payloads.give(buf);
+        return Some(permit);
+    };
+    let (c, req) = (Arc::clone(conn), *req);
+    r.submit(RingRead {
+        read,
+        buf,
+        done: Box::new(move |buf, outcome| {
+            read_reply(&c, &req, &buf, outcome);
+            c.payloads.give(buf);
+            drop(permit);
+        }),
+    });
+    None
+}
+
+/// The reply to a read of `buf` that a ring finished.
+fn read_reply(conn: &Conn, req: &Request, buf: &[u8], outcome: fss_core::Result<()>) {
+    match outcome {
+        Ok(()) if conn.writer.structured() => conn.writer.chunks(
+            req.cookie,
+            &[Chunk::Data {
+                offset: req.offset,
+                data: buf,
+            }],
+        ),
+        Ok(()) => conn.writer.simple_data(req.cookie, buf),
+        Err(e) => engine_error(conn, req, &e),
+    }
 }
 
 /// Read a write payload into all of `data`.

@@ -304,6 +304,12 @@ impl HeldWrites {
         }
     }
 
+    /// Whether no held change overlaps `[offset, offset + len)` now.
+    pub fn is_clear(&self, offset: u64, len: u64) -> bool {
+        let inner = &self.inner;
+        inner.count.load(Ordering::Acquire) == 0 || !overlaps(&inner.lock(), offset, len)
+    }
+
     /// Wait until every held change is applied.
     pub fn wait_all(&self) {
         let inner = &self.inner;

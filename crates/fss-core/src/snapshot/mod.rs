@@ -78,6 +78,16 @@ impl Snapshot {
         read::read(&self.vol, &self.snap, buf, offset)
     }
 
+    /// Where a direct read of `buf.len()` bytes at `offset` reads ([`crate::direct_read`]).
+    pub(crate) fn direct_read(&self, offset: u64, buf: &[u8]) -> Option<std::os::fd::RawFd> {
+        read::direct(&self.vol, &self.snap, offset, buf)
+    }
+
+    /// Complete a direct read whose volume bytes are in `buf` ([`crate::direct_read`]).
+    pub(crate) fn finish_direct_read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        read::finish_direct(&self.vol, &self.snap, buf, offset)
+    }
+
     /// A description with counters.
     #[must_use]
     pub fn info(&self) -> SnapshotInfo {

@@ -3,11 +3,12 @@
 
 use super::batch_read;
 use super::store_reads::read_from_stores;
-use crate::chain::SnapState;
-use crate::cluster_map::{mask_remove, mask_runs};
+use crate::chain::{Chains, SnapState};
+use crate::cluster_map::{mask_is_empty, mask_keep, mask_remove, mask_runs};
 use crate::core::VolumeCore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::{block_span, clip, Geometry};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -28,19 +29,7 @@ pub(super) fn read(
         return Ok(());
     }
     let chains = core.chains();
-    if snap.deleted.load(Ordering::Acquire) {
-        return Err(Error::new(
-            ErrorKind::NotFound,
-            "read",
-            object,
-            "the snapshot was deleted",
-        ));
-    }
-    if !snap.is_valid() {
-        return Err(snap.invalid_error());
-    }
-    let (g, idx) = chains.live(snap, "read", object)?;
-    let later = &chains.chain[snap.chain][idx..];
+    let (g, later) = live_chain(&chains, snap)?;
     let len = buf.len() as u64;
     let (b0, b1) = block_span(offset, len);
     if len > BATCHED_SNAPSHOT_READ {
@@ -50,7 +39,6 @@ pub(super) fn read(
         }
         return Ok(());
     }
-    let clusters = g.clusters_of(b0, b1);
     let (unmapped, any_mapped) = unmapped_span(&g, later, b0, b1);
     if let Some((lo, hi)) = unmapped {
         // Read that span from the volume first, in one I/O, and only then consult the
@@ -68,12 +56,94 @@ pub(super) fn read(
         };
         done.map_err(|e| Error::io("read", object, e).at(span.start))?;
     }
-    let wanted = clusters.map(|c| (c, g.blocks_in_range(c, b0, b1)));
-    read_from_stores(&g, later, wanted, buf, offset)?;
+    overlay_stores(snap, &g, later, buf, offset)
+}
+
+/// The snapshot's geometry and the chain from it to the newest snapshot, if it is live and
+/// valid.
+fn live_chain<'c>(
+    chains: &'c Chains,
+    snap: &Arc<SnapState>,
+) -> Result<(Geometry, &'c [Arc<SnapState>])> {
+    let object = snap.label.as_str();
+    if snap.deleted.load(Ordering::Acquire) {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "read",
+            object,
+            "the snapshot was deleted",
+        ));
+    }
+    if !snap.is_valid() {
+        return Err(snap.invalid_error());
+    }
+    let (g, idx) = chains.live(snap, "read", object)?;
+    Ok((g, &chains.chain[snap.chain][idx..]))
+}
+
+/// After the volume's bytes of `buf` were read: put over them every block of the range that
+/// a map of `later` holds now (the second look), and check the snapshot is still valid.
+fn overlay_stores(
+    snap: &SnapState,
+    g: &Geometry,
+    later: &[Arc<SnapState>],
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<()> {
+    let (b0, b1) = block_span(offset, buf.len() as u64);
+    let wanted = g
+        .clusters_of(b0, b1)
+        .map(|c| (c, g.blocks_in_range(c, b0, b1)));
+    read_from_stores(g, later, wanted, buf, offset)?;
     if !snap.is_valid() {
         return Err(snap.invalid_error());
     }
     Ok(())
+}
+
+/// Where a direct read (`crate::direct_read`) of `buf.len()` bytes at `offset` reads: the
+/// volume's file, for a read of at most one block (or two, unaligned) of which no map of the
+/// chain holds any (so its bytes are on the volume now). `None`: read with [`read`].
+pub(super) fn direct(
+    core: &VolumeCore,
+    snap: &Arc<SnapState>,
+    offset: u64,
+    buf: &[u8],
+) -> Option<RawFd> {
+    let len = buf.len() as u64;
+    if len == 0 || len > BATCHED_SNAPSHOT_READ || offset.checked_add(len)? > core.len {
+        return None;
+    }
+    let chains = core.chains();
+    let (g, later) = live_chain(&chains, snap).ok()?;
+    let (b0, b1) = block_span(offset, len);
+    let preserved = g.clusters_of(b0, b1).any(|c| {
+        let wanted = g.blocks_in_range(c, b0, b1);
+        later.iter().any(|s| {
+            s.map().get(c.key()).is_some_and(|(_, have)| {
+                let mut both = wanted.clone();
+                mask_keep(&mut both, have);
+                !mask_is_empty(&both)
+            })
+        })
+    });
+    if preserved {
+        return None;
+    }
+    core.dev.read_source(offset, buf).map(|fd| fd.as_raw_fd())
+}
+
+/// Complete a direct read once the volume's bytes are in `buf`: as [`read`] does after its
+/// volume read.
+pub(super) fn finish_direct(
+    core: &VolumeCore,
+    snap: &Arc<SnapState>,
+    buf: &mut [u8],
+    offset: u64,
+) -> Result<()> {
+    let chains = core.chains();
+    let (g, later) = live_chain(&chains, snap)?;
+    overlay_stores(snap, &g, later, buf, offset)
 }
 
 /// The span of blocks of `[b0, b1)` that no map of `later` holds yet (only those need the

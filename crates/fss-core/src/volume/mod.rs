@@ -114,6 +114,28 @@ impl Volume {
             .map_err(|e| Error::io("read", s.object(), e).at(offset))
     }
 
+    /// Where a direct read of `buf.len()` bytes at `offset` reads ([`crate::direct_read`]):
+    /// `None` out of range, over a held write, or on a device with no file.
+    pub(crate) fn direct_read(&self, offset: u64, buf: &[u8]) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        let s = &self.core;
+        let len = buf.len() as u64;
+        if len == 0 || offset.checked_add(len)? > s.len || !s.held.is_clear(offset, len) {
+            return None;
+        }
+        Some(s.dev.read_source(offset, buf)?.as_raw_fd())
+    }
+
+    /// Count a direct read that completed whole (one that did not was redone by
+    /// [`Volume::read`], which counts itself).
+    pub(crate) fn count_direct_read(&self, len: usize) {
+        let s = &self.core;
+        s.counters.reads.fetch_add(1, Ordering::Relaxed);
+        s.counters
+            .bytes_read
+            .fetch_add(len as u64, Ordering::Relaxed);
+    }
+
     /// Write `buf` at `offset`, preserving pre-images first. Returns once the pre-images that
     /// protect the snapshots are in their stores. A write that put pre-images into a
     /// persistent store reaches the device only once they are durable (the store's next group
