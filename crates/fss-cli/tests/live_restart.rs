@@ -1,7 +1,9 @@
 //! The file system never notices the daemon: ext4 and XFS mounted on a loop device over a
-//! volume's FUSE file, a writer that writes and fsyncs new files throughout, and meanwhile
-//! `kill -9` of the serving process (at least 8) and `fss restart` (at least 3) at random
-//! moments. The writer never sees an error, the kernel logs no I/O error for the loop device,
+//! volume's FUSE file, a writer that writes and fsyncs new files throughout, readers that read
+//! a file's 4 KiB blocks with O_DIRECT from 8 threads at once (so the FUSE session's read ring
+//! has reads in flight), and meanwhile `kill -9` of the serving process (at least 8) and
+//! `fss restart` (at least 3) at random moments. Neither the writer nor the readers see an
+//! error or a wrong byte, the kernel logs no I/O error for the loop device,
 //! every fsynced file reads back, the file system checks clean after unmount, and a persistent
 //! snapshot taken by mount point before the kills stays byte-exact.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is a failure report
@@ -12,9 +14,11 @@ use common::loopdev::{run, Cleanup};
 use common::Daemon;
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// Loop devices and mounts are machine-wide: one test at a time.
@@ -85,6 +89,45 @@ fn writer(root: PathBuf, stop: Arc<AtomicBool>, out: Arc<Mutex<Written>>) {
 }
 
 /// Kernel log lines about I/O errors on `dev`.
+/// Eight threads reading random 4 KiB blocks of `path` (every byte 3) with O_DIRECT until
+/// `stop`; each returns how many reads it made, or the first error or wrong byte.
+fn readers(path: &std::path::Path, stop: &Arc<AtomicBool>) -> Vec<JoinHandle<Result<u64, String>>> {
+    (0..8u64)
+        .map(|t| {
+            let (path, stop) = (path.to_path_buf(), Arc::clone(stop));
+            std::thread::spawn(move || {
+                let f = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc_o_direct())
+                    .open(&path)
+                    .map_err(|e| format!("open: {e}"))?;
+                let blocks = f.metadata().map_err(|e| e.to_string())?.len() / 4096;
+                let mut v = vec![0u8; 8192];
+                let at = v.as_ptr().align_offset(4096);
+                let buf = &mut v[at..at + 4096];
+                let (mut rng, mut n) = (0x9e37_79b9_7f4a_7c15u64 ^ t, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let off = rng % blocks * 4096;
+                    f.read_exact_at(buf, off)
+                        .map_err(|e| format!("read at {off}: {e}"))?;
+                    if buf.iter().any(|&b| b != 3) {
+                        return Err(format!("wrong bytes at {off}"));
+                    }
+                    n += 1;
+                }
+                Ok(n)
+            })
+        })
+        .collect()
+}
+
+fn libc_o_direct() -> i32 {
+    i32::try_from(rustix::fs::OFlags::DIRECT.bits()).unwrap_or(0)
+}
+
 fn io_errors(dev: &str) -> Vec<String> {
     let name = dev.trim_start_matches("/dev/");
     run("dmesg", &[])
@@ -120,6 +163,7 @@ fn live(fs: &str) {
         let (root, stop, out) = (mnt.clone(), Arc::clone(&stop), Arc::clone(&out));
         std::thread::spawn(move || writer(root, stop, out))
     };
+    let reads = readers(&mnt.join("before"), &stop);
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut kills = Vec::new();
     let mut restarts = Vec::new();
@@ -145,6 +189,18 @@ fn live(fs: &str) {
     std::thread::sleep(Duration::from_millis(300));
     stop.store(true, Ordering::Relaxed);
     w.join().unwrap();
+    let reads: Vec<u64> = reads
+        .into_iter()
+        .map(|r| {
+            r.join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("a reader: {e}"))
+        })
+        .collect();
+    assert!(
+        reads.iter().all(|&n| n > 100),
+        "reads per reader: {reads:?}"
+    );
     let written = std::mem::take(&mut *out.lock().unwrap());
     assert!(
         written.errors.is_empty(),
@@ -157,7 +213,7 @@ fn live(fs: &str) {
         written.files.len()
     );
     eprintln!(
-        "{fs}: {} files; worst fsynced-file latency {:?}; kill -9 -> serving again {:?}; restarts {:?}",
+        "{fs}: {} files, {reads:?} O_DIRECT 4 KiB reads per reader; worst fsynced-file latency {:?}; kill -9 -> serving again {:?}; restarts {:?}",
         written.files.len(),
         written.worst,
         kills,
