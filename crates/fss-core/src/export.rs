@@ -78,6 +78,14 @@ impl Export {
         }
     }
 
+    /// Its name in error messages ("volume 'NAME'", "snapshot 'NAME'"), as the engine's own.
+    pub(crate) fn object(&self) -> String {
+        match self {
+            Export::Volume(v) => v.object(),
+            Export::Snapshot(s) => s.state().label.clone(),
+        }
+    }
+
     fn writable(&self, op: &'static str) -> Result<&Volume> {
         match self {
             Export::Volume(v) => Ok(v),

@@ -22,13 +22,19 @@ pub fn errno(e: &fss_core::Error) -> Errno {
 /// Read into `buf` from `offset`; returns how many bytes are valid: fewer than asked at the
 /// end of the device, none past it.
 pub fn read(export: &Export, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-    let len = export.len();
-    if offset >= len {
-        return Ok(0);
+    let n = readable(export, offset, buf.len());
+    if n > 0 {
+        export.read(&mut buf[..n], offset).map_err(|e| errno(&e))?;
     }
-    let n = usize::try_from(len - offset).map_or(buf.len(), |rest| rest.min(buf.len()));
-    export.read(&mut buf[..n], offset).map_err(|e| errno(&e))?;
     Ok(n)
+}
+
+/// How many of `size` bytes at `offset` a read gives: fewer at the end of the device, none
+/// past it.
+pub fn readable(export: &Export, offset: u64, size: usize) -> usize {
+    export.len().checked_sub(offset).map_or(0, |rest| {
+        usize::try_from(rest).map_or(size, |rest| rest.min(size))
+    })
 }
 
 /// Write `data` at `offset`; returns how many bytes were written: a write that crosses the end

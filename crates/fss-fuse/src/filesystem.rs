@@ -259,10 +259,7 @@ impl FssFs {
     pub fn direct_read(&self, fh: u64, offset: u64, size: u32) -> Option<(DirectRead, AlignedBuf)> {
         let file = self.open_file(fh).ok()?;
         let export = file.export().ok()?;
-        let size = usize::try_from(size).ok()?;
-        // Clipped at the end of the file, as `FssFs::read` does.
-        let rest = export.len().checked_sub(offset)?;
-        let n = usize::try_from(rest).map_or(size, |rest| rest.min(size));
+        let n = file_io::readable(export, offset, usize::try_from(size).ok()?);
         if n == 0 || n >= DIRECT_READ_MIN {
             return None;
         }

@@ -86,20 +86,13 @@ impl DirectRead {
     pub fn finish(self, buf: &mut [u8], read: io::Result<usize>) -> Result<()> {
         let whole = matches!(read, Ok(n) if n == self.len) && buf.len() == self.len;
         match (&self.export, read) {
-            (_, Err(e)) => Err(crate::Error::io("read", self.export_label(), e).at(self.offset)),
+            (_, Err(e)) => Err(crate::Error::io("read", self.export.object(), e).at(self.offset)),
             (e, Ok(_)) if !whole => e.read(buf, self.offset),
             (Export::Volume(v), Ok(_)) => {
                 v.count_direct_read(self.len);
                 Ok(())
             }
             (Export::Snapshot(s), Ok(_)) => s.finish_direct_read(buf, self.offset),
-        }
-    }
-
-    fn export_label(&self) -> String {
-        match &self.export {
-            Export::Volume(v) => format!("volume '{}'", v.name()),
-            Export::Snapshot(s) => format!("snapshot '{}'", s.name()),
         }
     }
 }

@@ -4,7 +4,7 @@
 use super::batch_read;
 use super::store_reads::read_from_stores;
 use crate::chain::{Chains, SnapState};
-use crate::cluster_map::{mask_is_empty, mask_keep, mask_remove, mask_runs};
+use crate::cluster_map::{mask_remove, mask_runs};
 use crate::core::VolumeCore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::{block_span, clip, Geometry};
@@ -117,17 +117,9 @@ pub(super) fn direct(
     let chains = core.chains();
     let (g, later) = live_chain(&chains, snap).ok()?;
     let (b0, b1) = block_span(offset, len);
-    let preserved = g.clusters_of(b0, b1).any(|c| {
-        let wanted = g.blocks_in_range(c, b0, b1);
-        later.iter().any(|s| {
-            s.map().get(c.key()).is_some_and(|(_, have)| {
-                let mut both = wanted.clone();
-                mask_keep(&mut both, have);
-                !mask_is_empty(&both)
-            })
-        })
-    });
-    if preserved {
+    // At most two blocks: the unmapped span is the whole range exactly when no block of it is
+    // mapped (there is no room for a mapped block between two unmapped ones).
+    if unmapped_span(&g, later, b0, b1).0 != Some((b0, b1)) {
         return None;
     }
     core.dev.read_source(offset, buf).map(|fd| fd.as_raw_fd())

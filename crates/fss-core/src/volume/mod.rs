@@ -126,6 +126,11 @@ impl Volume {
         Some(s.dev.read_source(offset, buf)?.as_raw_fd())
     }
 
+    /// Its name in error messages.
+    pub(crate) fn object(&self) -> String {
+        self.core.object()
+    }
+
     /// Count a direct read that completed whole (one that did not was redone by
     /// [`Volume::read`], which counts itself).
     pub(crate) fn count_direct_read(&self, len: usize) {
