@@ -175,6 +175,31 @@ impl Budget {
         }
     }
 
+    /// A permit for one more request of `bytes` if it fits now, without waiting.
+    pub fn try_acquire(self: &Arc<Self>, bytes: usize) -> Option<Permit> {
+        let mut used = lock(&self.used);
+        if used.requests >= self.max_requests
+            || (used.bytes != 0 && used.bytes.saturating_add(bytes) > self.max_bytes)
+        {
+            return None;
+        }
+        let shared_bytes = if bytes <= UNSHARED_MAX && used.unshared + bytes <= UNSHARED_MAX {
+            used.unshared += bytes;
+            0
+        } else if self.shared.try_acquire(bytes) {
+            bytes
+        } else {
+            return None;
+        };
+        used.requests += 1;
+        used.bytes += bytes;
+        Some(Permit {
+            budget: Arc::clone(self),
+            bytes,
+            shared_bytes,
+        })
+    }
+
     /// Requests in flight now (the reader's own included once it holds a permit).
     pub fn requests_in_flight(&self) -> usize {
         lock(&self.used).requests

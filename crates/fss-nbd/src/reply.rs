@@ -72,6 +72,15 @@ impl ReplyWriter {
         }
     }
 
+    /// Whether a reply of `len` bytes can be written now without waiting for the writer or,
+    /// most likely, for the client (see [`Stream::reply_room`]).
+    pub fn has_room(&self, len: usize) -> bool {
+        match self.out.try_lock() {
+            Ok(out) => out.buffer().is_empty() && out.get_ref().reply_room(len),
+            Err(_) => false,
+        }
+    }
+
     /// Success with no payload (any command but a read under structured replies).
     pub fn ok(&self, cookie: u64) {
         self.send(|w| w.write_all(&protocol::simple_reply(0, cookie)));

@@ -38,7 +38,7 @@ impl Stream {
     }
 
     /// The socket (under TLS, the TCP socket).
-    fn fd(&self) -> BorrowedFd<'_> {
+    pub fn fd(&self) -> BorrowedFd<'_> {
         match self {
             Stream::Unix(s) => s.as_fd(),
             Stream::Tcp(s) => s.as_fd(),
@@ -53,6 +53,22 @@ impl Stream {
         let fd = self.fd();
         let room = rustix::net::sockopt::socket_send_buffer_size(fd).unwrap_or(0) / 2;
         len <= room && unsent_bytes(fd).is_ok_and(|n| n == 0)
+    }
+
+    /// Whether a reply of `len` bytes would, most likely, go into the socket without blocking
+    /// even with replies still unread by the client: what is queued plus `len` is at most half
+    /// the send buffer (the kernel counts its own overhead against the buffer too). An error
+    /// counts as "no".
+    pub fn reply_room(&self, len: usize) -> bool {
+        let fd = self.fd();
+        let room = rustix::net::sockopt::socket_send_buffer_size(fd).unwrap_or(0) / 2;
+        unsent_bytes(fd).is_ok_and(|n| n.saturating_add(len) <= room)
+    }
+
+    /// Whether this is a TLS stream (whose plaintext rustls may hold without the socket being
+    /// readable).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Stream::Tls(_))
     }
 
     /// Whether bytes the client sent wait unread in the socket (for TLS: encrypted bytes;

@@ -16,13 +16,12 @@ use crate::error::ConnError;
 use crate::handshake::Negotiated;
 use crate::meta_context::{self, MetaContext, MAX_DESCRIPTORS, MAX_STATUS_LEN};
 use crate::payloads::Payloads;
-use crate::pool::{Budget, Permit, Pool, SharedBudget};
+use crate::pool::{Budget, Pool, SharedBudget};
 use crate::protocol::{self as p, Chunk, Command, NbdErrno, Request};
 use crate::reply::ReplyWriter;
 use crate::stream::{discard, read_message, Stream};
 use crate::{ServerOptions, MAX_PAYLOAD};
 use fss_core::device::{AlignedBuf, Extent};
-use fss_core::direct_read::ring::{ReadRing, RingRead};
 use fss_core::export::Export;
 use std::cell::RefCell;
 use std::io::{BufReader, Read};
@@ -108,11 +107,12 @@ pub(crate) fn serve(
     );
     let mut pool = Pool::new(opts.workers_per_connection, setup.thread_name.clone());
     let mut alone_streak = 0u32;
-    let mut ring = RingState::NotStarted;
+    let mut ring = by_ring::RingState::NotStarted;
     let result = loop {
         if conn.writer.is_broken() {
             break Ok(End::WriteFailed);
         }
+        ring.before_read(&rd, &mut pool);
         let mut h = [0u8; p::REQUEST_LEN];
         match read_message(&mut rd, &mut h) {
             Ok(true) => {}
@@ -145,7 +145,7 @@ pub(crate) fn serve(
                 conn.writer.error(req.cookie, r.errno, &r.message);
             }
             Plan::Run(mut op, bytes) => {
-                let permit = budget.acquire(bytes);
+                let permit = ring.acquire(&budget, bytes, &mut pool);
                 if let Op::Write { data, .. } = &mut op {
                     *data = conn.payloads.take(req.length as usize);
                     if let Err(e) = read_payload(&mut rd, data) {
@@ -181,7 +181,14 @@ pub(crate) fn serve(
                 }
                 let permit = match op {
                     Op::Read { .. } if req.length < HOLE_READ_MIN => {
-                        match by_ring(&conn, &mut ring, &setup.thread_name, &req, permit) {
+                        match by_ring::by_ring(
+                            &conn,
+                            &mut ring,
+                            &rd,
+                            &setup.thread_name,
+                            &req,
+                            permit,
+                        ) {
                             Some(p) => p,
                             None => continue,
                         }
@@ -198,68 +205,10 @@ pub(crate) fn serve(
     };
     // Every request read so far is answered (the protocol asks this of NBD_CMD_DISC; after a
     // broken stream the replies may have nowhere to go, but the writes still complete).
+    ring.finish(&mut pool);
     pool.finish();
-    if let RingState::Running(r) = ring {
-        r.finish();
-    }
     conn.writer.close();
     result
-}
-
-/// The connection's [`ReadRing`], started on its first read that can use it.
-enum RingState {
-    NotStarted,
-    Running(ReadRing),
-    Unavailable,
-}
-
-/// Hand a small read to the connection's ring if the engine allows a direct read of it (see
-/// `fss_core::direct_read::ring` for why); otherwise give the permit back, for the pool.
-fn by_ring(
-    conn: &Arc<Conn>,
-    ring: &mut RingState,
-    thread_name: &str,
-    req: &Request,
-    permit: Permit,
-) -> Option<Permit> {
-    if let RingState::NotStarted = ring {
-        let name = thread_name.replacen("nbd-io", "nbd-ring", 1);
-        *ring = ReadRing::start(name).map_or(RingState::Unavailable, RingState::Running);
-    }
-    let RingState::Running(r) = ring else {
-        return Some(permit);
-    };
-    let buf = conn.payloads.take(req.length as usize);
-    let Some(read) = conn.export.direct_read(req.offset, &buf) else {
-        conn.payloads.give(buf);
-        return Some(permit);
-    };
-    let (c, req) = (Arc::clone(conn), *req);
-    r.submit(RingRead {
-        read,
-        buf,
-        done: Box::new(move |buf, outcome| {
-            read_reply(&c, &req, &buf, outcome);
-            c.payloads.give(buf);
-            drop(permit);
-        }),
-    });
-    None
-}
-
-/// The reply to a read of `buf` that a ring finished.
-fn read_reply(conn: &Conn, req: &Request, buf: &[u8], outcome: fss_core::Result<()>) {
-    match outcome {
-        Ok(()) if conn.writer.structured() => conn.writer.chunks(
-            req.cookie,
-            &[Chunk::Data {
-                offset: req.offset,
-                data: buf,
-            }],
-        ),
-        Ok(()) => conn.writer.simple_data(req.cookie, buf),
-        Err(e) => engine_error(conn, req, &e),
-    }
 }
 
 /// Read a write payload into all of `data`.
@@ -502,6 +451,7 @@ fn block_status(conn: &Conn, req: &Request, req_one: bool) {
     conn.writer.chunks(req.cookie, &chunks);
 }
 
+mod by_ring;
 mod check;
 #[cfg(test)]
 mod tests;

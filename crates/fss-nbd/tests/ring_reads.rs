@@ -1,8 +1,10 @@
-//! Small reads in flight together on a connection's ring thread (`transmission/ring.rs`):
-//! pipelined 4 KiB reads of a snapshot while another client overwrites the same blocks read
-//! the snapshot's bytes every time (the engine's second look after each ring read), and
-//! pipelined reads of the volume read what was written. The ring thread must exist while they
-//! run, or this would test the worker pool instead.
+//! Small reads in flight together on a connection's io_uring (`transmission/by_ring.rs`; on
+//! the reader thread itself for a unix socket): pipelined 4 KiB reads of a snapshot while
+//! another client overwrites the same blocks read the snapshot's bytes every time (the
+//! engine's second look after each ring read), and pipelined reads of the volume read what was
+//! written. The ring must exist while they run, or this would test the worker pool instead.
+//! A connection allowed fewer requests in flight than the client pipelines must not wait for
+//! budget that only its own ring's reads hold.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,6 +12,7 @@ mod common;
 
 use common::client::Client;
 use common::{Harness, Rng};
+use fss_nbd::ServerOptions;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -21,12 +24,12 @@ const CMD_WRITE: u16 = 1;
 /// Reads in flight at once.
 const DEPTH: usize = 32;
 
-/// Names of this process's threads that serve NBD reads from a ring.
-fn ring_threads() -> usize {
-    std::fs::read_dir("/proc/self/task")
+/// This process's io_uring instances (the test's client uses none).
+fn rings() -> usize {
+    std::fs::read_dir("/proc/self/fd")
         .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|name| name.starts_with("nbd-ring"))
+        .filter_map(|f| std::fs::read_link(f.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().contains("io_uring"))
         .count()
 }
 
@@ -49,7 +52,8 @@ fn read_batch(c: &mut Client, rng: &mut Rng, want: &[u8]) {
 
 #[test]
 fn ring_reads_of_a_snapshot_under_overwrites_read_the_snapshot() {
-    let h = Harness::new(LEN);
+    // Opened as `fss serve` opens a volume: the ring's reads go O_DIRECT.
+    let h = Harness::with_device(LEN, ServerOptions::default(), true);
     let mut rng = Rng::new(11);
     let mut model = vec![0u8; LEN as usize];
     rng.fill(&mut model);
@@ -86,12 +90,12 @@ fn ring_reads_of_a_snapshot_under_overwrites_read_the_snapshot() {
     let mut seen_ring = 0;
     for _ in 0..200 {
         read_batch(&mut r, &mut rng, &model);
-        seen_ring = seen_ring.max(ring_threads());
+        seen_ring = seen_ring.max(rings());
     }
     stop.store(true, Ordering::Relaxed);
     let written = writer.join().unwrap();
     assert!(written > 100, "the writer made {written} writes meanwhile");
-    assert!(seen_ring > 0, "no ring thread served the snapshot's reads");
+    assert!(seen_ring > 0, "no io_uring served the snapshot's reads");
     // The volume's reads go through the ring too, and read what the writer left.
     let now = h.volume_bytes();
     let mut v = Client::open(&h.socket, "default", false, &[]);
@@ -100,4 +104,27 @@ fn ring_reads_of_a_snapshot_under_overwrites_read_the_snapshot() {
     }
     v.disconnect();
     r.disconnect();
+}
+
+#[test]
+fn a_connection_with_little_budget_completes_its_own_ring_reads_while_it_waits() {
+    let opts = ServerOptions {
+        max_requests_in_flight: 2,
+        ..ServerOptions::default()
+    };
+    // O_DIRECT reads: they complete only when the reader enters its ring again.
+    let h = Harness::with_device(LEN, opts, true);
+    let mut rng = Rng::new(21);
+    let mut model = vec![0u8; LEN as usize];
+    rng.fill(&mut model);
+    let mut c = Client::open(&h.socket, "default", true, &[]);
+    for (i, chunk) in model.chunks(MIB as usize).enumerate() {
+        assert_eq!(c.write(i as u64 * MIB, chunk).error, 0);
+    }
+    // 32 reads pipelined against a budget of 2: the reader waits for budget with reads of its
+    // own in flight, whose completions only it runs.
+    for _ in 0..50 {
+        read_batch(&mut c, &mut rng, &model);
+    }
+    c.disconnect();
 }

@@ -30,9 +30,6 @@ const RING_ENTRIES: u32 = 256;
 /// FUSE by the kernel's `max_background`).
 const MAX_IN_FLIGHT: usize = RING_ENTRIES as usize - 1;
 
-/// The `user_data` of the read of the wake-up eventfd.
-const WAKE: u64 = u64::MAX;
-
 /// What a ring read's caller is told: the buffer, and whether it holds the bytes asked for.
 pub type Completion = Box<dyn FnOnce(AlignedBuf, Result<()>) + Send>;
 
@@ -105,11 +102,7 @@ impl ReadRing {
             .spawn(move || {
                 // Made on this thread: with DEFER_TASKRUN only the ring's one submitter runs
                 // its completions, and only when it waits for them.
-                let ring = io_uring::IoUring::builder()
-                    .setup_single_issuer()
-                    .setup_defer_taskrun()
-                    .build(RING_ENTRIES);
-                match ring {
+                match LocalRing::build() {
                     Ok(ring) => {
                         let _ = tx.send(Ok(()));
                         Reaper::new(ring, &s).run();
@@ -182,31 +175,19 @@ impl Drop for ReadRing {
 
 /// The ring thread's state.
 struct Reaper<'a> {
-    ring: io_uring::IoUring,
+    ring: LocalRing,
     shared: &'a Shared,
-    /// Reads in the kernel's hands, by `user_data`.
-    slots: Vec<Option<RingRead>>,
-    free: Vec<usize>,
     /// Where the wake-up read puts the eventfd's counter.
     wake_buf: Box<[u8; 8]>,
-    /// Whether the wake-up read is in flight.
-    armed: bool,
 }
 
 impl<'a> Reaper<'a> {
-    fn new(ring: io_uring::IoUring, shared: &'a Shared) -> Self {
+    fn new(ring: LocalRing, shared: &'a Shared) -> Self {
         Reaper {
             ring,
             shared,
-            slots: Vec::new(),
-            free: Vec::new(),
             wake_buf: Box::new([0; 8]),
-            armed: false,
         }
-    }
-
-    fn in_flight(&self) -> usize {
-        self.slots.len() - self.free.len()
     }
 
     /// Until finished with nothing in flight: hand queued reads to the kernel, sleep until
@@ -217,17 +198,17 @@ impl<'a> Reaper<'a> {
             let (reads, closed) = {
                 let mut q = lock(&self.shared.queue);
                 let room = MAX_IN_FLIGHT
-                    .saturating_sub(self.in_flight())
+                    .saturating_sub(self.ring.in_kernel())
                     .min(q.reads.len());
                 (q.reads.drain(..room).collect::<Vec<_>>(), q.closed)
             };
             for r in reads {
-                self.queue_read(r);
+                self.ring.push(r);
             }
-            if closed && self.in_flight() == 0 && lock(&self.shared.queue).reads.is_empty() {
+            if closed && !self.ring.busy() && lock(&self.shared.queue).reads.is_empty() {
                 break;
             }
-            if !self.armed {
+            if !self.ring.aux_armed() {
                 self.arm_wake();
             }
             // Sleep (wait for a completion: a read, or the wake-up read) only with nothing
@@ -235,33 +216,17 @@ impl<'a> Reaper<'a> {
             // us.
             self.shared.sleeping.store(true, Ordering::SeqCst);
             let wait =
-                lock(&self.shared.queue).reads.is_empty() || self.in_flight() >= MAX_IN_FLIGHT;
-            self.enter(usize::from(wait));
+                lock(&self.shared.queue).reads.is_empty() || self.ring.in_kernel() >= MAX_IN_FLIGHT;
+            self.ring.enter(usize::from(wait));
             self.shared.sleeping.store(false, Ordering::SeqCst);
-            self.reap();
+            self.ring.reap();
         }
         // The wake-up read writes into `wake_buf`: end it before both go.
-        if self.armed {
+        if self.ring.aux_armed() {
             self.shared.wake();
-            while self.armed {
-                self.enter(1);
-                self.reap();
-            }
-        }
-    }
-
-    /// Submit what is queued, and wait for `wait` completions.
-    fn enter(&mut self, wait: usize) {
-        match self.ring.submit_and_wait(wait) {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                // EBUSY: completions to reap first. Anything else: try again after a pause
-                // rather than spin, without leaving a read in flight behind.
-                tracing::debug!(error = %e, "io_uring_enter failed on a read ring");
-                if e.raw_os_error() != Some(rustix::io::Errno::BUSY.raw_os_error()) {
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                }
+            while self.ring.aux_armed() {
+                self.ring.enter(1);
+                self.ring.reap();
             }
         }
     }
@@ -274,58 +239,11 @@ impl<'a> Reaper<'a> {
             8,
         )
         .build()
-        .user_data(WAKE);
+        .user_data(local::AUX);
         // SAFETY: `wake_buf` (boxed: it does not move) and the eventfd live as long as this
         // value, and `run` returns only after this read completed.
-        self.armed = unsafe { self.ring.submission().push(&entry) }.is_ok();
-    }
-
-    #[allow(unsafe_code)]
-    fn queue_read(&mut self, mut r: RingRead) {
-        let len = u32::try_from(r.buf.len()).unwrap_or(u32::MAX);
-        let idx = self.free.pop().unwrap_or_else(|| {
-            self.slots.push(None);
-            self.slots.len() - 1
-        });
-        let entry =
-            io_uring::opcode::Read::new(io_uring::types::Fd(r.read.fd()), r.buf.as_mut_ptr(), len)
-                .offset(r.read.offset())
-                .build()
-                .user_data(idx as u64);
-        // SAFETY: the buffer is the read's, kept in `slots` (its heap memory does not move)
-        // until the completion with this `user_data` is reaped; the file stays open while the
-        // `DirectRead` holds its export; `run` returns only with no read in flight.
-        if unsafe { self.ring.submission().push(&entry) }.is_ok() {
-            self.slots[idx] = Some(r);
-        } else {
-            // The queue holds at most what one turn queued, fewer than its entries: not
-            // expected. Reported as a short read, which `finish` redoes the engine's way.
-            self.free.push(idx);
-            complete(r, Ok(0));
-        }
-    }
-
-    fn reap(&mut self) {
-        let done: Vec<(u64, i32)> = self
-            .ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        for (user_data, result) in done {
-            if user_data == WAKE {
-                self.armed = false;
-                continue;
-            }
-            let Ok(idx) = usize::try_from(user_data) else {
-                continue;
-            };
-            let Some(r) = self.slots.get_mut(idx).and_then(Option::take) else {
-                continue;
-            };
-            self.free.push(idx);
-            let read = usize::try_from(result).map_err(|_| io::Error::from_raw_os_error(-result));
-            complete(r, read);
-        }
+        let armed = unsafe { self.ring.push_entry(&entry) };
+        self.ring.set_aux_armed(armed);
     }
 }
 
@@ -351,5 +269,8 @@ fn complete(r: RingRead, io: io::Result<usize>) {
     }
 }
 
+mod local;
 #[cfg(test)]
 mod tests;
+
+pub use local::LocalRing;

@@ -39,6 +39,12 @@ impl Harness {
     }
 
     pub fn with_options(size: u64, options: ServerOptions) -> Self {
+        Self::with_device(size, options, false)
+    }
+
+    /// As `with_options`, with the volume opened as `fss serve` opens one (`direct_large`:
+    /// small reads through the ring go O_DIRECT, and complete after the submitting call).
+    pub fn with_device(size: u64, options: ServerOptions, direct_large: bool) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("fss-nbd-test-")
             .tempdir()
@@ -49,6 +55,7 @@ impl Harness {
             &OpenOptions {
                 create_len: Some(size),
                 exclusive: true,
+                direct_large,
                 ..OpenOptions::default()
             },
         )
