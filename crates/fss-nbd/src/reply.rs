@@ -49,11 +49,18 @@ impl ReplyWriter {
     }
 
     fn send(&self, f: impl FnOnce(&mut BufWriter<Stream>) -> io::Result<()>) {
+        self.send_then(true, f);
+    }
+
+    /// Write a reply, and flush it unless `flush` is false (the caller flushes soon, with
+    /// [`ReplyWriter::flush`]).
+    fn send_then(&self, flush: bool, f: impl FnOnce(&mut BufWriter<Stream>) -> io::Result<()>) {
         if self.is_broken() {
             return;
         }
         let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Err(e) = f(&mut out).and_then(|()| out.flush()) {
+        let sent = f(&mut out).and_then(|()| if flush { out.flush() } else { Ok(()) });
+        if let Err(e) = sent {
             match (e.kind(), self.timeout) {
                 (io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut, Some(t)) => {
                     tracing::warn!(
@@ -73,12 +80,37 @@ impl ReplyWriter {
     }
 
     /// Whether a reply of `len` bytes can be written now without waiting for the writer or,
-    /// most likely, for the client (see [`Stream::reply_room`]).
+    /// most likely, for the client (see [`Stream::reply_room`]; replies buffered and not yet
+    /// flushed count as sent).
     pub fn has_room(&self, len: usize) -> bool {
         match self.out.try_lock() {
-            Ok(out) => out.buffer().is_empty() && out.get_ref().reply_room(len),
+            Ok(out) => out.get_ref().reply_room(len + out.buffer().len()),
             Err(_) => false,
         }
+    }
+
+    /// A successful read's reply (a data chunk, or a simple reply), left in the buffer: the
+    /// caller answers several reads that completed together and then calls
+    /// [`ReplyWriter::flush`] once, so the client reads them in one wake-up. A reply larger
+    /// than the buffer goes out at once.
+    pub fn read_data_unflushed(&self, cookie: u64, offset: u64, data: &[u8]) {
+        if self.structured {
+            let c = Chunk::Data { offset, data };
+            let head = c.encode_head(REPLY_FLAG_DONE, cookie);
+            self.send_then(false, |w| {
+                write_reply(w, &mut [IoSlice::new(&head), IoSlice::new(data)])
+            });
+        } else {
+            let head = protocol::simple_reply(0, cookie);
+            self.send_then(false, |w| {
+                write_reply(w, &mut [IoSlice::new(&head), IoSlice::new(data)])
+            });
+        }
+    }
+
+    /// Send whatever replies are buffered.
+    pub fn flush(&self) {
+        self.send(|_| Ok(()));
     }
 
     /// Success with no payload (any command but a read under structured replies).

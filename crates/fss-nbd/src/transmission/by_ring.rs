@@ -29,7 +29,7 @@ pub(super) enum RingState {
     NotStarted,
     Thread(ReadRing),
     /// Boxed: a ring's state is large beside the other variants.
-    Local(Box<LocalRing>, Deferred),
+    Local(Box<LocalRing>, Deferred, Arc<Conn>),
     Unavailable,
 }
 
@@ -38,26 +38,26 @@ impl RingState {
     /// done, and, with reads in flight and no whole request buffered, sleep until the socket is
     /// readable (completing reads meanwhile).
     pub fn before_read(&mut self, rd: &BufReader<Stream>, pool: &mut Pool) {
-        let RingState::Local(ring, deferred) = self else {
+        let RingState::Local(ring, deferred, conn) = self else {
             return;
         };
         ring.progress();
         if ring.busy() && rd.buffer().len() < REQUEST_LEN {
-            ring.wait_readable(rd.get_ref().fd(), || hand_over(deferred, pool));
+            ring.wait_readable(rd.get_ref().fd(), || after_reap(conn, deferred, pool));
         }
-        hand_over(deferred, pool);
+        after_reap(conn, deferred, pool);
     }
 
     /// A permit for a request of `bytes`. With reads of its own in flight, the reader completes
     /// them while it waits: their permits may be what it waits for.
     pub fn acquire(&mut self, budget: &Arc<Budget>, bytes: usize, pool: &mut Pool) -> Permit {
-        if let RingState::Local(ring, deferred) = self {
+        if let RingState::Local(ring, deferred, conn) = self {
             while ring.busy() {
                 if let Some(p) = budget.try_acquire(bytes) {
                     return p;
                 }
                 ring.wait_any();
-                hand_over(deferred, pool);
+                after_reap(conn, deferred, pool);
             }
         }
         budget.acquire(bytes)
@@ -68,13 +68,20 @@ impl RingState {
     pub fn finish(self, pool: &mut Pool) {
         match self {
             RingState::Thread(r) => r.finish(),
-            RingState::Local(mut r, deferred) => {
+            RingState::Local(mut r, deferred, conn) => {
                 r.finish();
-                hand_over(&deferred, pool);
+                after_reap(&conn, &deferred, pool);
             }
             RingState::NotStarted | RingState::Unavailable => {}
         }
     }
+}
+
+/// After completions ran on the reader: send the replies they left buffered (one wake-up of
+/// the client for all of them), and give the pool those they could not write.
+fn after_reap(conn: &Conn, deferred: &Deferred, pool: &mut Pool) {
+    conn.writer.flush();
+    hand_over(deferred, pool);
 }
 
 fn hand_over(deferred: &Deferred, pool: &mut Pool) {
@@ -101,7 +108,7 @@ pub(super) fn by_ring(
             ReadRing::start(name).map_or(RingState::Unavailable, RingState::Thread)
         } else {
             LocalRing::new().map_or(RingState::Unavailable, |r| {
-                RingState::Local(Box::new(r), Deferred::default())
+                RingState::Local(Box::new(r), Deferred::default(), Arc::clone(conn))
             })
         };
     }
@@ -114,8 +121,8 @@ pub(super) fn by_ring(
         return Some(permit);
     };
     let (c, req) = (Arc::clone(conn), *req);
-    let reply = move |buf: AlignedBuf, outcome| {
-        read_reply(&c, &req, &buf, outcome);
+    let reply = move |buf: AlignedBuf, outcome, flush| {
+        read_reply(&c, &req, &buf, outcome, flush);
         c.payloads.give(buf);
         drop(permit);
     };
@@ -123,9 +130,9 @@ pub(super) fn by_ring(
         RingState::Thread(r) => r.submit(RingRead {
             read,
             buf,
-            done: Box::new(reply),
+            done: Box::new(move |buf, outcome| reply(buf, outcome, true)),
         }),
-        RingState::Local(r, deferred) => {
+        RingState::Local(r, deferred, _) => {
             let (deferred, c) = (Arc::clone(deferred), Arc::clone(conn));
             r.push(RingRead {
                 read,
@@ -133,9 +140,10 @@ pub(super) fn by_ring(
                 done: Box::new(move |buf, outcome| {
                     // Header and chunk header, generously.
                     if c.writer.has_room(buf.len() + 64) {
-                        reply(buf, outcome);
+                        // Flushed by `after_reap`, with the others that completed together.
+                        reply(buf, outcome, false);
                     } else {
-                        let job: Job = Box::new(move || reply(buf, outcome));
+                        let job: Job = Box::new(move || reply(buf, outcome, true));
                         deferred
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
@@ -149,9 +157,11 @@ pub(super) fn by_ring(
     None
 }
 
-/// The reply to a read of `buf` that a ring finished.
-fn read_reply(conn: &Conn, req: &Request, buf: &[u8], outcome: fss_core::Result<()>) {
+/// The reply to a read of `buf` that a ring finished; a successful one stays in the writer's
+/// buffer unless `flush`.
+fn read_reply(conn: &Conn, req: &Request, buf: &[u8], outcome: fss_core::Result<()>, flush: bool) {
     match outcome {
+        Ok(()) if !flush => conn.writer.read_data_unflushed(req.cookie, req.offset, buf),
         Ok(()) if conn.writer.structured() => conn.writer.chunks(
             req.cookie,
             &[Chunk::Data {
