@@ -94,18 +94,14 @@ impl ReplyWriter {
     /// [`ReplyWriter::flush`] once, so the client reads them in one wake-up. A reply larger
     /// than the buffer goes out at once.
     pub fn read_data_unflushed(&self, cookie: u64, offset: u64, data: &[u8]) {
-        if self.structured {
-            let c = Chunk::Data { offset, data };
-            let head = c.encode_head(REPLY_FLAG_DONE, cookie);
-            self.send_then(false, |w| {
-                write_reply(w, &mut [IoSlice::new(&head), IoSlice::new(data)])
-            });
+        let head = if self.structured {
+            Chunk::Data { offset, data }.encode_head(REPLY_FLAG_DONE, cookie)
         } else {
-            let head = protocol::simple_reply(0, cookie);
-            self.send_then(false, |w| {
-                write_reply(w, &mut [IoSlice::new(&head), IoSlice::new(data)])
-            });
-        }
+            protocol::simple_reply(0, cookie).to_vec()
+        };
+        self.send_then(false, |w| {
+            write_reply(w, &mut [IoSlice::new(&head), IoSlice::new(data)])
+        });
     }
 
     /// Send whatever replies are buffered.

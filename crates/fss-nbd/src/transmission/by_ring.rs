@@ -112,7 +112,7 @@ pub(super) fn by_ring(
             })
         };
     }
-    if matches!(ring, RingState::Unavailable) {
+    if !matches!(ring, RingState::Thread(_) | RingState::Local(..)) {
         return Some(permit);
     }
     let buf = conn.payloads.take(req.length as usize);
@@ -152,7 +152,13 @@ pub(super) fn by_ring(
                 }),
             });
         }
-        RingState::NotStarted | RingState::Unavailable => {}
+        // Not reached (no ring returned above); read here rather than drop the request: a
+        // short read is redone the engine's way.
+        RingState::NotStarted | RingState::Unavailable => {
+            let mut buf = buf;
+            let outcome = read.finish(&mut buf, Ok(0));
+            reply(buf, outcome, true);
+        }
     }
     None
 }

@@ -34,18 +34,7 @@ fn file_volume() -> (tempfile::TempDir, Export) {
 
 /// Queue a read of `len` bytes at `at`; its completion sends what it got.
 fn queue(ring: &ReadRing, e: &Export, at: u64, len: usize, tx: &mpsc::Sender<(u64, Vec<u8>)>) {
-    let buf = AlignedBuf::new(len);
-    let read = e.direct_read(at, &buf).expect("a direct read");
-    let tx = tx.clone();
-    let r = RingRead {
-        read,
-        buf,
-        done: Box::new(move |buf, outcome| {
-            outcome.unwrap();
-            tx.send((at, buf.to_vec())).unwrap();
-        }),
-    };
-    ring.submit(r);
+    ring.submit(ring_read(e, at, len, tx));
 }
 
 #[test]
@@ -99,8 +88,8 @@ fn finish_completes_every_read_it_took_then_refuses() {
     assert_eq!(rx.try_recv().unwrap(), Err(crate::ErrorKind::Busy));
 }
 
-/// A read for a [`LocalRing`] whose completion sends what it got.
-fn local_read(e: &Export, at: u64, len: usize, tx: &mpsc::Sender<(u64, Vec<u8>)>) -> RingRead {
+/// A read of `len` bytes at `at` whose completion sends what it got.
+fn ring_read(e: &Export, at: u64, len: usize, tx: &mpsc::Sender<(u64, Vec<u8>)>) -> RingRead {
     let buf = AlignedBuf::new(len);
     let read = e.direct_read(at, &buf).expect("a direct read");
     let tx = tx.clone();
@@ -120,7 +109,7 @@ fn a_local_ring_completes_more_reads_than_it_holds_on_its_own_thread() {
     let mut ring = LocalRing::new().expect("io_uring is available here");
     let (tx, rx) = mpsc::channel();
     for i in 0..600u64 {
-        ring.push(local_read(
+        ring.push(ring_read(
             &e,
             i * 4099 % (LEN - 8192),
             1 + (i as usize * 37) % 8192,
@@ -151,7 +140,7 @@ fn a_local_ring_waits_for_a_socket_and_completes_reads_meanwhile() {
     let (mut peer, ours) = std::os::unix::net::UnixStream::pair().unwrap();
     let (tx, rx) = mpsc::channel();
     for i in 0..8u64 {
-        ring.push(local_read(&e, i * 4096, 4096, &tx));
+        ring.push(ring_read(&e, i * 4096, 4096, &tx));
     }
     // The peer speaks only once it has every reply: the wait must complete the reads (and
     // run `after_reap`, where a caller hands their replies on) before the socket is readable.
