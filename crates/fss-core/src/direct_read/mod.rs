@@ -8,10 +8,13 @@
 //! not the reads, were what kept NBD below qemu-nbd (docs/PERFORMANCE.md).
 //!
 //! Which reads qualify: a volume range that no held write overlaps (a held write's bytes are
-//! not on the device yet), and a snapshot read of at most one block that no map of the chain
+//! not on the device yet); a snapshot read of at most one block that no map of the chain
 //! holds (its bytes are on the volume, and a map looked at after the read tells whether they
-//! still were: the second look of DESIGN decision 5). Everything else returns `None` and goes
-//! through [`Export::read`], which also gives the errors.
+//! still were: the second look of DESIGN decision 5); and a snapshot read inside one block a
+//! map holds, from the store that holds it (preserved bytes never change; `finish` checks the
+//! block was not moved to another store by a delete meanwhile, and reads again if it was).
+//! Everything else returns `None` and goes through [`Export::read`], which also gives the
+//! errors.
 //!
 //! [`ring::ReadRing`] runs such reads for front-ends, many at once from one thread.
 
@@ -19,6 +22,7 @@ pub mod ring;
 
 use crate::error::Result;
 use crate::export::Export;
+use crate::snapshot::StoreBlock;
 use std::io;
 use std::os::fd::RawFd;
 
@@ -29,8 +33,13 @@ use std::os::fd::RawFd;
 pub struct DirectRead {
     export: Export,
     fd: RawFd,
+    /// The offset in `fd`.
     offset: u64,
+    /// The export's offset.
+    export_offset: u64,
     len: usize,
+    /// The store block read, if the read is of one (its holder keeps `fd` open).
+    from: Option<StoreBlock>,
 }
 
 impl Export {
@@ -39,15 +48,17 @@ impl Export {
     /// files). `None`: use [`Export::read`].
     #[must_use]
     pub fn direct_read(&self, offset: u64, buf: &[u8]) -> Option<DirectRead> {
-        let fd = match self {
-            Export::Volume(v) => v.direct_read(offset, buf)?,
+        let (fd, at, from) = match self {
+            Export::Volume(v) => (v.direct_read(offset, buf)?, offset, None),
             Export::Snapshot(s) => s.direct_read(offset, buf)?,
         };
         Some(DirectRead {
             export: self.clone(),
             fd,
-            offset,
+            offset: at,
+            export_offset: offset,
             len: buf.len(),
+            from,
         })
     }
 }
@@ -59,7 +70,8 @@ impl DirectRead {
         self.fd
     }
 
-    /// The byte offset in that file (the export's offset: volumes are read in place).
+    /// The byte offset in that file (the export's offset for a volume, which is read in
+    /// place; a store block's place for a preserved block of a snapshot).
     #[must_use]
     pub fn offset(&self) -> u64 {
         self.offset
@@ -86,13 +98,17 @@ impl DirectRead {
     pub fn finish(self, buf: &mut [u8], read: io::Result<usize>) -> Result<()> {
         let whole = matches!(read, Ok(n) if n == self.len) && buf.len() == self.len;
         match (&self.export, read) {
-            (_, Err(e)) => Err(crate::Error::io("read", self.export.object(), e).at(self.offset)),
-            (e, Ok(_)) if !whole => e.read(buf, self.offset),
+            (_, Err(e)) => {
+                Err(crate::Error::io("read", self.export.object(), e).at(self.export_offset))
+            }
+            (e, Ok(_)) if !whole => e.read(buf, self.export_offset),
             (Export::Volume(v), Ok(_)) => {
                 v.count_direct_read(self.len);
                 Ok(())
             }
-            (Export::Snapshot(s), Ok(_)) => s.finish_direct_read(buf, self.offset),
+            (Export::Snapshot(s), Ok(_)) => {
+                s.finish_direct_read(buf, self.export_offset, self.from.as_ref())
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ pub use crate::snapshot_types::{
     OnStoreError, SnapshotInfo, SnapshotOptions, SnapshotState, SnapshotStats,
 };
 pub use changes::PairUse;
+pub(crate) use read::StoreBlock;
 
 use crate::chain::{ChainKind, SnapState};
 use crate::core::VolumeCore;
@@ -78,14 +79,24 @@ impl Snapshot {
         read::read(&self.vol, &self.snap, buf, offset)
     }
 
-    /// Where a direct read of `buf.len()` bytes at `offset` reads ([`crate::direct_read`]).
-    pub(crate) fn direct_read(&self, offset: u64, buf: &[u8]) -> Option<std::os::fd::RawFd> {
+    /// Where a direct read of `buf.len()` bytes at `offset` reads ([`crate::direct_read`]):
+    /// the descriptor, the offset in it, and the store block if it reads one.
+    pub(crate) fn direct_read(
+        &self,
+        offset: u64,
+        buf: &[u8],
+    ) -> Option<(std::os::fd::RawFd, u64, Option<StoreBlock>)> {
         read::direct(&self.vol, &self.snap, offset, buf)
     }
 
-    /// Complete a direct read whose volume bytes are in `buf` ([`crate::direct_read`]).
-    pub(crate) fn finish_direct_read(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        read::finish_direct(&self.vol, &self.snap, buf, offset)
+    /// Complete a direct read whose bytes are in `buf` ([`crate::direct_read`]).
+    pub(crate) fn finish_direct_read(
+        &self,
+        buf: &mut [u8],
+        offset: u64,
+        from: Option<&StoreBlock>,
+    ) -> Result<()> {
+        read::finish_direct(&self.vol, &self.snap, buf, offset, from)
     }
 
     /// A description with counters.

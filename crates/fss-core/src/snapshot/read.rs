@@ -2,9 +2,9 @@
 //! itself to the newest, then the volume, then check again (DESIGN decision 5).
 
 use super::batch_read;
-use super::store_reads::read_from_stores;
+use super::store_reads::{plan_cluster, read_from_stores, Segment};
 use crate::chain::{Chains, SnapState};
-use crate::cluster_map::{mask_remove, mask_runs};
+use crate::cluster_map::{mask_is_empty, mask_remove, mask_runs};
 use crate::core::VolumeCore;
 use crate::error::{Error, ErrorKind, Result};
 use crate::geometry::{block_span, clip, Geometry};
@@ -101,15 +101,38 @@ fn overlay_stores(
     Ok(())
 }
 
+/// One store block a direct read reads: the snapshot whose store holds it (kept alive, and
+/// with it the descriptor the read uses) and where in that store.
+pub(crate) struct StoreBlock {
+    holder: Arc<SnapState>,
+    slot: u32,
+    in_slot: u64,
+}
+
+impl std::fmt::Debug for StoreBlock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBlock")
+            .field("holder", &self.holder.name)
+            .field("slot", &self.slot)
+            .field("in_slot", &self.in_slot)
+            .finish()
+    }
+}
+
 /// Where a direct read (`crate::direct_read`) of `buf.len()` bytes at `offset` reads: the
-/// volume's file, for a read of at most one block (or two, unaligned) of which no map of the
-/// chain holds any (so its bytes are on the volume now). `None`: read with [`read`].
+/// descriptor, the offset in it, and the store block when it is one. Two cases:
+/// - a read of at most one block (or two, unaligned) of which no map of the chain holds any:
+///   the volume's file (its bytes are on the volume now; the second look follows);
+/// - a read inside one block that a map holds: that store's file, at the block's place
+///   (preserved bytes never change; `finish_direct` checks the block still resolves there).
+///
+/// `None`: read with [`read`].
 pub(super) fn direct(
     core: &VolumeCore,
     snap: &Arc<SnapState>,
     offset: u64,
     buf: &[u8],
-) -> Option<RawFd> {
+) -> Option<(RawFd, u64, Option<StoreBlock>)> {
     let len = buf.len() as u64;
     if len == 0 || len > BATCHED_SNAPSHOT_READ || offset.checked_add(len)? > core.len {
         return None;
@@ -119,23 +142,73 @@ pub(super) fn direct(
     let (b0, b1) = block_span(offset, len);
     // At most two blocks: the unmapped span is the whole range exactly when no block of it is
     // mapped (there is no room for a mapped block between two unmapped ones).
-    if unmapped_span(&g, later, b0, b1).0 != Some((b0, b1)) {
-        return None;
+    match unmapped_span(&g, later, b0, b1).0 {
+        Some(span) if span == (b0, b1) => core
+            .dev
+            .read_source(offset, buf)
+            .map(|fd| (fd.as_raw_fd(), offset, None)),
+        Some(_) => None,
+        None => {
+            let seg = one_store_segment(&g, later, offset, buf.len())?;
+            let holder = &later[seg.snap];
+            let (fd, at) = holder.store.read_source(seg.slot, seg.in_slot, buf)?;
+            let block = StoreBlock {
+                holder: Arc::clone(holder),
+                slot: seg.slot,
+                in_slot: seg.in_slot,
+            };
+            Some((fd.as_raw_fd(), at, Some(block)))
+        }
     }
-    core.dev.read_source(offset, buf).map(|fd| fd.as_raw_fd())
 }
 
-/// Complete a direct read once the volume's bytes are in `buf`: as [`read`] does after its
-/// volume read.
+/// The one store segment that holds all of `[offset, offset + len)`, a range inside one block
+/// every byte of which some map of `later` holds; `None` otherwise.
+fn one_store_segment(
+    g: &Geometry,
+    later: &[Arc<SnapState>],
+    offset: u64,
+    len: usize,
+) -> Option<Segment> {
+    let (b0, b1) = block_span(offset, len as u64);
+    if b1 - b0 != 1 {
+        return None;
+    }
+    let cluster = g.clusters_of(b0, b1).next()?;
+    let mut segments = Vec::new();
+    let open = g.blocks_in_range(cluster, b0, b1);
+    let open = plan_cluster(g, later, cluster, open, len, offset, &mut segments);
+    match segments.as_slice() {
+        [seg] if mask_is_empty(&open) && seg.to == (0..len) => segments.pop(),
+        _ => None,
+    }
+}
+
+/// Complete a direct read once its bytes are in `buf`: from the volume, as [`read`] does after
+/// its volume read; from a store block, nothing to add if the block still resolves to the
+/// same place (it was not moved by a delete meanwhile), else the read is done again.
 pub(super) fn finish_direct(
     core: &VolumeCore,
     snap: &Arc<SnapState>,
     buf: &mut [u8],
     offset: u64,
+    from: Option<&StoreBlock>,
 ) -> Result<()> {
     let chains = core.chains();
     let (g, later) = live_chain(&chains, snap)?;
-    overlay_stores(snap, &g, later, buf, offset)
+    let Some(block) = from else {
+        return overlay_stores(snap, &g, later, buf, offset);
+    };
+    let same = one_store_segment(&g, later, offset, buf.len()).is_some_and(|seg| {
+        Arc::ptr_eq(&later[seg.snap], &block.holder)
+            && (seg.slot, seg.in_slot) == (block.slot, block.in_slot)
+    });
+    drop(chains);
+    if same {
+        Ok(())
+    } else {
+        read(core, snap, buf, offset)
+    }
 }
 
 /// The span of blocks of `[b0, b1)` that no map of `later` holds yet (only those need the
