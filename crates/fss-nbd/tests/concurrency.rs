@@ -9,7 +9,8 @@ mod common;
 use common::client::Client;
 use common::{require, run_ok, Harness, Rng};
 use std::process::Command;
-use std::sync::{Arc, Barrier};
+use std::sync::mpsc;
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 const CLIENTS: u64 = 8;
@@ -23,6 +24,15 @@ const CMD_WRITE: u16 = 1;
 const CMD_FLUSH: u16 = 3;
 const CMD_TRIM: u16 = 4;
 const CMD_WRITE_ZEROES: u16 = 6;
+/// The longest wait at the midway pause: a client that failed or hangs before it then fails
+/// the test instead of leaving the others waiting forever (as a `Barrier` would).
+const MIDWAY_LIMIT: Duration = Duration::from_secs(120);
+
+/// A client's side of the midway pause: it says it has paused, then waits to go on.
+struct Midway {
+    paused: mpsc::Sender<()>,
+    go: mpsc::Receiver<()>,
+}
 
 enum Op {
     Write(u64, Vec<u8>, bool),
@@ -33,7 +43,7 @@ enum Op {
 
 /// One client's life: batches of pipelined requests on its own region, each checked against
 /// the model of that region. Returns the region's final model.
-fn client(h_socket: &std::path::Path, id: u64, batches: usize, mid: &Barrier) -> Vec<u8> {
+fn client(h_socket: &std::path::Path, id: u64, batches: usize, mid: &Midway) -> Vec<u8> {
     let mut c = Client::open(h_socket, "default", true, &[]);
     let mut rng = Rng::new(1000 + id);
     let base = id * REGION;
@@ -41,8 +51,10 @@ fn client(h_socket: &std::path::Path, id: u64, batches: usize, mid: &Barrier) ->
     for batch in 0..batches {
         if batch == batches / 2 {
             // Everyone pauses while the test takes a snapshot, then goes on.
-            mid.wait();
-            mid.wait();
+            mid.paused.send(()).unwrap();
+            mid.go
+                .recv_timeout(MIDWAY_LIMIT)
+                .expect("the test did not resume the clients");
         }
         let mut ops = Vec::new();
         for slot in 0..SLOTS {
@@ -102,20 +114,33 @@ fn client(h_socket: &std::path::Path, id: u64, batches: usize, mid: &Barrier) ->
 #[test]
 fn eight_clients_on_disjoint_regions_with_a_snapshot_midway() {
     let h = Harness::new(CLIENTS * REGION);
-    let barrier = Arc::new(Barrier::new(CLIENTS as usize + 1));
+    let (paused, paused_rx) = mpsc::channel();
+    let mut go = Vec::new();
     let socket = h.socket.clone();
     let threads: Vec<_> = (0..CLIENTS)
         .map(|id| {
             let socket = socket.clone();
-            let b = Arc::clone(&barrier);
-            std::thread::spawn(move || client(&socket, id, 60, &b))
+            let (go_tx, go_rx) = mpsc::channel();
+            go.push(go_tx);
+            let mid = Midway {
+                paused: paused.clone(),
+                go: go_rx,
+            };
+            std::thread::spawn(move || client(&socket, id, 60, &mid))
         })
         .collect();
     // Midway: every client is paused between batches; snapshot the volume.
-    barrier.wait();
+    for _ in 0..CLIENTS {
+        paused_rx
+            .recv_timeout(MIDWAY_LIMIT)
+            .expect("a client did not reach midway: it failed (its panic is above) or hangs");
+    }
     let at_snapshot = h.volume_bytes();
     let snap = h.snapshot("mid");
-    barrier.wait();
+    for g in &go {
+        // A client that is gone reports its panic at the join.
+        let _ = g.send(());
+    }
     let models: Vec<Vec<u8>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert!(h.volume_bytes() == models.concat());
 

@@ -18,7 +18,9 @@ pub struct OptReply {
 /// A connected socket after the greeting (client flags sent: fixed newstyle, no zeroes).
 pub fn greet(path: &Path) -> UnixStream {
     let mut s = UnixStream::connect(path).unwrap();
+    // A server that stops answering or reading fails the test instead of hanging it.
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
     greet_on(&mut s);
     s
 }
