@@ -113,14 +113,17 @@ def c2_qemu_sample(b, v, key, args, qsd, cbw):
         fl.unlink()
 
 
-def c2_disk_sample(b, key, qd):
+def c2_disk_sample(b, key, qd, flush=False):
     """The disk's own limit for a sequential 1 MiB first overwrite (R): every MiB of new data
     moves three, its pre-image read, the pre-image written elsewhere and the new data written,
     so fio runs that mix (1 read : 2 writes of 1 MiB, libaio O_DIRECT, on the image) and a
-    third of what it moves is the first overwrite rate no server can pass on this disk."""
+    third of what it moves is the first overwrite rate no server can pass on this disk.
+    `flush` (Rf): the same with an `fdatasync` every 32 writes, i.e. every 16 MiB of new data,
+    as a persistent snapshot's group commit flushes at this rate: its limit."""
+    sync = ["--fdatasync=32"] if flush else []
     s = b.s.fio(key, None, ["--ioengine=libaio", "--direct=1", f"--filename={b.img}",
                             "--rw=rw", "--rwmixread=33", "--bs=1M", f"--iodepth={qd}",
-                            f"--size={b.cfg.size_mib}M"])
+                            f"--size={b.cfg.size_mib}M"] + sync)
     s["MB/s"] /= 3
     s["IOPS"] /= 3
     log(f"{key:<28} {s['MB/s']:8.1f} MB/s of new data (a third of the mix)")
@@ -135,13 +138,13 @@ def c2_rounds(b, qsd, cbw, fss_info):
                 args = b.s.first_args(wl, qd)
                 variants = ["none", "transient", "persistent"]
                 if rep < b.cfg.info_reps:
-                    variants += ["C", "D"] + (["R"] if wl == "fs" else [])
+                    variants += ["C", "D"] + (["R", "Rf"] if wl == "fs" else [])
                 for v in order(variants, rep):
                     key = f"c2/{v}/{wl}{qd}"
                     if v in ("none", "transient", "persistent"):
                         c2_fss_sample(b, v, key, args, fss_info)
-                    elif v == "R":
-                        c2_disk_sample(b, key, qd)
+                    elif v in ("R", "Rf"):
+                        c2_disk_sample(b, key, qd, flush=v == "Rf")
                     else:
                         c2_qemu_sample(b, v, key, args, qsd, cbw)
 
@@ -162,6 +165,8 @@ def c2_rows(b):
             if wl == "fs":
                 b.rows.add(2, "disk limit (fio: 1 read + 2 writes of 1 MiB, ÷ 3) ÷ none", w,
                            f"c2/R/{wl}{qd}", f"c2/none/{wl}{qd}", u, sm)
+                b.rows.add(2, "disk limit with a flush per 16 MiB of new data (persistent's) "
+                           "÷ none", w, f"c2/Rf/{wl}{qd}", f"c2/none/{wl}{qd}", u, sm)
 
 
 def case2(b):
