@@ -1,8 +1,9 @@
 //! Small reads in flight together on a connection's io_uring (`transmission/by_ring.rs`; on
 //! the reader thread itself for a unix socket): pipelined 4 KiB reads of a snapshot while
 //! another client overwrites the same blocks read the snapshot's bytes every time (the
-//! engine's second look after each ring read), and pipelined reads of the volume read what was
-//! written. The ring must exist while they run, or this would test the worker pool instead.
+//! engine's second look after each ring read; with the snapshot's store on a file, its
+//! preserved blocks are read from that file on the ring too), and pipelined reads of the volume
+//! read what was written. The ring must exist while they run, or this would test the worker pool instead.
 //! A connection allowed fewer requests in flight than the client pipelines must not wait for
 //! budget that only its own ring's reads hold.
 
@@ -52,6 +53,17 @@ fn read_batch(c: &mut Client, rng: &mut Rng, want: &[u8]) {
 
 #[test]
 fn ring_reads_of_a_snapshot_under_overwrites_read_the_snapshot() {
+    snapshot_reads_under_overwrites(false);
+}
+
+/// As above with the snapshot's store on a file: reads of preserved blocks go through the
+/// ring too, from the store's file, while the writer keeps preserving more.
+#[test]
+fn ring_reads_of_a_snapshot_on_a_file_store_read_preserved_blocks_from_it() {
+    snapshot_reads_under_overwrites(true);
+}
+
+fn snapshot_reads_under_overwrites(store_on_file: bool) {
     // Opened as `fss serve` opens a volume: the ring's reads go O_DIRECT.
     let h = Harness::with_device(LEN, ServerOptions::default(), true);
     let mut rng = Rng::new(11);
@@ -61,7 +73,11 @@ fn ring_reads_of_a_snapshot_under_overwrites_read_the_snapshot() {
     for (i, chunk) in model.chunks(MIB as usize).enumerate() {
         assert_eq!(w.write(i as u64 * MIB, chunk).error, 0);
     }
-    let _snap = h.snapshot("s");
+    let snap = if store_on_file {
+        h.snapshot_on_file("s")
+    } else {
+        h.snapshot("s")
+    };
     // One client overwrites random blocks (pipelined, as a busy file system would) while
     // another reads the snapshot 32 blocks at a time.
     let stop = Arc::new(AtomicBool::new(false));
@@ -96,6 +112,11 @@ fn ring_reads_of_a_snapshot_under_overwrites_read_the_snapshot() {
     let written = writer.join().unwrap();
     assert!(written > 100, "the writer made {written} writes meanwhile");
     assert!(seen_ring > 0, "no io_uring served the snapshot's reads");
+    let preserved = snap.info().stats.blocks_preserved;
+    assert!(
+        preserved > 100,
+        "{preserved} blocks preserved: the reads met few of them"
+    );
     // The volume's reads go through the ring too, and read what the writer left.
     let now = h.volume_bytes();
     let mut v = Client::open(&h.socket, "default", false, &[]);

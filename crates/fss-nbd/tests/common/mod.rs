@@ -91,6 +91,28 @@ impl Harness {
         s
     }
 
+    /// Take a (transient) snapshot whose store is a file in the test's directory, opened as
+    /// `fss serve` opens one (so reads of its preserved blocks can go through the ring), and
+    /// serve it.
+    pub fn snapshot_on_file(&self, name: &str) -> Snapshot {
+        let path = self.dir.path().join(format!("{name}.store"));
+        let s = self
+            .volume
+            .create_snapshot(name, &SnapshotOptions::default(), |p| {
+                let opts = OpenOptions {
+                    create_len: Some(0),
+                    direct_large: true,
+                    ..OpenOptions::default()
+                };
+                let dev = FileDevice::open(&path, &opts).unwrap();
+                Ok(Box::new(DeviceStore::new(Arc::new(dev), p, false))
+                    as Box<dyn fss_core::store::Store>)
+            })
+            .unwrap();
+        self.catalog.insert(Export::Snapshot(s.clone()));
+        s
+    }
+
     /// The NBD URI of an export.
     pub fn uri(&self, export: &str) -> String {
         format!("nbd+unix:///{export}?socket={}", self.socket.display())
