@@ -1,7 +1,8 @@
 //! Small reads served together on the session's read ring (`fss_core::direct_read::ring`):
 //! eight threads reading 4 KiB O_DIRECT blocks of a snapshot file at once, just ahead of a
 //! writer that overwrites the volume's blocks under them, read the snapshot's bytes every time (the engine's second
-//! look after each ring read). The ring thread must have done the work, or this would test the
+//! look after each ring read; with the store on a file, reads of preserved blocks come from
+//! that file on the ring). The ring thread must have done the work, or this would test the
 //! serving threads instead: its context switches are counted.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -10,8 +11,9 @@ mod common;
 
 use common::{disk_tempdir, file_volume, serial, Pattern, TestCatalog};
 use fss_core::device::AlignedBuf;
+use fss_core::device::{FileDevice, OpenOptions as DevOptions};
 use fss_core::export::Export;
-use fss_core::store::DeviceStore;
+use fss_core::store::{DeviceStore, Store};
 use fss_core::SnapshotOptions;
 use fss_fuse::{FuseFrontEnd, Hooks};
 use std::fs::OpenOptions;
@@ -45,14 +47,39 @@ fn ring_switches() -> u64 {
 
 #[test]
 fn ring_reads_of_a_snapshot_under_overwrites_read_the_snapshot() {
+    snapshot_reads_under_overwrites(false);
+}
+
+/// As above with the snapshot's store on a file, and reads from a few blocks behind the writer
+/// to a few ahead: the preserved blocks are read from the store's file on the ring too.
+#[test]
+fn ring_reads_of_a_snapshot_on_a_file_store_read_preserved_blocks_from_it() {
+    snapshot_reads_under_overwrites(true);
+}
+
+fn snapshot_reads_under_overwrites(store_on_file: bool) {
     let _g = serial();
     let tmp = disk_tempdir();
     let vol = file_volume("vol", &tmp.path().join("vol.img"), LEN);
     let model = Pattern::new(5).bytes(LEN as usize);
     vol.write(&model, 0).unwrap();
+    let store_path = tmp.path().join("snap.store");
     let snap = vol
-        .create_snapshot("snap", &SnapshotOptions::default(), DeviceStore::in_memory)
+        .create_snapshot("snap", &SnapshotOptions::default(), |p| {
+            if !store_on_file {
+                return DeviceStore::in_memory(p);
+            }
+            let opts = DevOptions {
+                create_len: Some(0),
+                direct_large: true,
+                ..DevOptions::default()
+            };
+            let dev = FileDevice::open(&store_path, &opts).unwrap();
+            Ok(Box::new(DeviceStore::new(Arc::new(dev), p, false)) as Box<dyn Store>)
+        })
         .unwrap();
+    // How far behind the writer reads start (its blocks there are preserved).
+    let behind = if store_on_file { 4 } else { 0 };
     let catalog = Arc::new(TestCatalog::default());
     catalog.add(Export::Volume(vol.clone()));
     catalog.add(Export::Snapshot(snap));
@@ -89,7 +116,8 @@ fn ring_reads_of_a_snapshot_under_overwrites_read_the_snapshot() {
                 let mut buf = AlignedBuf::new(BS);
                 let mut reads = 0u32;
                 while !done.load(Ordering::Relaxed) {
-                    let b = pos.load(Ordering::Relaxed) + p.next_u64() % 4;
+                    let b = (pos.load(Ordering::Relaxed) + p.next_u64() % (4 + behind))
+                        .saturating_sub(behind);
                     let at = b.min(LEN / BS as u64 - 1) * BS as u64;
                     f.read_exact_at(&mut buf, at).unwrap();
                     let at = at as usize;
